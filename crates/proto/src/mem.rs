@@ -1,0 +1,489 @@
+//! An in-process network for deterministic tests, built on crossbeam-channel byte pipes.
+//!
+//! A [`MemNetwork`] is a set of named endpoints. [`MemNetwork::host`] gives a [`MemTransport`]
+//! for one host name; it binds `name:port` endpoints (port 0 picks a free one) and connects to
+//! any bound endpoint. Faults are injected per listening endpoint and apply to the bytes that
+//! endpoint *sends* on connections opened after the call, counted per connection, so the same
+//! test always sees the same bytes:
+//!
+//! - [`MemNetwork::refuse`]: connects fail with `ConnectionRefused`;
+//! - [`MemNetwork::cut_after`]: after N bytes the endpoint's side of the connection closes;
+//! - [`MemNetwork::corrupt_at`]: byte N (from the start of the connection) is flipped;
+//! - [`MemNetwork::stall_after`]: after N bytes nothing more arrives, the connection stays open
+//!   (the reader's timeout fires);
+//! - [`MemNetwork::heal`]: removes all faults.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use shoal_proto::mem::MemNetwork;
+//! use shoal_proto::{Listener, PeerAddr, Transport};
+//!
+//! let net = MemNetwork::new();
+//! let server = net.host("server").bind(&PeerAddr::new("server:0").unwrap()).unwrap();
+//! let addr = server.local_addr().unwrap();
+//! net.corrupt_at(&addr, 1);
+//! let mut client = net.host("client").connect(&addr).unwrap();
+//! let (mut conn, _) = server.accept().unwrap();
+//! conn.write_all(b"abc").unwrap();
+//! let mut got = [0u8; 3];
+//! client.read_exact(&mut got).unwrap();
+//! assert_eq!(got, [b'a', b'b' ^ 0xff, b'c']);
+//! ```
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+
+use crate::{Connection, Listener, PeerAddr, Transport};
+
+/// Messages buffered per direction before a writer blocks (bounds memory like a socket buffer).
+const PIPE_DEPTH: usize = 64;
+
+/// The faults applied to the bytes an endpoint sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Faults {
+    refuse: bool,
+    cut_after: Option<u64>,
+    corrupt_at: Option<u64>,
+    stall_after: Option<u64>,
+}
+
+/// Traffic counters of one listening endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Connections accepted (or refused by an injected fault).
+    pub connections: u64,
+    /// Bytes the endpoint sent, faults applied.
+    pub bytes_sent: u64,
+    /// Bytes the endpoint received.
+    pub bytes_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+#[derive(Default)]
+struct NetState {
+    listeners: HashMap<PeerAddr, Sender<MemStream>>,
+    faults: HashMap<PeerAddr, Faults>,
+    counters: HashMap<PeerAddr, Arc<Counters>>,
+    next_port: u32,
+}
+
+/// An in-process network of named endpoints. Cheap to clone; clones share the network.
+#[derive(Clone, Default)]
+pub struct MemNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+impl MemNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A transport for the machine called `host`: its connections come from `host:<n>`.
+    pub fn host(&self, host: &str) -> MemTransport {
+        MemTransport {
+            net: self.clone(),
+            host: host.to_string(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetState> {
+        // A test thread that panicked while holding the lock leaves consistent data behind.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_faults(&self, addr: &PeerAddr, change: impl FnOnce(&mut Faults)) {
+        change(self.lock().faults.entry(addr.clone()).or_default());
+    }
+
+    /// Connections to `addr` are refused.
+    pub fn refuse(&self, addr: &PeerAddr) {
+        self.update_faults(addr, |f| f.refuse = true);
+    }
+
+    /// `addr` closes each new connection after sending `n` bytes on it.
+    pub fn cut_after(&self, addr: &PeerAddr, n: u64) {
+        self.update_faults(addr, |f| f.cut_after = Some(n));
+    }
+
+    /// `addr` flips the byte at offset `n` of what it sends on each new connection.
+    pub fn corrupt_at(&self, addr: &PeerAddr, n: u64) {
+        self.update_faults(addr, |f| f.corrupt_at = Some(n));
+    }
+
+    /// `addr` stops delivering after `n` bytes on each new connection, without closing it.
+    pub fn stall_after(&self, addr: &PeerAddr, n: u64) {
+        self.update_faults(addr, |f| f.stall_after = Some(n));
+    }
+
+    /// Removes every fault of `addr`.
+    pub fn heal(&self, addr: &PeerAddr) {
+        self.lock().faults.remove(addr);
+    }
+
+    /// Traffic counters of the listening endpoint `addr` (zero if never bound).
+    pub fn stats(&self, addr: &PeerAddr) -> EndpointStats {
+        let state = self.lock();
+        match state.counters.get(addr) {
+            Some(c) => EndpointStats {
+                connections: c.connections.load(Ordering::Relaxed),
+                bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            },
+            None => EndpointStats::default(),
+        }
+    }
+}
+
+/// One host's view of a [`MemNetwork`].
+#[derive(Clone)]
+pub struct MemTransport {
+    net: MemNetwork,
+    host: String,
+}
+
+impl MemTransport {
+    /// The network this transport belongs to.
+    pub fn network(&self) -> &MemNetwork {
+        &self.net
+    }
+}
+
+impl Transport for MemTransport {
+    type Stream = MemStream;
+    type Listener = MemListener;
+
+    fn bind(&self, addr: &PeerAddr) -> io::Result<MemListener> {
+        let mut state = self.net.lock();
+        let addr = if addr.as_str().ends_with(":0") {
+            state.next_port += 1;
+            let port = 10_000 + state.next_port;
+            PeerAddr::new(format!("{}:{port}", addr.host()))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        } else {
+            addr.clone()
+        };
+        if state.listeners.contains_key(&addr) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{addr} is already bound"),
+            ));
+        }
+        let (tx, rx) = bounded(1024);
+        state.listeners.insert(addr.clone(), tx);
+        state.counters.entry(addr.clone()).or_default();
+        Ok(MemListener {
+            net: self.net.clone(),
+            addr,
+            incoming: rx,
+        })
+    }
+
+    fn connect(&self, addr: &PeerAddr) -> io::Result<MemStream> {
+        let mut state = self.net.lock();
+        let faults = state.faults.get(addr).copied().unwrap_or_default();
+        let counters = state.counters.get(addr).cloned();
+        if let Some(c) = &counters {
+            c.connections.fetch_add(1, Ordering::Relaxed);
+        }
+        let refused = || {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{addr}: connection refused"),
+            )
+        };
+        if faults.refuse {
+            return Err(refused());
+        }
+        let listener = state.listeners.get(addr).cloned().ok_or_else(refused)?;
+        state.next_port += 1;
+        let from = PeerAddr::new(format!("{}:{}", self.host, 40_000 + state.next_port))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        drop(state);
+
+        let (to_server, server_rx) = bounded(PIPE_DEPTH);
+        let (to_client, client_rx) = bounded(PIPE_DEPTH);
+        let client = MemStream::new(from.clone(), addr.clone(), client_rx, to_server, None);
+        let mut server = MemStream::new(addr.clone(), from, server_rx, to_client, counters);
+        server.faults = faults;
+        listener.send(server).map_err(|_| refused())?;
+        Ok(client)
+    }
+}
+
+/// A bound endpoint of a [`MemNetwork`]; dropping it unbinds the address.
+pub struct MemListener {
+    net: MemNetwork,
+    addr: PeerAddr,
+    incoming: Receiver<MemStream>,
+}
+
+impl Listener for MemListener {
+    type Stream = MemStream;
+
+    fn accept(&self) -> io::Result<(MemStream, PeerAddr)> {
+        let stream = self
+            .incoming
+            .recv()
+            .map_err(|_| io::Error::from(io::ErrorKind::NotConnected))?;
+        let from = stream.peer.clone();
+        Ok((stream, from))
+    }
+
+    fn local_addr(&self) -> io::Result<PeerAddr> {
+        Ok(self.addr.clone())
+    }
+}
+
+impl Drop for MemListener {
+    fn drop(&mut self) {
+        self.net.lock().listeners.remove(&self.addr);
+    }
+}
+
+/// One end of an in-memory connection. Dropping it closes its sending direction: the other
+/// end reads the bytes already sent, then end-of-stream.
+pub struct MemStream {
+    local: PeerAddr,
+    peer: PeerAddr,
+    rx: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    pending_pos: usize,
+    tx: Option<Sender<Vec<u8>>>,
+    read_timeout: Mutex<Option<Duration>>,
+    faults: Faults,
+    sent: u64,
+    counters: Option<Arc<Counters>>,
+}
+
+impl MemStream {
+    fn new(
+        local: PeerAddr,
+        peer: PeerAddr,
+        rx: Receiver<Vec<u8>>,
+        tx: Sender<Vec<u8>>,
+        counters: Option<Arc<Counters>>,
+    ) -> Self {
+        MemStream {
+            local,
+            peer,
+            rx,
+            pending: Vec::new(),
+            pending_pos: 0,
+            tx: Some(tx),
+            read_timeout: Mutex::new(None),
+            faults: Faults::default(),
+            sent: 0,
+            counters,
+        }
+    }
+
+    fn count(&self, pick: impl Fn(&Counters) -> &AtomicU64, n: usize) {
+        if let Some(c) = &self.counters {
+            pick(c).fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Read for MemStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.pending_pos >= self.pending.len() {
+            let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
+            let next = match timeout {
+                Some(t) => self.rx.recv_timeout(t),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(bytes) => {
+                    self.pending = bytes;
+                    self.pending_pos = 0;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(0),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
+                }
+            }
+        }
+        let available = &self.pending[self.pending_pos..];
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.pending_pos += n;
+        self.count(|c| &c.bytes_received, n);
+        Ok(n)
+    }
+}
+
+impl Write for MemStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tx) = &self.tx else {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection closed",
+            ));
+        };
+        let start = self.sent;
+        let mut n = buf.len();
+        let mut close_after = false;
+        if let Some(cut) = self.faults.cut_after {
+            let room = cut.saturating_sub(start);
+            if room == 0 {
+                self.tx = None;
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection cut"));
+            }
+            if (n as u64) >= room {
+                n = usize::try_from(room).unwrap_or(n);
+                close_after = true;
+            }
+        }
+        let mut bytes = buf[..n].to_vec();
+        if let Some(at) = self.faults.corrupt_at {
+            if at >= start && at < start + n as u64 {
+                bytes[(at - start) as usize] ^= 0xff;
+            }
+        }
+        if let Some(stall) = self.faults.stall_after {
+            // Bytes past the stall point are swallowed: the writer believes they left.
+            let keep = usize::try_from(stall.saturating_sub(start)).unwrap_or(usize::MAX);
+            bytes.truncate(keep.min(bytes.len()));
+        }
+        let delivered = bytes.len();
+        if delivered > 0 && tx.send(bytes).is_err() {
+            self.tx = None;
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the other side closed the connection",
+            ));
+        }
+        self.sent += n as u64;
+        self.count(|c| &c.bytes_sent, delivered);
+        if close_after {
+            self.tx = None;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Connection for MemStream {
+    fn peer_addr(&self) -> io::Result<PeerAddr> {
+        Ok(self.peer.clone())
+    }
+    fn local_addr(&self) -> io::Result<PeerAddr> {
+        Ok(self.local.clone())
+    }
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        Ok(())
+    }
+    fn set_write_timeout(&self, _timeout: Option<Duration>) -> io::Result<()> {
+        // Writes only block on a full pipe whose reader is alive; tests never need more.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(net: &MemNetwork) -> (MemStream, MemStream, PeerAddr) {
+        let listener = net
+            .host("srv")
+            .bind(&PeerAddr::new("srv:0").unwrap())
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = net.host("cli").connect(&addr).unwrap();
+        let (server, from) = listener.accept().unwrap();
+        assert_eq!(from.host(), "cli");
+        (client, server, addr)
+    }
+
+    #[test]
+    fn bytes_flow_and_eof_on_drop() {
+        let net = MemNetwork::new();
+        let (mut client, mut server, addr) = pair(&net);
+        server.write_all(b"hello").unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hello");
+        assert_eq!(net.stats(&addr).bytes_sent, 5);
+    }
+
+    #[test]
+    fn cut_after_delivers_exactly_n_bytes() {
+        let net = MemNetwork::new();
+        let listener = net
+            .host("srv")
+            .bind(&PeerAddr::new("srv:1").unwrap())
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        net.cut_after(&addr, 7);
+        let mut client = net.host("cli").connect(&addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert!(server.write_all(b"0123456789").is_err());
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"0123456");
+    }
+
+    #[test]
+    fn refuse_and_unbound() {
+        let net = MemNetwork::new();
+        let t = net.host("a");
+        let addr = PeerAddr::new("nobody:1").unwrap();
+        assert_eq!(
+            t.connect(&addr).err().unwrap().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+        let listener = t.bind(&addr).unwrap();
+        net.refuse(&addr);
+        assert!(t.connect(&addr).is_err());
+        net.heal(&addr);
+        assert!(t.connect(&addr).is_ok());
+        assert_eq!(
+            t.bind(&addr).err().unwrap().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(listener);
+        assert!(t.connect(&addr).is_err());
+    }
+
+    #[test]
+    fn stall_times_out_the_reader() {
+        let net = MemNetwork::new();
+        let listener = net
+            .host("srv")
+            .bind(&PeerAddr::new("srv:2").unwrap())
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        net.stall_after(&addr, 2);
+        let mut client = net.host("cli").connect(&addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.write_all(b"abcd").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut got = [0u8; 2];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ab");
+        let err = client.read(&mut got).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,189 @@
+//! The typed messages of shoal's two protocols.
+//!
+//! Each connection starts with a [`crate::codec`] handshake naming the protocol; then the
+//! client sends requests and reads one response per request (several per connection).
+//! - peer<->index: [`IndexRequest`] / [`IndexResponse`]
+//! - peer<->peer: [`PeerRequest`] / [`PeerResponse`]; a [`PeerResponse::Chunk`] frame is
+//!   followed on the stream by exactly `len` raw bytes (the chunk body is not bincode, so it
+//!   moves in large blocks).
+//!
+//! The byte layout is in `docs/PROTOCOL.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FileId, FileKey, FileMeta, PeerAddr};
+
+/// A chunk's BLAKE3 chaining value (see [`crate::content`]).
+pub type ChunkHash = [u8; 32];
+
+/// A request to the index server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexRequest {
+    /// The seed's *get*: one holder of the file, chosen at random to spread the load.
+    Locate {
+        /// Which file.
+        key: FileKey,
+    },
+    /// Every holder of the file.
+    Holders {
+        /// Which file.
+        key: FileKey,
+    },
+    /// The seed's *set*: `holder` serves these files.
+    Register {
+        /// Where the files can be fetched.
+        holder: PeerAddr,
+        /// The files it holds.
+        files: Vec<FileMeta>,
+    },
+    /// `holder` no longer serves these files; an empty list means all of them.
+    Unregister {
+        /// The holder.
+        holder: PeerAddr,
+        /// The files it dropped (empty: all).
+        ids: Vec<FileId>,
+    },
+    /// Files whose name contains `query`, ignoring case; an empty query lists all.
+    Search {
+        /// Substring to look for.
+        query: String,
+        /// At most this many results (the server may cap it lower).
+        limit: u32,
+    },
+}
+
+/// The index server's answer to one [`IndexRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexResponse {
+    /// Answer to `Locate`.
+    Located {
+        /// The file.
+        file: FileMeta,
+        /// One holder, chosen at random.
+        holder: PeerAddr,
+    },
+    /// Answer to `Holders`.
+    Holders {
+        /// The file.
+        file: FileMeta,
+        /// All its holders.
+        holders: Vec<PeerAddr>,
+    },
+    /// Answer to `Register`: how many (file, holder) registrations are new.
+    Registered {
+        /// Newly added registrations.
+        added: u32,
+    },
+    /// Answer to `Unregister`: how many registrations were removed.
+    Unregistered {
+        /// Removed registrations.
+        removed: u32,
+    },
+    /// Answer to `Search`.
+    SearchResults {
+        /// Matching files, sorted by name then id.
+        hits: Vec<SearchHit>,
+    },
+    /// The request was refused or failed.
+    Error(ErrorReply),
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The file.
+    pub file: FileMeta,
+    /// How many peers hold it.
+    pub holders: u32,
+}
+
+/// A request to a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// The file's manifest: metadata plus one hash per chunk.
+    Manifest {
+        /// Which file.
+        key: FileKey,
+    },
+    /// Chunks `first .. first + count` of file `id`, streamed as `Chunk` frames with raw bodies.
+    ReadChunks {
+        /// Which file.
+        id: FileId,
+        /// First chunk index.
+        first: u32,
+        /// Number of chunks.
+        count: u32,
+    },
+}
+
+/// A peer's answer to one [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Answer to `Manifest`.
+    Manifest(Manifest),
+    /// One chunk of a `ReadChunks` answer; exactly `len` raw bytes follow this frame.
+    Chunk {
+        /// Chunk index.
+        index: u32,
+        /// Body length in bytes.
+        len: u32,
+    },
+    /// The request was refused or failed (also ends a `ReadChunks` answer early).
+    Error(ErrorReply),
+}
+
+/// A file's metadata and the chaining value of every chunk, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The file.
+    pub file: FileMeta,
+    /// One hash per chunk (see [`crate::content`]).
+    pub chunk_hashes: Vec<ChunkHash>,
+}
+
+/// A typed refusal: what a server tells a client instead of a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ErrorReply {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// One readable sentence.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Builds a reply.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of refusal a server can send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No such file (or no holder).
+    NotFound,
+    /// The file name is not a plain name.
+    BadName,
+    /// The request is well-formed but not acceptable (limits, inconsistent fields).
+    BadRequest,
+    /// The server is at a limit; try elsewhere or later.
+    Busy,
+    /// The server failed internally (disk error, ...).
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorCode::NotFound => "not found",
+            ErrorCode::BadName => "bad name",
+            ErrorCode::BadRequest => "bad request",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal error",
+        })
+    }
+}

@@ -1,0 +1,45 @@
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use crate::PeerAddr;
+
+/// A way to open byte streams between endpoints: TCP for real runs ([`crate::tcp`]), an
+/// in-process network for tests ([`crate::mem`]). The index and peer logic is generic over
+/// it and never touches sockets.
+///
+/// `Stream` stays a concrete associated type (not a boxed trait object) so that a
+/// transport-specific fast path for file bodies remains possible.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// A connected byte stream.
+    type Stream: Connection;
+    /// A bound listener that accepts streams.
+    type Listener: Listener<Stream = Self::Stream>;
+
+    /// Starts listening on `addr`. Port 0 picks a free port; see [`Listener::local_addr`].
+    fn bind(&self, addr: &PeerAddr) -> io::Result<Self::Listener>;
+
+    /// Connects to `addr` (with the transport's own connect timeout).
+    fn connect(&self, addr: &PeerAddr) -> io::Result<Self::Stream>;
+}
+
+/// A connected, bidirectional byte stream.
+pub trait Connection: Read + Write + Send + 'static {
+    /// The remote end's address.
+    fn peer_addr(&self) -> io::Result<PeerAddr>;
+    /// This end's address (which the remote sees as our `peer_addr`).
+    fn local_addr(&self) -> io::Result<PeerAddr>;
+    /// A read that waits longer than this fails with `TimedOut`/`WouldBlock`.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// A write that waits longer than this fails with `TimedOut`/`WouldBlock`.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+/// A bound endpoint that hands out incoming connections.
+pub trait Listener: Send + Sync + 'static {
+    /// The stream type it accepts.
+    type Stream: Connection;
+    /// Blocks until a client connects.
+    fn accept(&self) -> io::Result<(Self::Stream, PeerAddr)>;
+    /// The real bound address (with the real port when port 0 was asked for).
+    fn local_addr(&self) -> io::Result<PeerAddr>;
+}
