@@ -34,6 +34,7 @@ pub enum IndexRequest {
         /// Where the files can be fetched.
         holder: PeerAddr,
         /// The files it holds.
+        #[serde(deserialize_with = "grow_only::deserialize")]
         files: Vec<FileMeta>,
     },
     /// `holder` no longer serves these files; an empty list means all of them.
@@ -41,6 +42,7 @@ pub enum IndexRequest {
         /// The holder.
         holder: PeerAddr,
         /// The files it dropped (empty: all).
+        #[serde(deserialize_with = "grow_only::deserialize")]
         ids: Vec<FileId>,
     },
     /// Files whose name contains `query`, ignoring case; an empty query lists all.
@@ -67,6 +69,7 @@ pub enum IndexResponse {
         /// The file.
         file: FileMeta,
         /// All its holders.
+        #[serde(deserialize_with = "grow_only::deserialize")]
         holders: Vec<PeerAddr>,
     },
     /// Answer to `Register`: how many (file, holder) registrations are new.
@@ -82,6 +85,7 @@ pub enum IndexResponse {
     /// Answer to `Search`.
     SearchResults {
         /// Matching files, sorted by name then id.
+        #[serde(deserialize_with = "grow_only::deserialize")]
         hits: Vec<SearchHit>,
     },
     /// The request was refused or failed.
@@ -138,6 +142,7 @@ pub struct Manifest {
     /// The file.
     pub file: FileMeta,
     /// One hash per chunk (see [`crate::content`]).
+    #[serde(deserialize_with = "grow_only::deserialize")]
     pub chunk_hashes: Vec<ChunkHash>,
 }
 
@@ -185,5 +190,47 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal error",
         })
+    }
+}
+
+/// Decodes sequences without trusting their claimed length for preallocation.
+///
+/// serde's `Vec` decoding preallocates up to 1 MiB from the length a frame *claims*; on a
+/// 64 KiB frame that is a 16x amplification a hostile client gets for free. Growing as
+/// elements really arrive keeps memory proportional to the bytes received.
+mod grow_only {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::Deserializer;
+    use serde::de::{Deserialize, SeqAccess, Visitor};
+
+    /// Most elements reserved up front, whatever the frame claims.
+    const INITIAL: usize = 16;
+
+    pub(super) fn deserialize<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct GrowOnly<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for GrowOnly<T> {
+            type Value = Vec<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(INITIAL));
+                while let Some(item) = seq.next_element()? {
+                    out.push(item);
+                }
+                Ok(out)
+            }
+        }
+
+        deserializer.deserialize_seq(GrowOnly(PhantomData))
     }
 }
