@@ -1,5 +1,6 @@
 //! Property tests: every message survives a round trip through the codec, and arbitrary
 //! bytes fed to any decoder produce an error or a message, never a panic.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::Cursor;
 

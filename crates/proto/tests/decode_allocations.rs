@@ -2,6 +2,7 @@
 //! limit, even when the garbage claims huge lengths (a vector of 2^60 elements, a 4 GiB frame). A counting
 //! allocator records the largest single allocation. This file holds one test so no other
 //! test's allocations run at the same time.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
