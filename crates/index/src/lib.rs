@@ -1,1 +1,50 @@
-//! placeholder
+//! shoal's index: the central registry that knows which peer holds which file.
+//!
+//! Peers *register* the files they serve; anyone can *locate* a file (one holder chosen at
+//! random, which spreads downloads across holders), list all its *holders*, or *search* names.
+//! The index never sees file contents: peers transfer files to each other directly.
+//!
+//! - [`Registry`]: the data, with no I/O and no locking. Listings are keyed by (name, id), so
+//!   two peers can hold different contents under one name and one content under two names.
+//! - [`Store`]: where registrations live, one call per request. [`MemoryStore`] is a
+//!   [`Registry`] behind a mutex; durable and shared (Redis) stores implement the same trait.
+//! - [`IndexServer`]: serves a [`Store`] over any [`shoal_proto::Transport`], many requests
+//!   per connection, one thread per connection.
+//! - [`IndexClient`]: typed calls over one persistent connection, with failover across
+//!   several index addresses and one transparent reconnect.
+//!
+//! Everything is generic over the transport, so tests run over the in-memory network:
+//!
+//! ```
+//! use shoal_index::{IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore};
+//! use shoal_proto::mem::MemNetwork;
+//! use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
+//!
+//! let net = MemNetwork::new();
+//! let server = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), IndexServerConfig::default())
+//!     .spawn(&PeerAddr::new("index:0").unwrap())
+//!     .unwrap();
+//! let mut client = IndexClient::new(net.host("alice"), vec![server.addr().clone()]);
+//!
+//! let song = FileMeta { name: "song.ogg".into(), size: 5, chunk_size: 1024, id: FileId([7; 32]) };
+//! let alice = PeerAddr::new("alice:7000").unwrap();
+//! assert_eq!(client.register(&alice, &[song.clone()]).unwrap(), 1);
+//! assert_eq!(client.locate(&FileKey::Name("song.ogg".into())).unwrap(), (song, alice));
+//! assert!(matches!(
+//!     client.locate(&FileKey::Name("other.ogg".into())),
+//!     Err(IndexError::NotFound { .. })
+//! ));
+//! ```
+
+mod client;
+mod error;
+mod registry;
+mod server;
+mod store;
+
+pub use client::IndexClient;
+pub use error::IndexError;
+pub use registry::Registry;
+pub use server::{IndexServer, IndexServerConfig};
+pub use shoal_proto::server::ServerHandle;
+pub use store::{MemoryStore, Store};

@@ -97,9 +97,16 @@ pub fn client_handshake<S: Read + Write>(
     stream: &mut S,
     service: Service,
 ) -> Result<(), ProtoError> {
-    stream.write_all(&hello(service, 0))?;
-    stream.flush()?;
-    let reply = read_hello(stream)?;
+    // A server at its limit may answer and close before reading our hello; its answer can
+    // still be read after a failed write, and it says more than "broken pipe".
+    let sent = stream
+        .write_all(&hello(service, 0))
+        .and_then(|()| stream.flush());
+    let reply = match (read_hello(stream), sent) {
+        (Ok(reply), _) => reply,
+        (Err(_), Err(write_error)) => return Err(write_error.into()),
+        (Err(read_error), Ok(())) => return Err(read_error),
+    };
     check_magic(&reply)?;
     let theirs = u16::from_be_bytes([reply[4], reply[5]]);
     match reply[7] {

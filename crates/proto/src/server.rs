@@ -14,7 +14,11 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::codec::{Service, refuse_busy};
-use crate::{Listener, PeerAddr, Transport};
+use std::io::Read;
+
+use crossbeam_channel::{Sender, bounded};
+
+use crate::{Connection, Listener, PeerAddr, Transport};
 
 /// How an accept loop runs.
 #[derive(Clone, Debug)]
@@ -153,8 +157,9 @@ fn accept_loop<L, H>(
     L: Listener,
     H: Fn(L::Stream, PeerAddr) + Send + Sync + 'static,
 {
+    let refuser = spawn_refuser::<L::Stream>(&config);
     while !stop.load(Ordering::SeqCst) {
-        let (mut stream, from) = match listener.accept() {
+        let (stream, from) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) => {
                 if stop.load(Ordering::SeqCst) {
@@ -175,7 +180,10 @@ fn accept_loop<L, H>(
                 config.name,
                 config.max_connections
             );
-            let _ = refuse_busy(&mut stream, config.service);
+            // Full refuser queue: drop the connection outright rather than wait.
+            if let Some(refuser) = &refuser {
+                let _ = refuser.try_send(stream);
+            }
             continue;
         }
         live.fetch_add(1, Ordering::SeqCst);
@@ -194,13 +202,42 @@ fn accept_loop<L, H>(
     }
 }
 
+/// How long the refuser waits for a refused client's hello.
+const REFUSE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One thread that answers over-limit clients with the busy status. It reads their hello
+/// first: closing a TCP socket with unread input resets the connection, and the reset can
+/// destroy the busy answer before the client reads it. One thread and a short queue keep the
+/// cost of a flood of refused clients bounded.
+fn spawn_refuser<S: Connection>(config: &AcceptConfig) -> Option<Sender<S>> {
+    let (tx, rx) = bounded::<S>(64);
+    let service = config.service;
+    let spawned = thread::Builder::new()
+        .name(format!("{}-refuse", config.name))
+        .stack_size(64 << 10)
+        .spawn(move || {
+            for mut stream in rx {
+                let _ = stream.set_read_timeout(Some(REFUSE_READ_TIMEOUT));
+                let mut hello = [0u8; 8];
+                let _ = stream.read_exact(&mut hello);
+                let _ = refuse_busy(&mut stream, service);
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            log::warn!("{}: cannot start the refuser thread: {e}", config.name);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ProtoError;
     use crate::codec::{client_handshake, server_handshake};
     use crate::mem::MemNetwork;
-    use crate::{Connection, ProtoError};
-    use crossbeam_channel::bounded;
 
     #[test]
     fn refuses_over_the_limit_and_keeps_serving() {

@@ -1,0 +1,334 @@
+use std::io::{BufReader, ErrorKind, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::codec::{self, Service};
+use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
+use shoal_proto::message::{ErrorCode, ErrorReply, IndexRequest, IndexResponse};
+use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
+use shoal_proto::{Connection, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name};
+
+use crate::{IndexError, Store};
+
+/// Read buffer per connection: a request is small, and one read usually takes it whole.
+const READ_BUFFER: usize = 4 << 10;
+
+/// Limits and timeouts of an [`IndexServer`].
+#[derive(Clone, Debug)]
+pub struct IndexServerConfig {
+    /// Live connections at once; the next client is told the server is busy.
+    pub max_connections: usize,
+    /// Largest request frame accepted, in bytes.
+    pub request_limit: u32,
+    /// Most files one `Register` (or ids one `Unregister`) may list.
+    pub max_files_per_register: usize,
+    /// Server-side cap on search results, whatever the client asks for.
+    pub search_limit: u32,
+    /// How long a connection may sit idle between requests; `None` waits forever.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for IndexServerConfig {
+    fn default() -> Self {
+        IndexServerConfig {
+            max_connections: 4096,
+            request_limit: codec::DEFAULT_REQUEST_LIMIT,
+            max_files_per_register: 100_000,
+            search_limit: 1000,
+            idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// The index server: answers [`IndexRequest`]s from a [`Store`], many per connection, one
+/// thread per connection (see [`shoal_proto::server`]).
+pub struct IndexServer<T: Transport, S: Store> {
+    transport: T,
+    store: Arc<S>,
+    config: IndexServerConfig,
+}
+
+impl<T: Transport, S: Store> IndexServer<T, S> {
+    /// A server over `transport` answering from `store`.
+    pub fn new(transport: T, store: S, config: IndexServerConfig) -> Self {
+        IndexServer {
+            transport,
+            store: Arc::new(store),
+            config,
+        }
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in the background until the
+    /// returned handle is dropped or shut down; [`ServerHandle::addr`] is the real address.
+    pub fn spawn(self, addr: &PeerAddr) -> Result<ServerHandle, IndexError> {
+        let bind_error = |source| IndexError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = self.transport.bind(addr).map_err(bind_error)?;
+        let mut accept = AcceptConfig::new(Service::Index, "index");
+        accept.max_connections = self.config.max_connections;
+        let store = self.store;
+        let config = self.config;
+        spawn_accept_loop(&self.transport, listener, accept, move |stream, from| {
+            serve_connection(stream, &from, &*store, &config);
+        })
+        .map_err(bind_error)
+    }
+}
+
+/// One connection: handshake, then request/response until the client leaves, idles out or
+/// sends something unreadable.
+fn serve_connection<C: Connection, S: Store>(
+    mut stream: C,
+    from: &PeerAddr,
+    store: &S,
+    config: &IndexServerConfig,
+) {
+    // Set before the handshake: a client that connects and says nothing must not pin a
+    // thread forever. The write timeout covers a client that stops reading.
+    let timeouts = stream
+        .set_read_timeout(config.idle_timeout)
+        .and_then(|()| stream.set_write_timeout(config.idle_timeout));
+    if let Err(e) = timeouts {
+        log::debug!("index: cannot set timeouts for {from}: {e}");
+        return;
+    }
+    if let Err(e) = codec::server_handshake(&mut stream, Service::Index) {
+        log::debug!("index: handshake with {from} failed: {e}");
+        return;
+    }
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut body = Vec::new();
+    let mut out = Vec::with_capacity(256);
+    loop {
+        let request: IndexRequest =
+            match codec::read_frame(&mut reader, config.request_limit, &mut body) {
+                Ok(request) => request,
+                Err(e @ (ProtoError::FrameTooLarge { .. } | ProtoError::Malformed(_))) => {
+                    // The framing may be out of sync: answer once, then close.
+                    log::warn!("index: bad request from {from}, closing the connection: {e}");
+                    let reply =
+                        IndexResponse::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string()));
+                    let _ = send(reader.get_mut(), &mut out, &reply);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("index: connection from {from} ended: {}", quiet_reason(&e));
+                    return;
+                }
+            };
+        let response = answer(request, store, config, from);
+        if let Err(e) = send(reader.get_mut(), &mut out, &response) {
+            log::debug!("index: cannot answer {from}: {e}");
+            return;
+        }
+    }
+}
+
+fn quiet_reason(e: &ProtoError) -> String {
+    match e {
+        ProtoError::Io(io) if matches!(io.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            "idle timeout".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Encodes into the reused buffer and writes the frame with one `write_all`.
+fn send<W: Write>(
+    w: &mut W,
+    out: &mut Vec<u8>,
+    response: &IndexResponse,
+) -> Result<(), ProtoError> {
+    out.clear();
+    if let Err(e) = codec::encode_frame(response, out) {
+        // Only an absurdly large answer fails to encode; tell the client rather than hang it.
+        log::warn!("index: cannot encode a response: {e}");
+        out.clear();
+        let reply = IndexResponse::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
+        codec::encode_frame(&reply, out)?;
+    }
+    w.write_all(out)?;
+    Ok(())
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> IndexResponse {
+    IndexResponse::Error(ErrorReply::new(code, message))
+}
+
+fn not_found(key: &FileKey) -> IndexResponse {
+    refuse(ErrorCode::NotFound, format!("no peer holds {key}"))
+}
+
+fn store_failed(e: &IndexError) -> IndexResponse {
+    log::warn!("index: {e}");
+    refuse(ErrorCode::Internal, e.to_string())
+}
+
+fn answer<S: Store>(
+    request: IndexRequest,
+    store: &S,
+    config: &IndexServerConfig,
+    from: &PeerAddr,
+) -> IndexResponse {
+    match request {
+        IndexRequest::Locate { key } => {
+            if let Err(e) = key.validate() {
+                return refuse(ErrorCode::BadName, e.to_string());
+            }
+            match store.locate(&key) {
+                Ok(Some((file, holder))) => {
+                    log::debug!("index: {from} located {key} at {holder}");
+                    IndexResponse::Located { file, holder }
+                }
+                Ok(None) => not_found(&key),
+                Err(e) => store_failed(&e),
+            }
+        }
+        IndexRequest::Holders { key } => {
+            if let Err(e) = key.validate() {
+                return refuse(ErrorCode::BadName, e.to_string());
+            }
+            match store.holders(&key) {
+                Ok(Some((file, holders))) => {
+                    log::debug!(
+                        "index: {from} asked for the {} holders of {key}",
+                        holders.len()
+                    );
+                    IndexResponse::Holders { file, holders }
+                }
+                Ok(None) => not_found(&key),
+                Err(e) => store_failed(&e),
+            }
+        }
+        IndexRequest::Register { holder, files } => {
+            if let Err(refusal) = check_files(&files, config) {
+                log::info!("index: refused a registration of {holder} from {from}: {refusal}");
+                return IndexResponse::Error(refusal);
+            }
+            match store.register(&holder, &files) {
+                Ok(added) => {
+                    log::info!("{holder} registered {} files ({added} new)", files.len());
+                    IndexResponse::Registered { added }
+                }
+                Err(e) => store_failed(&e),
+            }
+        }
+        IndexRequest::Unregister { holder, ids } => {
+            if ids.len() > config.max_files_per_register {
+                return refuse(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unregister lists {} files; the limit is {}",
+                        ids.len(),
+                        config.max_files_per_register
+                    ),
+                );
+            }
+            match store.unregister(&holder, &ids) {
+                Ok(removed) => {
+                    let what = if ids.is_empty() {
+                        "all its files".to_string()
+                    } else {
+                        format!("{} files", ids.len())
+                    };
+                    log::info!("{holder} unregistered {what} ({removed} removed)");
+                    IndexResponse::Unregistered { removed }
+                }
+                Err(e) => store_failed(&e),
+            }
+        }
+        IndexRequest::Search { query, limit } => {
+            let limit = limit.min(config.search_limit);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            match store.search(&query, limit) {
+                Ok(hits) => {
+                    log::debug!("index: {from} searched {query:?}: {} hits", hits.len());
+                    IndexResponse::SearchResults { hits }
+                }
+                Err(e) => store_failed(&e),
+            }
+        }
+    }
+}
+
+/// Checks a registration before it reaches the store: the count limit, then each file's
+/// name and chunk layout (a peer could never serve a file that fails these).
+fn check_files(files: &[FileMeta], config: &IndexServerConfig) -> Result<(), ErrorReply> {
+    if files.len() > config.max_files_per_register {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            format!(
+                "register lists {} files; the limit is {}",
+                files.len(),
+                config.max_files_per_register
+            ),
+        ));
+    }
+    for file in files {
+        validate_name(&file.name)
+            .map_err(|e| ErrorReply::new(ErrorCode::BadName, e.to_string()))?;
+        validate_chunk_size(file.chunk_size)
+            .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("{}: {e}", file.name)))?;
+        if chunk_count(file.size, file.chunk_size) > MAX_CHUNKS {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{}: {} bytes in chunks of {} bytes is more than {MAX_CHUNKS} chunks",
+                    file.name, file.size, file.chunk_size
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::FileId;
+
+    fn meta(name: &str, chunk_size: u32, size: u64) -> FileMeta {
+        FileMeta {
+            name: name.into(),
+            size,
+            chunk_size,
+            id: FileId([1; 32]),
+        }
+    }
+
+    #[test]
+    fn registrations_are_checked() {
+        let config = IndexServerConfig {
+            max_files_per_register: 2,
+            ..IndexServerConfig::default()
+        };
+        assert!(check_files(&[meta("a", 1024, 5), meta("b", 1 << 20, 0)], &config).is_ok());
+        let code = |files: &[FileMeta]| check_files(files, &config).unwrap_err().code;
+        assert_eq!(code(&[meta("../a", 1024, 5)]), ErrorCode::BadName);
+        assert_eq!(code(&[meta("a", 1000, 5)]), ErrorCode::BadRequest);
+        assert_eq!(code(&[meta("a", 1024, u64::MAX)]), ErrorCode::BadRequest);
+        assert_eq!(code(&vec![meta("a", 1024, 5); 3]), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn search_limit_is_capped() {
+        let store = crate::MemoryStore::with_seed(1);
+        let holder = PeerAddr::new("h:1").unwrap();
+        let files: Vec<FileMeta> = (0..5).map(|i| meta(&format!("f{i}"), 1024, 1)).collect();
+        store.register(&holder, &files).unwrap();
+        let config = IndexServerConfig {
+            search_limit: 3,
+            ..IndexServerConfig::default()
+        };
+        let request = IndexRequest::Search {
+            query: String::new(),
+            limit: 100,
+        };
+        match answer(request, &store, &config, &holder) {
+            IndexResponse::SearchResults { hits } => assert_eq!(hits.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+}

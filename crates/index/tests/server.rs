@@ -1,0 +1,307 @@
+//! The index server and client end to end over the in-memory network.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::io::Write;
+
+use shoal_index::{
+    IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore, ServerHandle,
+};
+use shoal_proto::codec::{self, Service};
+use shoal_proto::mem::{MemNetwork, MemTransport};
+use shoal_proto::message::{ErrorCode, IndexRequest, IndexResponse};
+use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport};
+
+fn addr(s: &str) -> PeerAddr {
+    PeerAddr::new(s).unwrap()
+}
+
+fn meta(name: &str, id: u8) -> FileMeta {
+    FileMeta {
+        name: name.into(),
+        size: 4096,
+        chunk_size: 1024,
+        id: FileId([id; 32]),
+    }
+}
+
+fn name(s: &str) -> FileKey {
+    FileKey::Name(s.into())
+}
+
+fn start(net: &MemNetwork) -> ServerHandle {
+    IndexServer::new(
+        net.host("index"),
+        MemoryStore::with_seed(7),
+        IndexServerConfig::default(),
+    )
+    .spawn(&addr("index:0"))
+    .unwrap()
+}
+
+fn client(net: &MemNetwork, host: &str, index: &ServerHandle) -> IndexClient<MemTransport> {
+    IndexClient::new(net.host(host), vec![index.addr().clone()])
+}
+
+/// The seed's style: connect, handshake, one request, close.
+fn one_shot(net: &MemNetwork, index: &PeerAddr, request: &IndexRequest) -> IndexResponse {
+    let mut stream = net.host("seed").connect(index).unwrap();
+    codec::client_handshake(&mut stream, Service::Index).unwrap();
+    codec::write_frame(&mut stream, request).unwrap();
+    let mut buf = Vec::new();
+    codec::read_frame(&mut stream, codec::DEFAULT_RESPONSE_LIMIT, &mut buf).unwrap()
+}
+
+#[test]
+fn persistent_client_does_everything_on_one_connection() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let (alice, bob) = (addr("alice:7000"), addr("bob:7000"));
+    let mut a = client(&net, "alice", &index);
+    let mut b = client(&net, "bob", &index);
+    assert_eq!(a.connected_index(), None);
+
+    assert_eq!(
+        a.register(&alice, &[meta("song.ogg", 1), meta("Notes.txt", 2)])
+            .unwrap(),
+        2
+    );
+    assert_eq!(a.connected_index(), Some(index.addr()));
+    assert_eq!(b.register(&bob, &[meta("song.ogg", 1)]).unwrap(), 1);
+    assert_eq!(b.register(&bob, &[meta("song.ogg", 1)]).unwrap(), 0);
+
+    let (file, holder) = a.locate(&name("song.ogg")).unwrap();
+    assert_eq!(file, meta("song.ogg", 1));
+    assert!(holder == alice || holder == bob);
+    assert_eq!(
+        a.holders(&FileKey::Id(FileId([1; 32]))).unwrap(),
+        (meta("song.ogg", 1), vec![alice.clone(), bob.clone()])
+    );
+    let hits = a.search("NOTES", 10).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].file.clone(), hits[0].holders),
+        (meta("Notes.txt", 2), 1)
+    );
+    assert_eq!(a.search("", 1).unwrap().len(), 1);
+
+    assert_eq!(a.unregister(&alice, &[]).unwrap(), 2);
+    assert_eq!(a.holders(&name("song.ogg")).unwrap().1, vec![bob.clone()]);
+    assert!(matches!(
+        a.locate(&name("Notes.txt")),
+        Err(IndexError::NotFound { key }) if key == "Notes.txt"
+    ));
+
+    // Many requests, one connection each.
+    let stats = net.stats(index.addr());
+    assert_eq!(stats.connections, 2);
+    assert_eq!(a.local_addr().unwrap().host(), "alice");
+}
+
+#[test]
+fn one_request_per_connection_works() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let register = IndexRequest::Register {
+        holder: addr("seed:1"),
+        files: vec![meta("a.txt", 3)],
+    };
+    assert_eq!(
+        one_shot(&net, index.addr(), &register),
+        IndexResponse::Registered { added: 1 }
+    );
+    for _ in 0..3 {
+        let locate = IndexRequest::Locate { key: name("a.txt") };
+        assert_eq!(
+            one_shot(&net, index.addr(), &locate),
+            IndexResponse::Located {
+                file: meta("a.txt", 3),
+                holder: addr("seed:1")
+            }
+        );
+    }
+    let missing = IndexRequest::Locate { key: name("b.txt") };
+    match one_shot(&net, index.addr(), &missing) {
+        IndexResponse::Error(reply) => {
+            assert_eq!(reply.code, ErrorCode::NotFound);
+            assert_eq!(reply.message, "no peer holds b.txt");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_names_are_refused_and_the_connection_keeps_working() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let mut c = client(&net, "c", &index);
+    for result in [
+        c.locate(&name("../x")).map(|_| ()),
+        c.holders(&name("a/b")).map(|_| ()),
+        c.register(&addr("c:1"), &[meta("..", 1)]).map(|_| ()),
+    ] {
+        match result {
+            Err(IndexError::Refused(reply)) => assert_eq!(reply.code, ErrorCode::BadName),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut odd = meta("ok.txt", 1);
+    odd.chunk_size = 1000;
+    match c.register(&addr("c:1"), &[odd]) {
+        Err(IndexError::Refused(reply)) => assert_eq!(reply.code, ErrorCode::BadRequest),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.register(&addr("c:1"), &[meta("ok.txt", 1)]).unwrap(), 1);
+    assert_eq!(c.locate(&name("ok.txt")).unwrap().1, addr("c:1"));
+    assert_eq!(net.stats(index.addr()).connections, 1);
+}
+
+#[test]
+fn too_many_files_are_refused() {
+    let net = MemNetwork::new();
+    let config = IndexServerConfig {
+        max_files_per_register: 2,
+        ..IndexServerConfig::default()
+    };
+    let index = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), config)
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let mut c = client(&net, "c", &index);
+    let files: Vec<FileMeta> = (1..=3).map(|i| meta(&format!("f{i}"), i)).collect();
+    match c.register(&addr("c:1"), &files) {
+        Err(IndexError::Refused(reply)) => assert_eq!(reply.code, ErrorCode::BadRequest),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.register(&addr("c:1"), &files[..2]).unwrap(), 2);
+}
+
+#[test]
+fn oversized_frame_gets_an_error_and_the_server_serves_others() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let mut raw = net.host("evil").connect(index.addr()).unwrap();
+    codec::client_handshake(&mut raw, Service::Index).unwrap();
+    raw.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let mut buf = Vec::new();
+    match codec::read_frame(&mut raw, codec::DEFAULT_RESPONSE_LIMIT, &mut buf).unwrap() {
+        IndexResponse::Error(reply) => assert_eq!(reply.code, ErrorCode::BadRequest),
+        other => panic!("{other:?}"),
+    }
+    // Then the server closes the connection.
+    assert!(matches!(
+        codec::read_frame::<_, IndexResponse>(&mut raw, 1024, &mut buf),
+        Err(ProtoError::Closed)
+    ));
+
+    let mut c = client(&net, "good", &index);
+    assert_eq!(c.register(&addr("good:1"), &[meta("x", 1)]).unwrap(), 1);
+    assert_eq!(c.locate(&name("x")).unwrap().1, addr("good:1"));
+}
+
+#[test]
+fn garbage_body_gets_an_error() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let mut raw = net.host("evil").connect(index.addr()).unwrap();
+    codec::client_handshake(&mut raw, Service::Index).unwrap();
+    raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+    let mut buf = Vec::new();
+    match codec::read_frame(&mut raw, codec::DEFAULT_RESPONSE_LIMIT, &mut buf).unwrap() {
+        IndexResponse::Error(reply) => assert_eq!(reply.code, ErrorCode::BadRequest),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn client_fails_over_to_the_next_address() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let dead = addr("gone:1");
+    let mut c = IndexClient::new(net.host("c"), vec![dead, index.addr().clone()]);
+    assert_eq!(c.register(&addr("c:1"), &[meta("x", 1)]).unwrap(), 1);
+    assert_eq!(c.connected_index(), Some(index.addr()));
+
+    // A refused endpoint (not just an unbound one) is skipped too.
+    let refused = start(&net);
+    net.refuse(refused.addr());
+    let mut c = IndexClient::new(
+        net.host("d"),
+        vec![refused.addr().clone(), index.addr().clone()],
+    );
+    assert_eq!(c.locate(&name("x")).unwrap().1, addr("c:1"));
+    // Healed before the handle drops: shutting down wakes the accept loop with a connect.
+    net.heal(refused.addr());
+}
+
+#[test]
+fn unreachable_lists_every_address() {
+    let net = MemNetwork::new();
+    let mut c = IndexClient::new(net.host("c"), vec![addr("a:1"), addr("b:1")]);
+    match c.locate(&name("x")) {
+        Err(e @ IndexError::Unreachable { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.starts_with("no index reachable at a:1, b:1: "),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut none = IndexClient::new(net.host("c"), vec![]);
+    assert!(matches!(
+        none.search("", 1),
+        Err(IndexError::Unreachable { .. })
+    ));
+}
+
+#[test]
+fn client_reconnects_when_the_server_dropped_the_connection() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let mut setup = client(&net, "setup", &index);
+    setup.register(&addr("h:1"), &[meta("x", 1)]).unwrap();
+
+    // Each new connection to the index now closes after the handshake and one Located
+    // answer, so the client's second request finds its connection dead.
+    let mut located = Vec::new();
+    codec::encode_frame(
+        &IndexResponse::Located {
+            file: meta("x", 1),
+            holder: addr("h:1"),
+        },
+        &mut located,
+    )
+    .unwrap();
+    net.cut_after(index.addr(), 8 + located.len() as u64);
+    let before = net.stats(index.addr()).connections;
+
+    let mut c = client(&net, "c", &index);
+    assert_eq!(c.locate(&name("x")).unwrap().1, addr("h:1"));
+    assert_eq!(c.locate(&name("x")).unwrap().1, addr("h:1"));
+    assert_eq!(net.stats(index.addr()).connections, before + 2);
+    net.heal(index.addr());
+}
+
+#[test]
+fn busy_server_is_reported() {
+    let net = MemNetwork::new();
+    let config = IndexServerConfig {
+        max_connections: 1,
+        ..IndexServerConfig::default()
+    };
+    let index = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), config)
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let mut first = client(&net, "a", &index);
+    first.search("", 1).unwrap();
+    let mut second = client(&net, "b", &index);
+    // The refused client hears why: the index is busy.
+    match second.search("", 1) {
+        Err(e @ IndexError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("busy"), "{e}")
+        }
+        other => panic!("expected a busy refusal, got {other:?}"),
+    }
+    // And the first connection is still served.
+    first.search("", 1).unwrap();
+}
