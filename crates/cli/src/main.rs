@@ -1,1 +1,114 @@
-fn main() {}
+//! `shoal`: the command line of the shoal peer-to-peer file-sharing system.
+//!
+//! Thin by design: it parses arguments, wires the TCP transport into the index and peer
+//! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`.
+
+mod bench_index;
+mod demo;
+mod error;
+mod fetch;
+mod logger;
+mod plot;
+mod serve;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_proto::PeerAddr;
+
+use crate::error::CliError;
+
+/// The index's default port: the seed design's.
+const DEFAULT_INDEX: &str = "127.0.0.1:1024";
+
+/// shoal: share files peer to peer. A central index knows who holds what; peers send each
+/// other files directly, in verified chunks; a peer that finishes a download serves it too.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, propagate_version = true)]
+#[command(after_help = "Examples:\n  shoal demo\n  shoal index --listen 0.0.0.0:1024\n  \
+shoal peer --dir ./shared --index 10.0.0.5:1024 --listen 0.0.0.0:7000\n  \
+shoal get song.ogg --index 10.0.0.5:1024 --out ./downloads\n  shoal search ogg --index 10.0.0.5:1024")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an index server: the registry of which peer holds which file.
+    #[command(after_help = "Example:\n  shoal index                         # 127.0.0.1:1024, this machine only\n  \
+shoal index --listen 0.0.0.0:1024   # serve other machines")]
+    Index(serve::IndexArgs),
+    /// Serve a folder to other peers, register it with the index, and download the file
+    /// names typed on standard input into it.
+    #[command(after_help = "Example:\n  shoal peer --dir ./shared --index 127.0.0.1:1024\n  \
+(then type a file name and Enter to fetch it into ./shared)")]
+    Peer(serve::PeerArgs),
+    /// Download files (by name or 64-hex-digit id), verified, into a folder, then exit.
+    #[command(after_help = "Example:\n  shoal get song.ogg notes.txt --index 127.0.0.1:1024 --out ./downloads")]
+    Get(fetch::GetArgs),
+    /// List files the index knows whose name contains QUERY (empty: all).
+    #[command(after_help = "Example:\n  shoal search ogg\n  shoal search --json | jq .name")]
+    Search(fetch::SearchArgs),
+    /// Start an index and three peers on loopback with sample files, let each peer fetch the
+    /// files it lacks, and print what happened.
+    #[command(after_help = "Example:\n  shoal demo\n  shoal demo --keep ./demo-run --largest-mib 20")]
+    Demo(demo::DemoArgs),
+    /// Measurements (run with --release).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Lookups/s and response times of the index against Redis and a no-op server, for
+    /// 1..256 concurrent clients, persistent and per-lookup connections.
+    #[command(after_help = "Example:\n  cargo run --release -p shoal-cli -- bench index --plot index.svg")]
+    Index(bench_index::IndexBenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logger::init();
+    let result = match cli.command {
+        Command::Index(args) => serve::run_index(&args),
+        Command::Peer(args) => serve::run_peer(&args),
+        Command::Get(args) => fetch::run_get(&args),
+        Command::Search(args) => fetch::run_search(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Bench(BenchCommand::Index(args)) => {
+            bench_index::run(&args).map_err(CliError::Bench)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("shoal: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `--index A,B,C`.
+fn parse_index_list(list: &str) -> Result<Vec<PeerAddr>, CliError> {
+    let addrs = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PeerAddr::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(CliError::Usage("--index needs at least one address".into()));
+    }
+    Ok(addrs)
+}
+
+/// A folder given on the command line, created if missing.
+fn ensure_dir(dir: &PathBuf) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|source| CliError::Io {
+        what: format!("cannot create folder {}", dir.display()),
+        source,
+    })
+}

@@ -14,7 +14,6 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::codec::{Service, refuse_busy};
-use std::io::Read;
 
 use crossbeam_channel::{Sender, bounded};
 
