@@ -27,9 +27,11 @@ const DEFAULT_INDEX: &str = "127.0.0.1:1024";
 /// other files directly, in verified chunks; a peer that finishes a download serves it too.
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, propagate_version = true)]
-#[command(after_help = "Examples:\n  shoal demo\n  shoal index --listen 0.0.0.0:1024\n  \
+#[command(
+    after_help = "Examples:\n  shoal demo\n  shoal index --listen 0.0.0.0:1024\n  \
 shoal peer --dir ./shared --index 10.0.0.5:1024 --listen 0.0.0.0:7000\n  \
-shoal get song.ogg --index 10.0.0.5:1024 --out ./downloads\n  shoal search ogg --index 10.0.0.5:1024")]
+shoal get song.ogg --index 10.0.0.5:1024 --out ./downloads\n  shoal search ogg --index 10.0.0.5:1024"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,23 +40,31 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run an index server: the registry of which peer holds which file.
-    #[command(after_help = "Example:\n  shoal index                         # 127.0.0.1:1024, this machine only\n  \
-shoal index --listen 0.0.0.0:1024   # serve other machines")]
+    #[command(
+        after_help = "Example:\n  shoal index                         # 127.0.0.1:1024, this machine only\n  \
+shoal index --listen 0.0.0.0:1024   # serve other machines"
+    )]
     Index(serve::IndexArgs),
     /// Serve a folder to other peers, register it with the index, and download the file
     /// names typed on standard input into it.
-    #[command(after_help = "Example:\n  shoal peer --dir ./shared --index 127.0.0.1:1024\n  \
-(then type a file name and Enter to fetch it into ./shared)")]
+    #[command(
+        after_help = "Example:\n  shoal peer --dir ./shared --index 127.0.0.1:1024\n  \
+(then type a file name and Enter to fetch it into ./shared)"
+    )]
     Peer(serve::PeerArgs),
     /// Download files (by name or 64-hex-digit id), verified, into a folder, then exit.
-    #[command(after_help = "Example:\n  shoal get song.ogg notes.txt --index 127.0.0.1:1024 --out ./downloads")]
+    #[command(
+        after_help = "Example:\n  shoal get song.ogg notes.txt --index 127.0.0.1:1024 --out ./downloads"
+    )]
     Get(fetch::GetArgs),
     /// List files the index knows whose name contains QUERY (empty: all).
     #[command(after_help = "Example:\n  shoal search ogg\n  shoal search --json | jq .name")]
     Search(fetch::SearchArgs),
     /// Start an index and three peers on loopback with sample files, let each peer fetch the
     /// files it lacks, and print what happened.
-    #[command(after_help = "Example:\n  shoal demo\n  shoal demo --keep ./demo-run --largest-mib 20")]
+    #[command(
+        after_help = "Example:\n  shoal demo\n  shoal demo --keep ./demo-run --largest-mib 20"
+    )]
     Demo(demo::DemoArgs),
     /// Measurements (run with --release).
     #[command(subcommand)]
@@ -65,13 +75,21 @@ shoal index --listen 0.0.0.0:1024   # serve other machines")]
 enum BenchCommand {
     /// Lookups/s and response times of the index against Redis and a no-op server, for
     /// 1..256 concurrent clients, persistent and per-lookup connections.
-    #[command(after_help = "Example:\n  cargo run --release -p shoal-cli -- bench index --plot index.svg")]
+    #[command(
+        after_help = "Example:\n  cargo run --release -p shoal-cli -- bench index --plot index.svg"
+    )]
     Index(bench_index::IndexBenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logger::init();
+    // The demo and benchmarks print tables; their servers' event lines would bury them.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    logger::init(if quiet {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Info
+    });
     let result = match cli.command {
         Command::Index(args) => serve::run_index(&args),
         Command::Peer(args) => serve::run_peer(&args),

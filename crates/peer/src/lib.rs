@@ -1,1 +1,71 @@
-//! placeholder
+//! A shoal peer: the folder it shares, the server that hands out its files, and the
+//! downloader that fetches files from other peers.
+//!
+//! - [`Library`]: the shared folder. It lists the regular files directly in it (no hidden
+//!   files, no symlinks, no subfolders) with each file's id (its BLAKE3 hash, what `b3sum`
+//!   prints) and the hashes of its chunks. Only files in the library are ever served.
+//! - [`PeerServer`]: answers other peers over any [`shoal_proto::Transport`]: a file's
+//!   manifest (metadata + chunk hashes), then chunk ranges streamed as raw bytes.
+//! - [`Downloader`]: asks the index which peers hold a file, takes the manifest from one of
+//!   them (picked at random, the others as fallbacks), checks the manifest against the file id,
+//!   checks every chunk as it arrives, writes into a hidden part file, and only when the whole
+//!   file is verified links it into place (never overwriting anything) and registers the new
+//!   copy with the index.
+//!
+//! Two peers and an index on the in-memory network:
+//!
+//! ```
+//! use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
+//! use shoal_peer::{
+//!     DownloadOutcome, Downloader, DownloaderConfig, Library, PeerServer, PeerServerConfig,
+//! };
+//! use shoal_proto::mem::MemNetwork;
+//! use shoal_proto::{FileKey, PeerAddr};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemNetwork::new();
+//! let index = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), IndexServerConfig::default())
+//!     .spawn(&PeerAddr::new("index:0")?)?;
+//!
+//! // Alice shares a folder with one file and tells the index about it.
+//! let alice_dir = tempfile::tempdir()?;
+//! std::fs::write(alice_dir.path().join("song.ogg"), vec![7u8; 100_000])?;
+//! let library = Library::open(alice_dir.path(), 16384)?;
+//! let alice = PeerServer::new(net.host("alice"), library.clone(), PeerServerConfig::default())
+//!     .spawn(&PeerAddr::new("alice:0")?)?;
+//! IndexClient::new(net.host("alice"), vec![index.addr().clone()])
+//!     .register(alice.addr(), &library.files())?;
+//!
+//! // Bob fetches it: every chunk is verified before the file appears in his folder.
+//! let bob_dir = tempfile::tempdir()?;
+//! let mut bob = Downloader::new(
+//!     net.host("bob"),
+//!     vec![index.addr().clone()],
+//!     bob_dir.path(),
+//!     DownloaderConfig::default(),
+//! );
+//! let DownloadOutcome::Downloaded(report) = bob.fetch(&FileKey::Name("song.ogg".into()))? else {
+//!     panic!("bob's folder was empty");
+//! };
+//! assert_eq!(report.from, *alice.addr());
+//! assert_eq!(std::fs::read(&report.path)?, vec![7u8; 100_000]);
+//!
+//! // A second fetch finds the file in place and asks nobody.
+//! assert!(matches!(
+//!     bob.fetch(&FileKey::Name("song.ogg".into()))?,
+//!     DownloadOutcome::AlreadyPresent(_)
+//! ));
+//! # Ok(())
+//! # }
+//! ```
+
+mod download;
+mod error;
+mod library;
+mod server;
+
+pub use download::{DownloadOutcome, DownloadReport, Downloader, DownloaderConfig};
+pub use error::PeerError;
+pub use library::{Library, SharedFile};
+pub use server::{PeerServer, PeerServerConfig};
+pub use shoal_proto::server::ServerHandle;

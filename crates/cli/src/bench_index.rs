@@ -1,0 +1,1193 @@
+//! `shoal bench index`: the original study's measurement of the index.
+//!
+//! Each client makes N sequential lookups, for 1..256 concurrent clients, once over persistent
+//! connections and once with a new connection per lookup (the seed's way). The same client
+//! threads, in the same run and alternating cell by cell, also drive two references, so only
+//! the server differs:
+//! - **no-op**: shoal's own accept loop (thread per connection) doing the real handshake and
+//!   then answering every frame at once with a pre-encoded `Located` answer of the real size:
+//!   the ceiling for this machine and this load generator.
+//! - **redis**: a `redis-server` child answering `SRANDMEMBER bench.bin`, the anchor the
+//!   project compares against (`/work/shared/anchors`).
+//!
+//! Clients use raw sockets and the bare codec (not `IndexClient`), so the client-side cost is
+//! minimal and identical in shape for every contender.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
+use shoal_proto::codec::{self, Service};
+use shoal_proto::content::DEFAULT_CHUNK_SIZE;
+use shoal_proto::message::{IndexRequest, IndexResponse};
+use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
+use shoal_proto::tcp::TcpTransport;
+use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, Transport};
+
+use crate::plot::{self, Chart, Series};
+
+/// The file every lookup asks for.
+const BENCH_FILE: &str = "bench.bin";
+/// Files registered besides it, so the registry is not trivially tiny.
+const OTHER_FILES: u32 = 1000;
+/// Holders the files are spread over; the first three hold `bench.bin`.
+const HOLDERS: u16 = 10;
+/// Each client does at least this many lookups, so a percentile means something.
+const MIN_PER_CLIENT: usize = 50;
+/// Stack of a client thread: it only formats a request and parses a short answer.
+const CLIENT_STACK: usize = 256 << 10;
+
+/// How clients connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    /// One connection per client, all its lookups over it.
+    Persistent,
+    /// Connect, (handshake,) one lookup, close: the seed's way.
+    PerConnection,
+}
+
+impl Mode {
+    fn table(self) -> &'static str {
+        match self {
+            Mode::Persistent => "index-lookup-persistent",
+            Mode::PerConnection => "index-lookup-per-connection",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Mode::Persistent => "persistent connections",
+            Mode::PerConnection => "a new connection per lookup",
+        }
+    }
+}
+
+/// Arguments of `shoal bench index`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct IndexBenchArgs {
+    /// Client counts to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 64, 256])]
+    clients: Vec<usize>,
+    /// Lookups per cell, split over the clients (each client does at least 50).
+    #[arg(long, default_value_t = 20_000)]
+    lookups: usize,
+    /// Repetitions per cell; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Connection modes to measure.
+    #[arg(long, alias = "mode", value_enum, value_delimiter = ',',
+          default_values_t = [Mode::Persistent, Mode::PerConnection])]
+    modes: Vec<Mode>,
+    /// Also draw response time (and lookups/s) against clients into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Append raw rows (`table<TAB>row<TAB>column<TAB>value`, one per run) to this file, the
+    /// anchors' form (`/work/shared/anchors/summarize.py` reads it).
+    #[arg(long, value_name = "FILE")]
+    tsv: Option<PathBuf>,
+    /// The redis-server program to compare against.
+    #[arg(long, value_name = "PATH", default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// Do not start Redis; measure shoal and the no-op server only.
+    #[arg(long)]
+    no_redis: bool,
+    /// Measure only these contenders (e.g. `--only shoal` while profiling).
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = [Which::Shoal, Which::NoOp, Which::Redis])]
+    only: Vec<Which>,
+}
+
+/// The servers the benchmark can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Which {
+    /// shoal's index server.
+    Shoal,
+    /// The no-op server: the ceiling.
+    NoOp,
+    /// redis-server, SRANDMEMBER.
+    Redis,
+}
+
+/// Runs the benchmark and prints its tables.
+pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        return Err("--clients needs positive client counts".into());
+    }
+    if args.lookups == 0 || args.reps == 0 || args.modes.is_empty() {
+        return Err("--lookups, --reps and --modes must not be zero or empty".into());
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("note: this is a debug build; numbers mean little (use cargo run --release)");
+    }
+    let started = Instant::now();
+    // The index logs each registration at info and each lookup at debug: on a terminal that
+    // is noise here, and at debug it would measure the logger. Restored when `run` returns.
+    let _quiet = QuietLog::new(log::LevelFilter::Warn);
+    let data = BenchData::new()?;
+
+    // Contenders are kept alive (and killed) by these guards until the end of `run`.
+    let wanted = |w: Which| args.only.contains(&w);
+    let noop_reply = data.located_frame()?;
+    let request = data.locate_frame()?;
+    let mut contenders = Vec::new();
+    let shoal = match wanted(Which::Shoal) {
+        true => Some(start_shoal(&data)?),
+        false => None,
+    };
+    if let Some(h) = &shoal {
+        contenders.push(Contender::new(
+            "shoal",
+            Wire::Shoal,
+            h.addr(),
+            request.clone(),
+        )?);
+    }
+    let noop = match wanted(Which::NoOp) {
+        true => Some(start_noop(noop_reply.clone())?),
+        false => None,
+    };
+    if let Some(h) = &noop {
+        contenders.push(Contender::new("no-op", Wire::Shoal, h.addr(), request)?);
+    }
+    let redis = if args.no_redis || !wanted(Which::Redis) {
+        None
+    } else {
+        start_redis(&args.redis_server, &data)?
+    };
+    if let Some(redis) = &redis {
+        contenders.push(Contender {
+            name: "redis",
+            wire: Wire::Redis,
+            addr: redis.addr,
+            request: redis_command(&["SRANDMEMBER", BENCH_FILE]),
+        });
+    }
+    if contenders.is_empty() {
+        return Err("nothing to measure: --only names no contender that can run".into());
+    }
+    // One checked lookup each before anything is timed: a contender that cannot answer is a
+    // setup failure, not thousands of counted errors.
+    for c in &contenders {
+        c.probe(&noop_reply)?;
+    }
+
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let heading = format!(
+        "{cores} cores, median of {} reps, {} lookups per cell split over the clients (at least \
+         {MIN_PER_CLIENT} each); contenders alternate within each rep",
+        args.reps, args.lookups
+    );
+    println!("shoal bench index: {heading}");
+    match &redis {
+        Some(r) => println!(
+            "redis: {} ({}), own instance on {}, SRANDMEMBER {BENCH_FILE}",
+            r.version,
+            args.redis_server.display(),
+            r.addr
+        ),
+        None if args.no_redis => println!("redis: not run (--no-redis)"),
+        None if !wanted(Which::Redis) => println!("redis: not run (not in --only)"),
+        None => println!(
+            "redis: not run ({} not found; apt-get install redis-server to compare against it)",
+            args.redis_server.display()
+        ),
+    }
+    println!(
+        "data: {BENCH_FILE} with 3 holders plus {OTHER_FILES} other files; shoal answers \
+         Locate{{name}}, no-op replays a {}-byte Located frame",
+        noop_reply.len()
+    );
+
+    let mut results = Vec::new();
+    let mut tsv = String::new();
+    for &mode in &args.modes {
+        for c in &contenders {
+            // Warm-up: threads, allocator, caches and the server's code paths, untimed.
+            let warm = run_cell(c, mode, 2, 300);
+            if warm.errors > 0 {
+                eprintln!(
+                    "warning: {} warm-up ({}) had {} errors: {}",
+                    c.name,
+                    mode.title(),
+                    warm.errors,
+                    warm.first_error.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        for &clients in &args.clients {
+            let per_client = (args.lookups / clients).max(MIN_PER_CLIENT);
+            eprintln!(
+                "  {}: {clients} clients x {per_client} lookups x {} reps",
+                mode.title(),
+                args.reps
+            );
+            let mut cells: Vec<Vec<Cell>> = vec![Vec::new(); contenders.len()];
+            for _ in 0..args.reps {
+                for (i, c) in contenders.iter().enumerate() {
+                    let cell = run_cell(c, mode, clients, per_client);
+                    let row = format!("clients={clients}");
+                    for (column, value) in [
+                        ("req/s", cell.rate()),
+                        ("avg ms", cell.mean_ms),
+                        ("p99 ms", cell.p99_ms),
+                        ("errors", cell.errors as f64),
+                    ] {
+                        let _ =
+                            writeln!(tsv, "{}\t{row}\t{} {column}\t{value}", mode.table(), c.name);
+                    }
+                    cells[i].push(cell);
+                }
+            }
+            results.push(Row {
+                mode,
+                clients,
+                per_contender: cells.iter().map(|reps| Summary::of(reps)).collect(),
+            });
+        }
+    }
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    for &mode in &args.modes {
+        print_table(mode, &names, &results);
+    }
+    if let Some(path) = &args.tsv {
+        append(path, &tsv)?;
+        println!("raw rows appended to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let charts = charts(&args.modes, &names, &results);
+        plot::write_svg(path, &format!("shoal index lookups: {heading}"), &charts, 2)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("plot written to {}", path.display());
+    }
+    let took = started.elapsed().as_secs();
+    println!("took {}m{:02}s", took / 60, took % 60);
+    drop(redis);
+    Ok(())
+}
+
+/// Caps the global log level while it lives.
+struct QuietLog(log::LevelFilter);
+
+impl QuietLog {
+    fn new(cap: log::LevelFilter) -> QuietLog {
+        let before = log::max_level();
+        log::set_max_level(before.min(cap));
+        QuietLog(before)
+    }
+}
+
+impl Drop for QuietLog {
+    fn drop(&mut self) {
+        log::set_max_level(self.0);
+    }
+}
+
+/// The registry contents every contender is given.
+struct BenchData {
+    bench: FileMeta,
+    holders: Vec<PeerAddr>,
+    /// (holder, files it registers), the bench file included.
+    registrations: Vec<(PeerAddr, Vec<FileMeta>)>,
+}
+
+impl BenchData {
+    fn new() -> Result<BenchData, String> {
+        // Same-length addresses, so every Located answer has the same size whoever is chosen.
+        let holders = (1..=HOLDERS)
+            .map(|i| PeerAddr::new(format!("127.0.0.1:{}", 40_000 + i)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let bench = meta(BENCH_FILE.to_string(), 0, 1 << 30);
+        let mut registrations: Vec<(PeerAddr, Vec<FileMeta>)> =
+            holders.iter().map(|h| (h.clone(), Vec::new())).collect();
+        for entry in registrations.iter_mut().take(3) {
+            entry.1.push(bench.clone());
+        }
+        for n in 1..=OTHER_FILES {
+            let file = meta(format!("file-{n:04}.bin"), n, (1 << 20) + u64::from(n));
+            // Two holders each, spread evenly.
+            for h in [n % u32::from(HOLDERS), (n + 3) % u32::from(HOLDERS)] {
+                registrations[h as usize].1.push(file.clone());
+            }
+        }
+        Ok(BenchData {
+            bench,
+            holders,
+            registrations,
+        })
+    }
+
+    /// The request every shoal-protocol lookup sends, as frame bytes.
+    fn locate_frame(&self) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        codec::encode_frame(
+            &IndexRequest::Locate {
+                key: FileKey::Name(BENCH_FILE.into()),
+            },
+            &mut buf,
+        )
+        .map_err(|e| format!("cannot encode the Locate request: {e}"))?;
+        Ok(buf)
+    }
+
+    /// The answer the no-op server replays: a real `Located`, as shoal would send it.
+    fn located_frame(&self) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        codec::encode_frame(
+            &IndexResponse::Located {
+                file: self.bench.clone(),
+                holder: self.holders[0].clone(),
+            },
+            &mut buf,
+        )
+        .map_err(|e| format!("cannot encode the Located answer: {e}"))?;
+        Ok(buf)
+    }
+}
+
+fn meta(name: String, n: u32, size: u64) -> FileMeta {
+    // Distinct, arbitrary ids: the index does not hash content, it only keys on the id.
+    let mut id = [0x5a; 32];
+    id[..4].copy_from_slice(&n.to_le_bytes());
+    FileMeta {
+        name,
+        size,
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        id: FileId(id),
+    }
+}
+
+fn localhost() -> Result<PeerAddr, String> {
+    PeerAddr::new("127.0.0.1:0").map_err(|e| e.to_string())
+}
+
+fn start_shoal(data: &BenchData) -> Result<ServerHandle, String> {
+    let transport = TcpTransport::default();
+    let config = IndexServerConfig {
+        // Above any client count measured: a busy refusal would measure the limit, not speed.
+        max_connections: 4096,
+        ..IndexServerConfig::default()
+    };
+    let handle = IndexServer::new(transport.clone(), MemoryStore::new(), config)
+        .spawn(&localhost()?)
+        .map_err(|e| format!("cannot start the shoal index: {e}"))?;
+    let mut client = IndexClient::new(transport, vec![handle.addr().clone()]);
+    for (holder, files) in &data.registrations {
+        client
+            .register(holder, files)
+            .map_err(|e| format!("cannot register {holder}'s files with shoal: {e}"))?;
+    }
+    Ok(handle)
+}
+
+fn start_noop(reply: Vec<u8>) -> Result<ServerHandle, String> {
+    let transport = TcpTransport::default();
+    let listener = transport
+        .bind(&localhost()?)
+        .map_err(|e| format!("cannot start the no-op server: {e}"))?;
+    // Exactly shoal's accept loop, so the two differ only in what a connection thread does.
+    spawn_accept_loop(
+        &transport,
+        listener,
+        AcceptConfig::new(Service::Index, "noop"),
+        move |stream: TcpStream, _from| noop_connection(stream, &reply),
+    )
+    .map_err(|e| format!("cannot start the no-op server: {e}"))
+}
+
+/// Handshake, then for every frame read (raw bytes, never decoded) write `reply` at once.
+fn noop_connection(mut stream: TcpStream, reply: &[u8]) {
+    if codec::server_handshake(&mut stream, Service::Index).is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let mut body = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if reader.read_exact(&mut len).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len);
+        if len > codec::DEFAULT_REQUEST_LIMIT {
+            return;
+        }
+        body.resize(len as usize, 0);
+        if reader.read_exact(&mut body).is_err() || writer.write_all(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// The redis-server child; killed and reaped when dropped, on every path.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+    version: String,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts our own redis-server on a free loopback port and loads the data; `None` when the
+/// program is not installed.
+fn start_redis(program: &Path, data: &BenchData) -> Result<Option<Redis>, String> {
+    let version = match Command::new(program).arg("--version").output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            // "Redis server v=7.0.15 sha=..." -> "Redis 7.0.15"
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix("v="))
+                .map_or_else(|| text.trim().to_string(), |v| format!("Redis {v}"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot run {}: {e}", program.display())),
+    };
+    // A free port: bind port 0, read it, release it for redis (a tiny race, checked below).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot find a free port for redis: {e}"))?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = Command::new(program)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let mut redis = Redis {
+        child,
+        addr,
+        version,
+    };
+    let mut conn = wait_for_ping(&mut redis)?;
+    // Same data as shoal: one set of holders per file name, sent pipelined.
+    let mut sets: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (holder, files) in &data.registrations {
+        for f in files {
+            match sets.iter_mut().find(|(name, _)| *name == f.name) {
+                Some((_, members)) => members.push(holder.as_str()),
+                None => sets.push((f.name.as_str(), vec![holder.as_str()])),
+            }
+        }
+    }
+    let mut batch = Vec::new();
+    for (name, members) in &sets {
+        let mut cmd = vec!["SADD", *name];
+        cmd.extend(members);
+        batch.extend(redis_command(&cmd));
+    }
+    conn.get_mut()
+        .write_all(&batch)
+        .map_err(|e| format!("cannot load redis: {e}"))?;
+    let mut line = Vec::new();
+    for _ in &sets {
+        line.clear();
+        conn.read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot load redis: {e}"))?;
+        if line.first() != Some(&b':') {
+            return Err(format!(
+                "redis refused SADD: {}",
+                String::from_utf8_lossy(&line).trim()
+            ));
+        }
+    }
+    Ok(Some(redis))
+}
+
+/// Waits (bounded) until the child answers PING; returns that connection.
+fn wait_for_ping(redis: &mut Redis) -> Result<BufReader<TcpStream>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = redis.child.try_wait() {
+            let mut out = String::new();
+            if let Some(mut s) = redis.child.stdout.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            if let Some(mut s) = redis.child.stderr.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            return Err(format!(
+                "redis-server exited ({status}) before answering: {}",
+                out.trim()
+            ));
+        }
+        match ping(redis.addr) {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = e,
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "redis-server on {} did not answer PING within 10 s: {last}",
+        redis.addr
+    ))
+}
+
+fn ping(addr: SocketAddr) -> Result<BufReader<TcpStream>, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut conn = BufReader::new(stream);
+    conn.get_mut()
+        .write_all(&redis_command(&["PING"]))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    conn.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim_end() != "+PONG" {
+        return Err(format!("PING answered {:?}", line.trim_end()));
+    }
+    conn.get_mut()
+        .set_read_timeout(None)
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// One RESP command, as an array of bulk strings.
+fn redis_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(out, "${}\r\n{a}\r\n", a.len());
+    }
+    out.into_bytes()
+}
+
+/// The protocol a contender speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// shoal's handshake and frames (shoal and the no-op server).
+    Shoal,
+    /// RESP.
+    Redis,
+}
+
+/// A server under test, as its clients see it.
+struct Contender {
+    name: &'static str,
+    wire: Wire,
+    addr: SocketAddr,
+    /// The pre-encoded lookup request, sent as-is every time.
+    request: Vec<u8>,
+}
+
+impl Contender {
+    fn new(
+        name: &'static str,
+        wire: Wire,
+        addr: &PeerAddr,
+        request: Vec<u8>,
+    ) -> Result<Contender, String> {
+        let addr = addr
+            .as_str()
+            .parse()
+            .map_err(|e| format!("{name} listens on {addr}, not an IP address: {e}"))?;
+        Ok(Contender {
+            name,
+            wire,
+            addr,
+            request,
+        })
+    }
+
+    /// One lookup with its answer checked; for shoal also that the answer is exactly as
+    /// large as the no-op server's, so the ceiling moves the same bytes.
+    fn probe(&self, noop_reply: &[u8]) -> Result<(), String> {
+        let mut conn =
+            Conn::open(self).map_err(|e| format!("{} does not answer: {e}", self.name))?;
+        if self.wire == Wire::Shoal {
+            conn.reader
+                .get_mut()
+                .write_all(&self.request)
+                .map_err(|e| format!("{}: {e}", self.name))?;
+            let mut len = [0u8; 4];
+            conn.reader
+                .read_exact(&mut len)
+                .map_err(|e| format!("{}: {e}", self.name))?;
+            let len = u32::from_be_bytes(len) as usize;
+            let mut body = vec![0; len.min(1 << 20)];
+            conn.reader
+                .read_exact(&mut body)
+                .map_err(|e| format!("{}: {e}", self.name))?;
+            match codec::decode_body::<IndexResponse>(&body) {
+                Ok(IndexResponse::Located { .. }) => {}
+                other => return Err(format!("{} answers {other:?}, not Located", self.name)),
+            }
+            if len + 4 != noop_reply.len() {
+                eprintln!(
+                    "note: {} answers {} bytes, the no-op server {}",
+                    self.name,
+                    len + 4,
+                    noop_reply.len()
+                );
+            }
+        }
+        let mut scratch = Vec::new();
+        conn.lookup(self, &mut scratch)
+            .map_err(|e| format!("{} lookup failed: {e}", self.name))
+    }
+}
+
+/// A client connection: the stream behind a small read buffer (one read per answer).
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(c: &Contender) -> Result<Conn, String> {
+        let mut stream = TcpStream::connect(c.addr).map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        if c.wire == Wire::Shoal {
+            // The server answers exactly 8 bytes, so reading it unbuffered loses nothing.
+            codec::client_handshake(&mut stream, Service::Index)
+                .map_err(|e| format!("handshake: {e}"))?;
+        }
+        Ok(Conn {
+            reader: BufReader::with_capacity(1024, stream),
+        })
+    }
+
+    /// Sends the request and reads (and checks) one answer.
+    fn lookup(&mut self, c: &Contender, scratch: &mut Vec<u8>) -> Result<(), String> {
+        self.reader
+            .get_mut()
+            .write_all(&c.request)
+            .map_err(|e| format!("send: {e}"))?;
+        match c.wire {
+            Wire::Shoal => match codec::read_frame::<_, IndexResponse>(
+                &mut self.reader,
+                codec::DEFAULT_RESPONSE_LIMIT,
+                scratch,
+            ) {
+                Ok(IndexResponse::Located { .. }) => Ok(()),
+                Ok(other) => Err(format!("answer is not Located: {other:?}")),
+                Err(e) => Err(format!("answer: {e}")),
+            },
+            Wire::Redis => read_bulk(&mut self.reader, scratch),
+        }
+    }
+}
+
+/// Reads one RESP bulk-string reply (`$N\r\n<N bytes>\r\n`); nil or an error reply fail.
+fn read_bulk(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.clear();
+    let n = reader
+        .read_until(b'\n', buf)
+        .map_err(|e| format!("answer: {e}"))?;
+    if n == 0 {
+        return Err("answer: connection closed".into());
+    }
+    let header = String::from_utf8_lossy(buf);
+    let len: i64 = header
+        .strip_prefix('$')
+        .and_then(|rest| rest.trim_end().parse().ok())
+        .ok_or_else(|| format!("answer is not a bulk string: {:?}", header.trim_end()))?;
+    let len = usize::try_from(len).map_err(|_| "answer is nil (no such set)".to_string())?;
+    buf.resize(len + 2, 0);
+    reader
+        .read_exact(buf)
+        .map_err(|e| format!("answer body: {e}"))
+}
+
+/// Starts all clients of a cell at once, after they are connected.
+struct Gate {
+    state: Mutex<(usize, bool)>,
+    arrived: Condvar,
+    go: Condvar,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            state: Mutex::new((0, false)),
+            arrived: Condvar::new(),
+            go: Condvar::new(),
+        }
+    }
+
+    /// A client is ready; blocks until the gate opens.
+    fn arrive(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.0 += 1;
+        self.arrived.notify_one();
+        while !s.1 {
+            s = self.go.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits until `n` clients are ready, opens the gate and returns the start time. (Unlike
+    /// a `Barrier`, it still opens when some client threads could not be spawned.)
+    fn open_when(&self, n: usize) -> Instant {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while s.0 < n {
+            s = self.arrived.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        s.1 = true;
+        let start = Instant::now();
+        self.go.notify_all();
+        start
+    }
+}
+
+/// What one client thread measured.
+struct Worker {
+    /// Response time of each successful lookup, in nanoseconds.
+    samples: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+    end: Instant,
+}
+
+impl Worker {
+    fn fail(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+}
+
+fn client(c: &Contender, mode: Mode, lookups: usize, gate: &Gate) -> Worker {
+    let mut w = Worker {
+        samples: Vec::with_capacity(lookups),
+        errors: 0,
+        first_error: None,
+        end: Instant::now(),
+    };
+    let mut scratch = Vec::with_capacity(256);
+    match mode {
+        Mode::Persistent => {
+            // Connected before the start, so the cell times lookups, not connects.
+            let mut conn = match Conn::open(c) {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    w.first_error = Some(e);
+                    None
+                }
+            };
+            gate.arrive();
+            for _ in 0..lookups {
+                // A broken connection is replaced (untimed); each failed lookup counts once.
+                let open = match conn.take() {
+                    Some(open) => Ok(open),
+                    None => Conn::open(c),
+                };
+                let mut open = match open {
+                    Ok(open) => open,
+                    Err(e) => {
+                        w.fail(e);
+                        continue;
+                    }
+                };
+                let t0 = Instant::now();
+                let result = open.lookup(c, &mut scratch);
+                let elapsed = t0.elapsed();
+                match result {
+                    Ok(()) => {
+                        w.samples.push(nanos(elapsed));
+                        conn = Some(open);
+                    }
+                    Err(e) => w.fail(e),
+                }
+            }
+        }
+        Mode::PerConnection => {
+            gate.arrive();
+            for _ in 0..lookups {
+                // Connect, handshake, lookup and close are all part of the response time.
+                let t0 = Instant::now();
+                let result = Conn::open(c).and_then(|mut conn| conn.lookup(c, &mut scratch));
+                let elapsed = t0.elapsed();
+                match result {
+                    Ok(()) => w.samples.push(nanos(elapsed)),
+                    Err(e) => w.fail(e),
+                }
+            }
+        }
+    }
+    w.end = Instant::now();
+    w
+}
+
+fn nanos(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// One measured run of one contender at one client count.
+#[derive(Clone, Debug)]
+struct Cell {
+    ok: u64,
+    errors: u64,
+    secs: f64,
+    mean_ms: f64,
+    p99_ms: f64,
+    first_error: Option<String>,
+}
+
+impl Cell {
+    fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ok as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+fn run_cell(c: &Contender, mode: Mode, clients: usize, per_client: usize) -> Cell {
+    let gate = Gate::new();
+    let mut samples: Vec<u32> = Vec::with_capacity(clients * per_client);
+    let mut errors = 0u64;
+    let mut first_error = None;
+    let (start, end) = thread::scope(|s| {
+        let mut handles = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            let spawned = thread::Builder::new()
+                .name("bench-client".into())
+                .stack_size(CLIENT_STACK)
+                .spawn_scoped(s, || client(c, mode, per_client, &gate));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    errors += per_client as u64;
+                    first_error.get_or_insert(format!("cannot start a client thread: {e}"));
+                }
+            }
+        }
+        let start = gate.open_when(handles.len());
+        let mut end = start;
+        for h in handles {
+            match h.join() {
+                Ok(w) => {
+                    samples.extend_from_slice(&w.samples);
+                    errors += w.errors;
+                    if let Some(e) = w.first_error {
+                        first_error.get_or_insert(e);
+                    }
+                    end = end.max(w.end);
+                }
+                Err(_) => {
+                    errors += per_client as u64;
+                    first_error.get_or_insert("a client thread panicked".into());
+                }
+            }
+        }
+        (start, end)
+    });
+    let (mean_ms, p99_ms) = if samples.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        let sum: u64 = samples.iter().map(|&s| u64::from(s)).sum();
+        let mean = sum as f64 / samples.len() as f64 / 1e6;
+        // Nearest-rank p99: the smallest sample with at least 99 % of samples at or below it.
+        let rank = (samples.len() * 99).div_ceil(100).max(1) - 1;
+        let (_, p99, _) = samples.select_nth_unstable(rank);
+        (mean, f64::from(*p99) / 1e6)
+    };
+    Cell {
+        ok: samples.len() as u64,
+        errors,
+        secs: (end - start).as_secs_f64(),
+        mean_ms,
+        p99_ms,
+        first_error,
+    }
+}
+
+/// The reps of one (mode, clients, contender), reduced to medians.
+struct Summary {
+    rate: f64,
+    rate_min: f64,
+    rate_max: f64,
+    mean_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Summary {
+    fn of(cells: &[Cell]) -> Summary {
+        let rates: Vec<f64> = cells.iter().map(Cell::rate).collect();
+        Summary {
+            rate: median(&rates),
+            rate_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+            rate_max: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            mean_ms: median(&cells.iter().map(|c| c.mean_ms).collect::<Vec<_>>()),
+            p99_ms: median(&cells.iter().map(|c| c.p99_ms).collect::<Vec<_>>()),
+            errors: cells.iter().map(|c| c.errors).sum(),
+            first_error: cells.iter().find_map(|c| c.first_error.clone()),
+        }
+    }
+}
+
+/// Median of the finite values (NaN when there are none); the mean of the middle two for
+/// an even count.
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// All contenders at one (mode, clients).
+struct Row {
+    mode: Mode,
+    clients: usize,
+    /// In contender order.
+    per_contender: Vec<Summary>,
+}
+
+/// `112.3k`, `1.05M`, `950`.
+fn fmt_rate(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Milliseconds with three significant-ish digits: `0.084`, `1.23`, `12.5`.
+fn fmt_ms(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// `1.07x`, or `-` when one side was not measured.
+fn fmt_ratio(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}x")
+    } else {
+        "-".into()
+    }
+}
+
+fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
+    let shoal = names.iter().position(|n| *n == "shoal");
+    let noop = names.iter().position(|n| *n == "no-op");
+    let redis = names.iter().position(|n| *n == "redis");
+    println!("\n### index lookups, {}\n", mode.title());
+    let mut head = String::from("| clients |");
+    let mut rule = String::from("|--:|");
+    for n in names {
+        let _ = write!(head, " {n} lookups/s | {n} avg ms | {n} p99 ms |");
+        rule.push_str("--:|--:|--:|");
+    }
+    if redis.is_some() {
+        head.push_str(" shoal/redis |");
+        rule.push_str("--:|");
+    }
+    if noop.is_some() {
+        head.push_str(" shoal/no-op |");
+        rule.push_str("--:|");
+    }
+    head.push_str(" targets | errors |");
+    rule.push_str("---|---|");
+    println!("{head}\n{rule}");
+    let mut notes = Vec::new();
+    for row in rows.iter().filter(|r| r.mode == mode) {
+        let mut line = format!("| {} |", row.clients);
+        for s in &row.per_contender {
+            let _ = write!(
+                line,
+                " {} ({}-{}) | {} | {} |",
+                fmt_rate(s.rate),
+                fmt_rate(s.rate_min),
+                fmt_rate(s.rate_max),
+                fmt_ms(s.mean_ms),
+                fmt_ms(s.p99_ms)
+            );
+        }
+        let get = |i: Option<usize>| i.and_then(|i| row.per_contender.get(i));
+        let ratio = |a: Option<&Summary>, b: Option<&Summary>| match (a, b) {
+            (Some(a), Some(b)) if b.rate > 0.0 => a.rate / b.rate,
+            _ => f64::NAN,
+        };
+        let vs_redis = ratio(get(shoal), get(redis));
+        let vs_noop = ratio(get(shoal), get(noop));
+        if redis.is_some() {
+            let _ = write!(line, " {} |", fmt_ratio(vs_redis));
+        }
+        // The issue's targets: >= 1.1x Redis, >= 0.9x the no-op ceiling, p99 <= Redis's.
+        let mut missed = Vec::new();
+        // Written so that a NaN (nothing measured) counts as missed.
+        if redis.is_some() && (vs_redis.is_nan() || vs_redis < 1.1) {
+            missed.push("<1.1x redis");
+        }
+        if noop.is_some() && (vs_noop.is_nan() || vs_noop < 0.9) {
+            missed.push("<0.9x no-op");
+        }
+        let p99_worse = match (get(shoal), get(redis)) {
+            (Some(s), Some(r)) => s.p99_ms.is_nan() || s.p99_ms > r.p99_ms,
+            _ => false,
+        };
+        if p99_worse {
+            missed.push("p99 > redis");
+        }
+        let targets = if shoal.is_none() {
+            "-".to_string()
+        } else if missed.is_empty() {
+            "met".to_string()
+        } else {
+            missed.join(", ")
+        };
+        let errors: Vec<String> = names
+            .iter()
+            .zip(&row.per_contender)
+            .filter(|(_, s)| s.errors > 0)
+            .map(|(n, s)| format!("{n} {}", s.errors))
+            .collect();
+        let errors = if errors.is_empty() {
+            "0".to_string()
+        } else {
+            errors.join(", ")
+        };
+        if noop.is_some() {
+            let _ = write!(line, " {} |", fmt_ratio(vs_noop));
+        }
+        let _ = write!(line, " {targets} | {errors} |");
+        println!("{line}");
+        for (n, s) in names.iter().zip(&row.per_contender) {
+            if let Some(e) = &s.first_error {
+                notes.push(format!("{n} at {} clients: {e}", row.clients));
+            }
+        }
+    }
+    if !notes.is_empty() {
+        println!("\nfirst error per cell:");
+        for n in notes {
+            println!("- {n}");
+        }
+    }
+}
+
+fn charts(modes: &[Mode], names: &[&str], rows: &[Row]) -> Vec<Chart> {
+    let mut latency = Vec::new();
+    let mut rate = Vec::new();
+    for &mode in modes {
+        let points = |i: usize, f: &dyn Fn(&Summary) -> f64| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter(|r| r.mode == mode)
+                .filter_map(|r| Some((r.clients as f64, f(r.per_contender.get(i)?))))
+                .collect()
+        };
+        let mut lat_series = Vec::new();
+        let mut rate_series = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            lat_series.push(Series {
+                name: format!("{name} avg"),
+                points: points(i, &|s| s.mean_ms),
+                color: i,
+                dashed: false,
+            });
+            lat_series.push(Series {
+                name: format!("{name} p99"),
+                points: points(i, &|s| s.p99_ms),
+                color: i,
+                dashed: true,
+            });
+            rate_series.push(Series {
+                name: name.to_string(),
+                points: points(i, &|s| s.rate),
+                color: i,
+                dashed: false,
+            });
+        }
+        latency.push(Chart {
+            title: format!("response time, {}", mode.title()),
+            x_label: "concurrent clients".into(),
+            y_label: "ms (log scale)".into(),
+            series: lat_series,
+            log_x: true,
+            log_y: true,
+        });
+        rate.push(Chart {
+            title: format!("throughput, {}", mode.title()),
+            x_label: "concurrent clients".into(),
+            y_label: "lookups/s".into(),
+            series: rate_series,
+            log_x: true,
+            log_y: false,
+        });
+    }
+    // Response time (the study's plot) on the first row, throughput below.
+    latency.extend(rate);
+    latency
+}
+
+fn append(path: &Path, text: &str) -> Result<(), String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_formats() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[f64::NAN]).is_nan());
+        assert_eq!(fmt_rate(112_345.0), "112.3k");
+        assert_eq!(fmt_rate(950.0), "950");
+        assert_eq!(fmt_ms(0.0841), "0.084");
+        assert_eq!(fmt_ms(12.34), "12.3");
+    }
+
+    #[test]
+    fn resp_command_encoding() {
+        assert_eq!(
+            redis_command(&["SRANDMEMBER", "bench.bin"]),
+            b"*2\r\n$11\r\nSRANDMEMBER\r\n$9\r\nbench.bin\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn data_registers_bench_file_three_times() {
+        let data = BenchData::new().unwrap();
+        let holders = data
+            .registrations
+            .iter()
+            .filter(|(_, files)| files.iter().any(|f| f.name == BENCH_FILE))
+            .count();
+        assert_eq!(holders, 3);
+        let total: usize = data.registrations.iter().map(|(_, f)| f.len()).sum();
+        assert_eq!(total, 3 + 2 * OTHER_FILES as usize);
+    }
+}

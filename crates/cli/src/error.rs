@@ -1,0 +1,37 @@
+use std::io;
+
+/// Everything a `shoal` command can fail with; printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// A bad argument clap could not catch.
+    #[error("{0}")]
+    Usage(String),
+    /// A bad name, address or id, or a protocol failure.
+    #[error(transparent)]
+    Proto(#[from] shoal_proto::ProtoError),
+    /// The index failed or refused.
+    #[error(transparent)]
+    Index(#[from] shoal_index::IndexError),
+    /// A peer-side failure (download, folder, server).
+    #[error(transparent)]
+    Peer(#[from] shoal_peer::PeerError),
+    /// A local I/O failure.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// Some of several downloads failed (each was reported on its own line).
+    #[error("{failed} of {total} downloads failed")]
+    SomeFailed {
+        /// Failed downloads.
+        failed: usize,
+        /// All downloads asked for.
+        total: usize,
+    },
+    /// A benchmark could not run.
+    #[error("benchmark failed: {0}")]
+    Bench(String),
+}

@@ -1,0 +1,216 @@
+//! End-to-end: the real `shoal` binary, an index and two peers on 127.0.0.1 with free ports,
+//! then `get`, `search --json`, the peer console and the refusals a user would see.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// Bound on any single wait for the binary; generous for a loaded 2-core CI machine.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn shoal() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A running server process, killed when dropped; its stdout lines arrive on a channel.
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> (Server, String) {
+        let mut child = shoal()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            lines,
+            stdin,
+        };
+        let first = server.next_line();
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        (server, addr)
+    }
+
+    /// Types a line on the server's console.
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("the server printed nothing in time")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    shoal().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn write_file(dir: &Path, name: &str, len: usize) -> Vec<u8> {
+    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + name.len()) as u8).collect();
+    std::fs::write(dir.join(name), &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn index_two_peers_get_search_and_console() {
+    let a_dir = TempDir::new().unwrap();
+    let b_dir = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let alpha = write_file(a_dir.path(), "alpha.bin", 3 << 20);
+    let beta = write_file(b_dir.path(), "beta.txt", 5000);
+
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    assert!(
+        index.starts_with("127.0.0.1:") && !index.ends_with(":0"),
+        "{index}"
+    );
+    let a_path = a_dir.path().to_str().unwrap();
+    let b_path = b_dir.path().to_str().unwrap();
+    // A peer prints `listening on` only after it registered its folder.
+    let (_a, _) = Server::start(&["peer", "--dir", a_path, "--index", &index, "--no-console"]);
+    let (mut b, _) = Server::start(&["peer", "--dir", b_path, "--index", &index]);
+
+    // One-shot get.
+    let got = run(&[
+        "get",
+        "alpha.bin",
+        "--index",
+        &index,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(std::fs::read(out.path().join("alpha.bin")).unwrap(), alpha);
+    assert!(String::from_utf8_lossy(&got.stdout).contains("verified"));
+
+    // The console of peer B fetches alpha.bin into its folder and then serves it.
+    b.type_line("alpha.bin");
+    let line = b.next_line();
+    assert!(
+        line.starts_with("ok") && line.contains("alpha.bin"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(b_dir.path().join("alpha.bin")).unwrap(),
+        alpha
+    );
+    b.type_line("beta.txt");
+    let line = b.next_line();
+    assert!(line.starts_with("present"), "{line}");
+
+    // search --json: one object per line, holders counted.
+    let found = run(&["search", "", "--index", &index, "--json"]);
+    assert!(found.status.success());
+    let mut rows: Vec<serde_json::Value> = String::from_utf8(found.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by_key(|r| r["name"].as_str().unwrap().to_string());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["name"], "alpha.bin");
+    assert_eq!(rows[0]["size"], alpha.len() as u64);
+    assert_eq!(rows[0]["holders"], 2);
+    assert_eq!(rows[0]["id"].as_str().unwrap().len(), 64);
+    assert_eq!(rows[1]["name"], "beta.txt");
+    assert_eq!(rows[1]["size"], beta.len() as u64);
+    assert_eq!(rows[1]["holders"], 1);
+
+    // Case-insensitive substring, people's table.
+    let found = run(&["search", "ALP", "--index", &index]);
+    let table = String::from_utf8(found.stdout).unwrap();
+    assert!(
+        table.contains("alpha.bin") && !table.contains("beta.txt"),
+        "{table}"
+    );
+
+    // Refusals: one readable line on stderr, non-zero exit, nothing written.
+    for (name, expect) in [
+        ("nosuch.bin", "no peer holds"),
+        ("../escape", "invalid file name"),
+        ("a/b", "invalid file name"),
+    ] {
+        let failed = run(&[
+            "get",
+            name,
+            "--index",
+            &index,
+            "--out",
+            out.path().to_str().unwrap(),
+        ]);
+        assert!(!failed.status.success(), "{name}");
+        let stderr = String::from_utf8(failed.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+    }
+    let mut names: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alpha.bin"]);
+
+    // No index at all: a clear error, not a hang.
+    let dead = run(&["search", "x", "--index", "127.0.0.1:9"]);
+    assert!(!dead.status.success());
+    assert_eq!(String::from_utf8(dead.stderr).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn version_and_help_show_examples() {
+    let version = run(&["--version"]);
+    assert!(
+        String::from_utf8(version.stdout)
+            .unwrap()
+            .starts_with("shoal ")
+    );
+    for cmd in ["index", "peer", "get", "search", "demo"] {
+        let help = run(&[cmd, "--help"]);
+        let text = String::from_utf8(help.stdout).unwrap();
+        assert!(text.contains("Example"), "{cmd} --help lacks an example");
+    }
+}
