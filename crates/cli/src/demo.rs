@@ -154,7 +154,8 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
             else {
                 continue;
             };
-            let verified = rehash_matches(&report.path, &report.file)?;
+            let path = peer.library.dir().join(&report.file.name);
+            let verified = rehash_matches(&path, &report.file)?;
             total_bytes += report.bytes;
             println!(
                 "{:<14} {:>10}  {:<6} {:<6} {:>10} {:>9}  {}",

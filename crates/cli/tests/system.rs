@@ -43,6 +43,8 @@ impl Peer {
 }
 
 struct System {
+    /// Every peer folder lives in here, so a test can see anything written beside them.
+    root: TempDir,
     net: MemNetwork,
     index: ServerHandle,
     peers: Vec<Peer>,
@@ -69,10 +71,11 @@ fn start(holdings: &[&[(&str, usize)]]) -> System {
     )
     .spawn(&PeerAddr::new("index:1024").unwrap())
     .unwrap();
+    let root = TempDir::new().unwrap();
     let mut peers = Vec::new();
     for (n, files) in holdings.iter().enumerate() {
         let name = format!("peer{}", n + 1);
-        let dir = TempDir::new().unwrap();
+        let dir = TempDir::new_in(root.path()).unwrap();
         for (file, len) in *files {
             std::fs::write(dir.path().join(file), content(file, *len)).unwrap();
         }
@@ -96,7 +99,12 @@ fn start(holdings: &[&[(&str, usize)]]) -> System {
             transport,
         });
     }
-    System { net, index, peers }
+    System {
+        root,
+        net,
+        index,
+        peers,
+    }
 }
 
 impl System {
@@ -117,6 +125,14 @@ fn folder_entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Names of the non-hidden entries of a folder: what a user sees as files.
+fn visible_entries(dir: &Path) -> Vec<String> {
+    folder_entries(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
 }
 
 #[test]
@@ -206,13 +222,23 @@ fn a_holder_that_cuts_the_connection_leaves_no_file_behind() {
         .fetch(&FileKey::Name("movie.bin".into()))
         .unwrap_err();
     match &err {
-        PeerError::Transfer { holder: from, .. } => assert_eq!(from, &holder),
-        other => panic!("expected a transfer error, got {other:?}"),
+        PeerError::Incomplete { failures, .. } => {
+            assert_eq!(failures.len(), 1);
+            assert_eq!(failures[0].holder, holder);
+            assert!(
+                failures[0]
+                    .dropped
+                    .as_ref()
+                    .unwrap()
+                    .contains("stopped sending")
+            );
+        }
+        other => panic!("expected an incomplete download, got {other:?}"),
     }
     assert!(err.to_string().contains("movie.bin"), "{err}");
     assert!(
-        folder_entries(fetcher.dir.path()).is_empty(),
-        "no final file, no part file"
+        visible_entries(fetcher.dir.path()).is_empty(),
+        "no final file (only the hidden part, kept for a resume)"
     );
     // Healed, the same download succeeds.
     system.net.heal(&holder);
@@ -237,12 +263,13 @@ fn a_corrupted_byte_is_caught_and_the_holder_named() {
         .downloader(&system.index_addr())
         .fetch(&FileKey::Name("photo.raw".into()))
         .unwrap_err();
-    match &err {
-        PeerError::Integrity { holder: from, .. } => assert_eq!(from, &holder),
-        other => panic!("expected an integrity error, got {other:?}"),
-    }
-    assert!(err.to_string().contains(holder.as_str()), "{err}");
-    assert!(folder_entries(fetcher.dir.path()).is_empty());
+    assert_eq!(err.corrupt_holders(), [&holder], "{err}");
+    assert!(
+        err.to_string().contains(&format!("{holder} sent chunk")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("failed verification"), "{err}");
+    assert!(visible_entries(fetcher.dir.path()).is_empty());
     // The failed fetch registered nothing.
     let (_, holders) = system
         .client()
@@ -270,7 +297,7 @@ fn unknown_names_are_not_found() {
 fn traversal_names_are_refused_everywhere_and_nothing_is_written_outside() {
     let system = start(&[&[("a.txt", 10)], &[]]);
     let fetcher = &system.peers[1];
-    let outside = fetcher.dir.path().parent().unwrap().to_path_buf();
+    let outside = system.root.path().to_path_buf();
     let before = folder_entries(&outside);
     for name in ["../a.txt", "../../etc/passwd", "a/b", "..", ""] {
         // At the command-line boundary...
@@ -310,4 +337,199 @@ fn a_file_already_here_is_not_fetched_again() {
         content("a.txt", 500)
     );
     assert_eq!(system.net.stats(&system.peers[0].addr()).bytes_sent, 0);
+}
+
+// ---- Swarm download: several holders, failover, resume ----
+
+/// A downloader that asks two chunks per request, so work spreads over holders.
+fn swarm_downloader(peer: &Peer, index: &PeerAddr) -> Downloader<MemTransport> {
+    Downloader::for_peer(
+        peer.transport.clone(),
+        vec![index.clone()],
+        peer.library.clone(),
+        peer.addr(),
+        DownloaderConfig {
+            request_bytes: 2 * u64::from(CHUNK),
+            seed: Some(7),
+            ..DownloaderConfig::default()
+        },
+    )
+}
+
+const SWARM_FILE: (&str, usize) = ("swarm.bin", 4 << 20);
+
+fn report_of(outcome: DownloadOutcome) -> shoal_peer::DownloadReport {
+    match outcome {
+        DownloadOutcome::Downloaded(report) => report,
+        DownloadOutcome::AlreadyPresent(_) => panic!("the file was already there"),
+    }
+}
+
+#[test]
+fn three_holders_all_serve_one_download() {
+    let file: &[(&str, usize)] = &[SWARM_FILE];
+    let system = start(&[file, file, file, &[]]);
+    let fetcher = &system.peers[3];
+    let report = report_of(
+        swarm_downloader(fetcher, &system.index_addr())
+            .fetch(&FileKey::Name(SWARM_FILE.0.into()))
+            .unwrap(),
+    );
+    assert_eq!(
+        std::fs::read(fetcher.dir.path().join(SWARM_FILE.0)).unwrap(),
+        content(SWARM_FILE.0, SWARM_FILE.1)
+    );
+    assert_eq!(report.holders.len(), 3);
+    for holder in &report.holders {
+        assert!(
+            holder.bytes > 0,
+            "{} served nothing: {report:?}",
+            holder.holder
+        );
+        assert_eq!(holder.dropped, None);
+    }
+    let total: u64 = report.holders.iter().map(|h| h.bytes).sum();
+    assert_eq!(total, SWARM_FILE.1 as u64);
+}
+
+#[test]
+fn a_dead_and_a_lying_holder_do_not_stop_the_download() {
+    let file: &[(&str, usize)] = &[SWARM_FILE];
+    let system = start(&[file, file, file, &[]]);
+    let liar = system.peers[0].addr();
+    let dead = system.peers[1].addr();
+    // The liar flips a byte inside its first chunk body; the dead one vanishes after 30% of
+    // what it would send.
+    system.net.corrupt_at(&liar, 8 + 20 + 100);
+    system
+        .net
+        .cut_after(&dead, (SWARM_FILE.1 as u64) * 3 / 10 / 3);
+    let fetcher = &system.peers[3];
+    let report = report_of(
+        swarm_downloader(fetcher, &system.index_addr())
+            .fetch(&FileKey::Name(SWARM_FILE.0.into()))
+            .unwrap(),
+    );
+    assert_eq!(
+        std::fs::read(fetcher.dir.path().join(SWARM_FILE.0)).unwrap(),
+        content(SWARM_FILE.0, SWARM_FILE.1)
+    );
+    let of = |addr: &PeerAddr| report.holders.iter().find(|h| &h.holder == addr).unwrap();
+    assert!(of(&liar).corrupt_chunk.is_some(), "{report:?}");
+    assert!(
+        of(&liar)
+            .dropped
+            .as_ref()
+            .unwrap()
+            .contains("failed verification")
+    );
+    assert!(
+        of(&dead)
+            .dropped
+            .as_ref()
+            .unwrap()
+            .contains("stopped sending")
+    );
+    // The dead holder's share came from the third.
+    assert!(of(&dead).bytes < SWARM_FILE.1 as u64 / 10);
+    assert!(of(&system.peers[2].addr()).bytes > SWARM_FILE.1 as u64 / 2);
+    // Only the honest, complete copies are registered: the fetcher is a new holder.
+    let (_, holders) = system
+        .client()
+        .holders(&FileKey::Name(SWARM_FILE.0.into()))
+        .unwrap();
+    assert!(holders.contains(&fetcher.addr()));
+}
+
+#[test]
+fn a_download_stopped_midway_resumes_with_only_the_missing_chunks() {
+    let file: &[(&str, usize)] = &[SWARM_FILE];
+    let system = start(&[file, file, &[]]);
+    let holders = [system.peers[0].addr(), system.peers[1].addr()];
+    // Both holders die after sending a fifth of the file each.
+    for h in &holders {
+        system.net.cut_after(h, SWARM_FILE.1 as u64 / 5);
+    }
+    let fetcher = &system.peers[2];
+    let key = FileKey::Name(SWARM_FILE.0.into());
+    let err = swarm_downloader(fetcher, &system.index_addr())
+        .fetch(&key)
+        .unwrap_err();
+    let PeerError::Incomplete { missing_bytes, .. } = &err else {
+        panic!("expected an incomplete download, got {err:?}");
+    };
+    let missing_bytes = *missing_bytes;
+    assert!(
+        missing_bytes > 0 && missing_bytes < SWARM_FILE.1 as u64,
+        "{err}"
+    );
+    assert_eq!(
+        folder_entries(fetcher.dir.path()),
+        [".swarm.bin.shoal-part", ".swarm.bin.shoal-part.state"]
+    );
+
+    // One holder comes back: the same request fetches only what is missing.
+    system.net.heal(&holders[0]);
+    system.net.refuse(&holders[1]);
+    let sent_before = system.net.stats(&holders[0]).bytes_sent;
+    let report = report_of(
+        swarm_downloader(fetcher, &system.index_addr())
+            .fetch(&key)
+            .unwrap(),
+    );
+    let sent = system.net.stats(&holders[0]).bytes_sent - sent_before;
+    assert_eq!(report.bytes, missing_bytes);
+    assert_eq!(report.resumed_bytes, SWARM_FILE.1 as u64 - missing_bytes);
+    // What crossed the wire: the missing chunks plus framing and one manifest, nothing more.
+    let framing = 64 << 10;
+    assert!(
+        sent >= missing_bytes && sent <= missing_bytes + framing,
+        "sent {sent} for {missing_bytes} missing bytes"
+    );
+    assert_eq!(
+        std::fs::read(fetcher.dir.path().join(SWARM_FILE.0)).unwrap(),
+        content(SWARM_FILE.0, SWARM_FILE.1)
+    );
+    assert_eq!(folder_entries(fetcher.dir.path()), [SWARM_FILE.0]);
+    system.net.heal(&holders[1]);
+}
+
+#[test]
+fn a_stale_or_corrupt_sidecar_is_discarded_and_the_download_is_exact() {
+    let file: &[(&str, usize)] = &[("doc.pdf", 200_000)];
+    let system = start(&[file, &[]]);
+    let fetcher = &system.peers[1];
+    let dir = fetcher.dir.path();
+    let key = FileKey::Name("doc.pdf".into());
+    for sidecar in [b"garbage".to_vec(), vec![0u8; 200]] {
+        // A part file full of junk and a sidecar that is not ours.
+        std::fs::write(dir.join(".doc.pdf.shoal-part"), vec![0xaa; 200_000]).unwrap();
+        std::fs::write(dir.join(".doc.pdf.shoal-part.state"), &sidecar).unwrap();
+        let report = report_of(
+            swarm_downloader(fetcher, &system.index_addr())
+                .fetch(&key)
+                .unwrap(),
+        );
+        assert_eq!(report.resumed_bytes, 0);
+        assert_eq!(
+            std::fs::read(dir.join("doc.pdf")).unwrap(),
+            content("doc.pdf", 200_000)
+        );
+        assert_eq!(folder_entries(dir), ["doc.pdf"]);
+        std::fs::remove_file(dir.join("doc.pdf")).unwrap();
+        fetcher.library.rescan().unwrap();
+    }
+}
+
+#[test]
+fn verify_only_checks_every_chunk_and_stores_nothing() {
+    let file: &[(&str, usize)] = &[SWARM_FILE];
+    let system = start(&[file, &[]]);
+    let fetcher = &system.peers[1];
+    let report = swarm_downloader(fetcher, &system.index_addr())
+        .verify_only(&FileKey::Name(SWARM_FILE.0.into()))
+        .unwrap();
+    assert_eq!(report.bytes, SWARM_FILE.1 as u64);
+    assert_eq!(report.path, None);
+    assert!(folder_entries(fetcher.dir.path()).is_empty());
 }

@@ -1,39 +1,44 @@
-//! The downloader: index lookup, manifest, verified chunks into a part file, then an atomic,
-//! non-clobbering move into place.
+//! The downloader: index lookup, a verified manifest, then every holder at once through the
+//! swarm engine into a resumable part file, then an atomic, non-clobbering move into place.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::seq::SliceRandom;
 use shoal_index::IndexClient;
 use shoal_proto::codec::{self, Service};
-use shoal_proto::message::{PeerRequest, PeerResponse};
+use shoal_proto::message::{Manifest, PeerRequest, PeerResponse};
 use shoal_proto::{
     Connection, FileKey, FileMeta, MAX_NAME_LEN, PeerAddr, ProtoError, Transport, content,
     validate_name,
 };
 
 use crate::library::hash_file;
+use crate::resume::{Geometry, ResumeState};
+use crate::swarm::{self, ChunkSink, DropReason, SwarmConfig};
 use crate::{Library, PeerError, SharedFile};
-
-/// Read buffer in front of a holder's stream: chunk headers come from it, and bodies larger
-/// than it bypass it.
-const STREAM_BUF: usize = 64 << 10;
 
 /// How a [`Downloader`] runs.
 #[derive(Clone, Debug)]
 pub struct DownloaderConfig {
-    /// A read from a holder that waits longer than this fails the download (default 30 s).
+    /// Longest wait for progress on any connection; a holder silent for longer is dropped
+    /// and its chunks go to the others (default 30 s).
     pub io_timeout: Duration,
     /// Largest frame accepted from a holder (manifests are the big ones).
     pub response_limit: u32,
-    /// Seeds the random choice of the first holder; `None` seeds from the OS. Tests set it.
+    /// Seeds the random order of holders; `None` seeds from the OS. Tests set it.
     pub seed: Option<u64>,
+    /// Holders fetched from at once (default 8).
+    pub max_sources: usize,
+    /// Bytes asked for per request (rounded to whole chunks; default 4 MiB). Two requests
+    /// are kept in flight per holder.
+    pub request_bytes: u64,
 }
 
 impl Default for DownloaderConfig {
@@ -42,6 +47,8 @@ impl Default for DownloaderConfig {
             io_timeout: Duration::from_secs(30),
             response_limit: codec::DEFAULT_RESPONSE_LIMIT,
             seed: None,
+            max_sources: 8,
+            request_bytes: 4 << 20,
         }
     }
 }
@@ -55,26 +62,62 @@ pub enum DownloadOutcome {
     Downloaded(DownloadReport),
 }
 
+/// What one holder did for a download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderReport {
+    /// The holder.
+    pub holder: PeerAddr,
+    /// Verified bytes it contributed.
+    pub bytes: u64,
+    /// Chunk requests sent to it.
+    pub requests: u32,
+    /// Why it was dropped before the end, if it was.
+    pub dropped: Option<String>,
+    /// The chunk it sent that failed verification, if it did.
+    pub corrupt_chunk: Option<u32>,
+}
+
 /// A completed download.
 #[derive(Clone, Debug)]
 pub struct DownloadReport {
-    /// The file (with the chunk size its holder used).
+    /// The file (with the chunk size of the manifest used).
     pub file: FileMeta,
-    /// The holder it came from.
+    /// The holder that sent the most bytes.
     pub from: PeerAddr,
-    /// Where it is now.
-    pub path: PathBuf,
-    /// Bytes transferred (the file size).
+    /// Where it is now (`None` for [`Downloader::verify_only`]).
+    pub path: Option<PathBuf>,
+    /// Bytes transferred by this call (the file size, minus what a resume already had).
     pub bytes: u64,
-    /// Time from the call to [`Downloader::fetch`] until the file was in place.
+    /// Bytes a previous, interrupted run had already verified.
+    pub resumed_bytes: u64,
+    /// Time from the call until the file was in place.
     pub elapsed: Duration,
     /// Whether the new copy was registered with the index.
     pub registered: bool,
+    /// Every holder used, with its share and why it stopped early, if it did.
+    pub holders: Vec<HolderReport>,
 }
 
-/// Fetches files: asks the index for holders, takes the manifest from one, streams every
-/// chunk, verifies each against the manifest (and the manifest against the file id), and only
-/// then moves the file into place. Nothing ever overwrites a file already in the folder.
+/// Where a download stands, for progress displays.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The file.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Verified bytes so far, resumed ones included.
+    pub done: u64,
+    /// Holders still sending.
+    pub active_sources: usize,
+}
+
+/// A progress callback (called from download threads).
+pub type ProgressCallback = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Fetches files: asks the index for every holder, takes a manifest from one and checks it
+/// against the file id, pulls chunks from up to `max_sources` holders at once, verifies each
+/// chunk, and only then moves the file into place. Nothing ever overwrites a file already in
+/// the folder. An interrupted download resumes where it stopped.
 pub struct Downloader<T: Transport> {
     transport: T,
     index: IndexClient<T>,
@@ -83,24 +126,15 @@ pub struct Downloader<T: Transport> {
     advertise: Option<PeerAddr>,
     config: DownloaderConfig,
     rng: StdRng,
-    /// Response frame scratch.
-    frame: Vec<u8>,
-    /// One chunk's bytes, reused.
-    chunk: Vec<u8>,
+    progress: Option<ProgressCallback>,
 }
 
-/// How one holder's attempt failed.
-enum Attempt {
-    /// The holder is at fault and nothing was received: another holder may do better.
-    NextHolder(PeerError),
-    /// Stop here.
-    Fatal(PeerError),
-}
-
-impl From<PeerError> for Attempt {
-    fn from(e: PeerError) -> Self {
-        Attempt::Fatal(e)
-    }
+/// Where the verified bytes go.
+enum Target {
+    /// `dir/.NAME.shoal-part`, then `dir/NAME`.
+    Folder,
+    /// Nowhere: hashes are checked and the bytes dropped (benchmarks, integrity checks).
+    VerifyOnly,
 }
 
 impl<T: Transport> Downloader<T> {
@@ -124,8 +158,7 @@ impl<T: Transport> Downloader<T> {
             advertise: None,
             config,
             rng,
-            frame: Vec::new(),
-            chunk: Vec::new(),
+            progress: None,
         }
     }
 
@@ -142,6 +175,11 @@ impl<T: Transport> Downloader<T> {
         downloader.library = Some(library);
         downloader.advertise = Some(advertise);
         downloader
+    }
+
+    /// Calls `callback` as verified bytes arrive (from download threads).
+    pub fn set_progress(&mut self, callback: ProgressCallback) {
+        self.progress = Some(callback);
     }
 
     /// The index client (for searches and registrations on the same connection).
@@ -166,9 +204,7 @@ impl<T: Transport> Downloader<T> {
                 }
             }
         }
-
-        let (meta, mut holders) = self.index.holders(key)?;
-        check_index_answer(key, &meta)?;
+        let (meta, holders) = self.lookup(key)?;
         if let FileKey::Id(_) = key {
             if let Some(present) = self.present(&meta.name)? {
                 if present.id == meta.id {
@@ -179,34 +215,34 @@ impl<T: Transport> Downloader<T> {
                 });
             }
         }
+        let report = self.download(&meta, holders, Target::Folder, started)?;
+        Ok(DownloadOutcome::Downloaded(report))
+    }
+
+    /// Fetches and verifies every chunk of the file without storing it anywhere: proves the
+    /// holders serve the file intact, and measures the engine without the disk.
+    pub fn verify_only(&mut self, key: &FileKey) -> Result<DownloadReport, PeerError> {
+        let started = Instant::now();
+        key.validate().map_err(PeerError::BadName)?;
+        let (meta, holders) = self.lookup(key)?;
+        self.download(&meta, holders, Target::VerifyOnly, started)
+    }
+
+    /// Asks the index for every holder, checks its answer, shuffles the holders.
+    fn lookup(&mut self, key: &FileKey) -> Result<(FileMeta, Vec<PeerAddr>), PeerError> {
+        let (meta, mut holders) = self.index.holders(key)?;
+        check_index_answer(key, &meta)?;
+        if let Some(me) = &self.advertise {
+            holders.retain(|h| h != me);
+        }
         if holders.is_empty() {
             return Err(PeerError::NotFound {
                 key: key.to_string(),
             });
         }
-        // A random first holder spreads downloads; the others are fallbacks.
-        let first = self.rng.random_range(0..holders.len());
-        holders.rotate_left(first);
-
-        let mut last_error = String::new();
-        for (tried, holder) in holders.iter().enumerate() {
-            match self.download_from(holder, &meta) {
-                Ok((file, path)) => return Ok(self.finish(file, path, holder, started)),
-                Err(Attempt::NextHolder(e)) => {
-                    log::info!("{e}; trying the next holder");
-                    last_error = e.to_string();
-                }
-                Err(Attempt::Fatal(e)) => {
-                    log::debug!("download of {} failed after {tried} fallbacks", meta.name);
-                    return Err(e);
-                }
-            }
-        }
-        Err(PeerError::NoReachableHolder {
-            name: meta.name,
-            tried: holders.len(),
-            last_error,
-        })
+        // A random order spreads downloads over holders, as the seed's random *get* did.
+        holders.shuffle(&mut self.rng);
+        Ok((meta, holders))
     }
 
     /// The file called `name` if the folder already holds one: the library's entry, or a
@@ -232,214 +268,265 @@ impl<T: Transport> Downloader<T> {
         }
     }
 
-    /// One holder: manifest, then every chunk into the part file, then the move into place.
-    fn download_from(
+    /// Manifest, swarm, placement, registration.
+    fn download(
         &mut self,
-        holder: &PeerAddr,
         meta: &FileMeta,
-    ) -> Result<(SharedFile, PathBuf), Attempt> {
-        let name = &meta.name;
-        let failed = |source: ProtoError| {
-            Attempt::NextHolder(PeerError::HolderFailed {
-                name: name.clone(),
-                holder: holder.clone(),
-                source,
-            })
+        holders: Vec<PeerAddr>,
+        target: Target,
+        started: Instant,
+    ) -> Result<DownloadReport, PeerError> {
+        let (manifest, mut sources, mut failures) = self.fetch_manifest(meta, holders)?;
+        sources.truncate(self.config.max_sources.max(1));
+        let chunk_size = manifest.file.chunk_size;
+        let total = manifest.chunk_hashes.len() as u32;
+
+        let part = match target {
+            Target::Folder => Some(PartFile::open(&self.dir, &manifest)?),
+            Target::VerifyOnly => None,
         };
-        let protocol = |reason: String| PeerError::Protocol {
-            name: name.clone(),
-            holder: holder.clone(),
-            reason,
+        let missing: Vec<u32> = match &part {
+            Some(part) => part.missing(),
+            None => (0..total).collect(),
+        };
+        let missing_bytes: u64 = missing
+            .iter()
+            .filter_map(|&i| content::chunk_len(meta.size, chunk_size, i))
+            .map(u64::from)
+            .sum();
+        let resumed_bytes = meta.size - missing_bytes;
+        if resumed_bytes > 0 {
+            log::info!(
+                "resuming {}: {resumed_bytes} of {} bytes already verified",
+                meta.name,
+                meta.size
+            );
+        }
+
+        let config = SwarmConfig {
+            io_timeout: self.config.io_timeout,
+            response_limit: self.config.response_limit,
+            batch_chunks: u32::try_from(self.config.request_bytes / u64::from(chunk_size))
+                .unwrap_or(u32::MAX)
+                .max(1),
+            pipeline: 2,
+        };
+        let progress = self.progress.clone();
+        let name = meta.name.clone();
+        let size = meta.size;
+        let report_progress = move |bytes: u64, active: usize| {
+            if let Some(callback) = &progress {
+                callback(&Progress {
+                    name: name.clone(),
+                    size,
+                    done: resumed_bytes + bytes,
+                    active_sources: active,
+                });
+            }
+        };
+        report_progress(0, sources.len());
+        let sink: &dyn ChunkSink = match &part {
+            Some(part) => part,
+            None => &DiscardSink,
+        };
+        let result = if missing.is_empty() {
+            swarm::SwarmResult {
+                sources: Vec::new(),
+                missing: Vec::new(),
+            }
+        } else {
+            swarm::run_swarm(
+                &self.transport,
+                &manifest,
+                &missing,
+                &sources,
+                sink,
+                &config,
+                &report_progress,
+            )
         };
 
-        let mut stream = self
-            .transport
-            .connect(holder)
-            .map_err(|e| failed(e.into()))?;
+        let mut holders: Vec<HolderReport> = result
+            .sources
+            .iter()
+            .map(|s| HolderReport {
+                holder: s.addr.clone(),
+                bytes: s.bytes,
+                requests: s.requests,
+                dropped: s.dropped.as_ref().map(ToString::to_string),
+                corrupt_chunk: match s.dropped {
+                    Some(DropReason::Corrupt { chunk }) => Some(chunk),
+                    _ => None,
+                },
+            })
+            .collect();
+        if !result.missing.is_empty() {
+            failures.append(&mut holders);
+            let missing_bytes = result
+                .missing
+                .iter()
+                .filter_map(|&i| content::chunk_len(meta.size, chunk_size, i))
+                .map(u64::from)
+                .sum();
+            if let Some(part) = &part {
+                part.keep_for_resume();
+            }
+            return Err(PeerError::Incomplete {
+                name: meta.name.clone(),
+                missing_bytes,
+                missing_chunks: result.missing.len() as u32,
+                size: meta.size,
+                failures,
+            });
+        }
+        holders.extend(failures);
+
+        let file = FileMeta {
+            name: meta.name.clone(),
+            size: meta.size,
+            chunk_size,
+            id: meta.id,
+        };
+        let path = match part {
+            // Every chunk matched the manifest and the manifest merges to the id, so the part
+            // file's BLAKE3 is the id. No sync_all: the page cache serves it at once, and a
+            // crash before writeback loses only a file that can be fetched again.
+            Some(part) => Some(part.publish(&self.dir.join(&meta.name))?),
+            None => None,
+        };
+        let registered = match (&path, &self.library) {
+            (Some(path), Some(library)) => {
+                library.insert(SharedFile {
+                    meta: file.clone(),
+                    chunk_hashes: Arc::new(manifest.chunk_hashes),
+                    path: path.clone(),
+                });
+                self.register(&file)
+            }
+            _ => false,
+        };
+        // The holder that sent the most; the manifest's holder if a resume needed nothing.
+        let from = holders
+            .iter()
+            .filter(|h| h.bytes > 0)
+            .max_by_key(|h| h.bytes)
+            .map(|h| h.holder.clone())
+            .or_else(|| sources.first().cloned())
+            .ok_or_else(|| PeerError::NoReachableHolder {
+                name: meta.name.clone(),
+                tried: 0,
+                last_error: "no holder left".into(),
+            })?;
+        let elapsed = started.elapsed();
+        log::info!(
+            "downloaded {} ({} B) from {} holders in {} ms",
+            file.name,
+            file.size,
+            holders.iter().filter(|h| h.bytes > 0).count(),
+            elapsed.as_millis()
+        );
+        Ok(DownloadReport {
+            bytes: missing_bytes,
+            resumed_bytes,
+            file,
+            from,
+            path,
+            elapsed,
+            registered,
+            holders,
+        })
+    }
+
+    /// Tells the index about the new copy; a failure here is not a download failure.
+    fn register(&mut self, file: &FileMeta) -> bool {
+        let Some(advertise) = &self.advertise else {
+            return false;
+        };
+        match self.index.register(advertise, std::slice::from_ref(file)) {
+            Ok(_) => true,
+            Err(e) => {
+                // The file is here and verified; the index learns of it at the next
+                // registration.
+                log::warn!("downloaded {} but could not register it: {e}", file.name);
+                false
+            }
+        }
+    }
+
+    /// The first manifest, in holder order, that verifies against the id. Returns it, the
+    /// holders worth fetching chunks from (the manifest's holder first), and the failures.
+    fn fetch_manifest(
+        &self,
+        meta: &FileMeta,
+        holders: Vec<PeerAddr>,
+    ) -> Result<(Manifest, Vec<PeerAddr>, Vec<HolderReport>), PeerError> {
+        let mut failures = Vec::new();
+        let tried = holders.len();
+        for (i, holder) in holders.iter().enumerate() {
+            match self.manifest_from(holder, meta) {
+                Ok(manifest) => {
+                    // Holders that failed to give a manifest are not asked for chunks either.
+                    let sources = holders[i..].to_vec();
+                    return Ok((manifest, sources, failures));
+                }
+                Err(reason) => {
+                    log::info!("no manifest of {} from {holder}: {reason}", meta.name);
+                    failures.push(HolderReport {
+                        holder: holder.clone(),
+                        bytes: 0,
+                        requests: 0,
+                        dropped: Some(reason),
+                        corrupt_chunk: None,
+                    });
+                }
+            }
+        }
+        Err(PeerError::NoReachableHolder {
+            name: meta.name.clone(),
+            tried,
+            last_error: failures
+                .last()
+                .and_then(|f| f.dropped.as_ref().map(|r| format!("{}: {r}", f.holder)))
+                .unwrap_or_default(),
+        })
+    }
+
+    fn manifest_from(&self, holder: &PeerAddr, meta: &FileMeta) -> Result<Manifest, String> {
+        let mut stream = self.transport.connect(holder).map_err(|e| e.to_string())?;
         let timeout = Some(self.config.io_timeout);
         stream
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
-            .map_err(|e| failed(e.into()))?;
-        codec::client_handshake(&mut stream, Service::Peer).map_err(failed)?;
-        let mut conn = BufReader::with_capacity(STREAM_BUF, stream);
-
+            .map_err(|e| e.to_string())?;
+        codec::client_handshake(&mut stream, Service::Peer).map_err(|e| e.to_string())?;
         // Ask by id: the holder may have other content under the same name.
         let request = PeerRequest::Manifest {
             key: FileKey::Id(meta.id),
         };
-        codec::write_frame(conn.get_mut(), &request).map_err(failed)?;
-        let response = codec::read_frame(&mut conn, self.config.response_limit, &mut self.frame)
-            .map_err(failed)?;
+        codec::write_frame(&mut stream, &request).map_err(|e| e.to_string())?;
+        let mut conn = BufReader::new(stream);
+        let response: PeerResponse =
+            codec::read_frame(&mut conn, self.config.response_limit, &mut Vec::new())
+                .map_err(|e| e.to_string())?;
         let manifest = match response {
             PeerResponse::Manifest(manifest) => manifest,
-            PeerResponse::Error(reply) => {
-                return Err(Attempt::NextHolder(PeerError::Refused {
-                    name: name.clone(),
-                    holder: holder.clone(),
-                    reply,
-                }));
-            }
+            PeerResponse::Error(reply) => return Err(format!("refused: {reply}")),
             PeerResponse::Chunk { .. } => {
-                return Err(Attempt::NextHolder(protocol(
-                    "it sent a chunk instead of the manifest".into(),
-                )));
+                return Err("broke the protocol: sent a chunk instead of the manifest".into());
             }
         };
-        if let Err(e) = content::verify_manifest(&manifest, meta) {
-            return Err(Attempt::NextHolder(PeerError::BadManifest {
-                name: name.clone(),
-                holder: holder.clone(),
-                reason: match e {
-                    ProtoError::BadManifest(reason) => reason,
-                    other => other.to_string(),
-                },
-            }));
-        }
-
-        let part = PartFile::create(part_path(&self.dir, meta), meta.size)?;
-        let size = meta.size;
-        let chunk_size = manifest.file.chunk_size;
-        // verify_manifest capped the count at content::MAX_CHUNKS.
-        let count = u32::try_from(manifest.chunk_hashes.len())
-            .map_err(|_| protocol("its manifest lists too many chunks".into()))?;
-        let request = PeerRequest::ReadChunks {
-            id: meta.id,
-            first: 0,
-            count,
-        };
-        codec::write_frame(conn.get_mut(), &request).map_err(failed)?;
-
-        let mut received = 0u64;
-        let transfer = |received: u64, source: ProtoError| PeerError::Transfer {
-            name: name.clone(),
-            holder: holder.clone(),
-            received,
-            size,
-            source: ended(source),
-        };
-        for (index, expected) in (0..count).zip(manifest.chunk_hashes.iter()) {
-            let Some(expected_len) = content::chunk_len(size, chunk_size, index) else {
-                return Err(protocol(format!("its manifest has no chunk {index}")).into());
-            };
-            let header = match codec::read_frame(
-                &mut conn,
-                self.config.response_limit,
-                &mut self.frame,
-            ) {
-                Ok(header) => header,
-                Err(e @ (ProtoError::FrameTooLarge { .. } | ProtoError::Malformed(_))) => {
-                    return Err(protocol(e.to_string()).into());
-                }
-                Err(e) => return Err(transfer(received, e).into()),
-            };
-            match header {
-                PeerResponse::Chunk { index: i, len } if i == index && len == expected_len => {}
-                PeerResponse::Chunk { index: i, len } => {
-                    return Err(protocol(format!(
-                        "it sent chunk {i} ({len} bytes) where chunk {index} \
-                         ({expected_len} bytes) was due"
-                    ))
-                    .into());
-                }
-                PeerResponse::Error(reply) => {
-                    let refused = PeerError::Refused {
-                        name: name.clone(),
-                        holder: holder.clone(),
-                        reply,
-                    };
-                    // Before any byte came, it is as if it had refused the manifest.
-                    return Err(if received == 0 {
-                        Attempt::NextHolder(refused)
-                    } else {
-                        Attempt::Fatal(refused)
-                    });
-                }
-                PeerResponse::Manifest(_) => {
-                    return Err(
-                        protocol(format!("it sent a manifest where chunk {index} was due")).into(),
-                    );
-                }
-            }
-            let len = expected_len as usize;
-            if self.chunk.len() < len {
-                // At most content::MAX_CHUNK_SIZE: verify_manifest checked the chunk size.
-                self.chunk.resize(len, 0);
-            }
-            let body = &mut self.chunk[..len];
-            conn.read_exact(body)
-                .map_err(|e| transfer(received, e.into()))?;
-            if content::chunk_hash(size, chunk_size, index, body) != *expected {
-                return Err(PeerError::Integrity {
-                    name: name.clone(),
-                    holder: holder.clone(),
-                    chunk: index,
-                }
-                .into());
-            }
-            part.file
-                .write_all_at(body, content::chunk_offset(chunk_size, index))
-                .map_err(|e| PeerError::io("write", &part.path, e))?;
-            received += u64::from(expected_len);
-        }
-        drop(conn);
-
-        // Every chunk matched the manifest and the manifest merges to the id, so the part
-        // file's BLAKE3 is the id. No sync_all: the page cache serves it to readers at once,
-        // and a crash before writeback loses only a file that can be fetched again.
-        let path = part.publish(&self.dir.join(name))?;
-        let file = SharedFile {
-            meta: FileMeta {
-                name: name.clone(),
-                size,
-                chunk_size,
-                id: meta.id,
-            },
-            chunk_hashes: Arc::new(manifest.chunk_hashes),
-            path: path.clone(),
-        };
-        Ok((file, path))
+        content::verify_manifest(&manifest, meta)
+            .map_err(|e| format!("sent a bad manifest: {e}"))?;
+        Ok(manifest)
     }
+}
 
-    /// After a verified download: record it, announce it, report it.
-    fn finish(
-        &mut self,
-        file: SharedFile,
-        path: PathBuf,
-        holder: &PeerAddr,
-        started: Instant,
-    ) -> DownloadOutcome {
-        let meta = file.meta.clone();
-        if let Some(library) = &self.library {
-            library.insert(file);
-        }
-        let registered = match &self.advertise {
-            Some(advertise) => match self.index.register(advertise, std::slice::from_ref(&meta)) {
-                Ok(_) => true,
-                Err(e) => {
-                    // The file is here and verified; the index learns of it at the next
-                    // registration.
-                    log::warn!("downloaded {} but could not register it: {e}", meta.name);
-                    false
-                }
-            },
-            None => false,
-        };
-        let elapsed = started.elapsed();
-        log::info!(
-            "downloaded {} ({} B) from {holder} in {} ms",
-            meta.name,
-            meta.size,
-            elapsed.as_millis()
-        );
-        DownloadOutcome::Downloaded(DownloadReport {
-            bytes: meta.size,
-            file: meta,
-            from: holder.clone(),
-            path,
-            elapsed,
-            registered,
-        })
+/// Verify-only downloads drop the bytes.
+struct DiscardSink;
+
+impl ChunkSink for DiscardSink {
+    fn write_chunk(&self, _index: u32, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -486,45 +573,174 @@ fn part_path(dir: &Path, meta: &FileMeta) -> PathBuf {
     }
 }
 
-/// Maps "the stream ended" in its various spellings to [`ProtoError::Closed`].
-fn ended(e: ProtoError) -> ProtoError {
-    match e {
-        ProtoError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => ProtoError::Closed,
-        other => other,
-    }
+/// `dir/.{name}.shoal-state`, the resume sidecar beside the part file.
+fn state_path(part: &Path) -> PathBuf {
+    let mut name = part
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".state");
+    part.with_file_name(name)
 }
 
-/// A download's part file; removed when dropped, whatever happened.
+/// How often the sidecar is rewritten while chunks arrive (it is also written when a
+/// download stops). A crash loses at most this much of the record, never data: chunks the
+/// sidecar does not list are simply fetched again.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A download's part file and its resume sidecar. Removed when dropped, unless the download
+/// is to be resumed.
 struct PartFile {
     path: PathBuf,
+    state_path: PathBuf,
     file: File,
+    record: Mutex<Record>,
+}
+
+struct Record {
+    state: ResumeState,
+    last_save: Instant,
+    dirty: bool,
+    keep: bool,
 }
 
 impl PartFile {
-    /// Creates the part file afresh, sized to `size`.
-    fn create(path: PathBuf, size: u64) -> Result<PartFile, PeerError> {
-        // A leftover from an interrupted download (or anything planted there) is removed
-        // rather than opened: `create_new` never follows a symlink.
-        match fs::remove_file(&path) {
-            Ok(()) => log::debug!("removed the stale part file {}", path.display()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(PeerError::io("remove the stale part file", path, e)),
+    /// Opens the part file of `manifest`'s file for a resume if it and its sidecar are
+    /// sound, or creates it afresh. Chunks the sidecar lists are re-hashed from disk before
+    /// they count: the sidecar is a hint, never trusted blindly.
+    fn open(dir: &Path, manifest: &Manifest) -> Result<PartFile, PeerError> {
+        let meta = &manifest.file;
+        let path = part_path(dir, meta);
+        let state_path = state_path(&path);
+        let geometry = Geometry {
+            id: meta.id,
+            size: meta.size,
+            chunk_size: meta.chunk_size,
+        };
+        if let Some(part) = Self::resume(&path, &state_path, geometry, manifest)? {
+            return Ok(part);
         }
+        for stale in [&path, &state_path] {
+            match fs::remove_file(stale) {
+                Ok(()) => log::debug!("removed the stale {}", stale.display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PeerError::io("remove the stale", stale, e)),
+            }
+        }
+        // `create_new` never follows a symlink planted at the part name.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| PeerError::io("create the part file", &path, e))?;
-        let part = PartFile { path, file };
-        part.file
-            .set_len(size)
-            .map_err(|e| PeerError::io("size the part file", &part.path, e))?;
-        Ok(part)
+        file.set_len(meta.size)
+            .map_err(|e| PeerError::io("size the part file", &path, e))?;
+        Ok(PartFile {
+            path,
+            state_path,
+            file,
+            record: Mutex::new(Record {
+                state: ResumeState::new(geometry),
+                last_save: Instant::now(),
+                dirty: true,
+                keep: false,
+            }),
+        })
+    }
+
+    fn resume(
+        path: &Path,
+        state_path: &Path,
+        geometry: Geometry,
+        manifest: &Manifest,
+    ) -> Result<Option<PartFile>, PeerError> {
+        let mut state = match ResumeState::load(state_path, geometry) {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(None),
+            Err(reason) => {
+                log::warn!(
+                    "discarding the resume state {}: {reason}",
+                    state_path.display()
+                );
+                return Ok(None);
+            }
+        };
+        let regular = fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_file() && m.len() == geometry.size);
+        if !regular {
+            log::warn!(
+                "discarding the resume state {}: its part file is missing or the wrong size",
+                state_path.display()
+            );
+            return Ok(None);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| PeerError::io("open the part file", path, e))?;
+        let mut buf = Vec::new();
+        let mut rejected = 0;
+        for index in state.done_chunks() {
+            let Some(len) = content::chunk_len(geometry.size, geometry.chunk_size, index) else {
+                continue;
+            };
+            buf.resize(len as usize, 0);
+            let offset = content::chunk_offset(geometry.chunk_size, index);
+            let sound = file.read_exact_at(&mut buf, offset).is_ok()
+                && manifest.chunk_hashes.get(index as usize)
+                    == Some(&content::chunk_hash(
+                        geometry.size,
+                        geometry.chunk_size,
+                        index,
+                        &buf,
+                    ));
+            if !sound {
+                state.set_done(index, false);
+                rejected += 1;
+            }
+        }
+        if rejected > 0 {
+            log::warn!(
+                "{rejected} chunks listed in {} failed re-verification; fetching them again",
+                state_path.display()
+            );
+        }
+        Ok(Some(PartFile {
+            path: path.to_path_buf(),
+            state_path: state_path.to_path_buf(),
+            file,
+            record: Mutex::new(Record {
+                state,
+                last_save: Instant::now(),
+                dirty: rejected > 0,
+                keep: false,
+            }),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chunks not yet verified on disk.
+    fn missing(&self) -> Vec<u32> {
+        let record = self.lock();
+        let total = content::chunk_count(record.state_size(), record.state_chunk_size());
+        (0..total as u32)
+            .filter(|&i| !record.state.is_done(i))
+            .collect()
+    }
+
+    /// The download stopped short: leave the part file and an up-to-date sidecar behind.
+    fn keep_for_resume(&self) {
+        self.lock().keep = true;
     }
 
     /// Links the finished part file at `target`, failing if anything is already there, then
-    /// removes the part name (on drop). A hard link is atomic and never replaces a file.
+    /// removes the part name and sidecar (on drop). A hard link is atomic and never replaces
+    /// a file.
     fn publish(self, target: &Path) -> Result<PathBuf, PeerError> {
         if let Err(e) = fs::hard_link(&self.path, target) {
             return Err(if e.kind() == io::ErrorKind::AlreadyExists {
@@ -553,11 +769,46 @@ impl PartFile {
     }
 }
 
+impl Record {
+    fn state_size(&self) -> u64 {
+        self.state.geometry().size
+    }
+    fn state_chunk_size(&self) -> u32 {
+        self.state.geometry().chunk_size
+    }
+}
+
+impl ChunkSink for PartFile {
+    fn write_chunk(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        let mut record = self.lock();
+        record.state.set_done(index, true);
+        record.dirty = true;
+        if record.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+            record.state.save(&self.state_path)?;
+            record.last_save = Instant::now();
+            record.dirty = false;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for PartFile {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove {}: {e}", self.path.display());
+        let record = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
+        if record.keep {
+            if record.dirty {
+                if let Err(e) = record.state.save(&self.state_path) {
+                    log::warn!("cannot save {}: {e}", self.state_path.display());
+                }
+            }
+            return;
+        }
+        for path in [&self.path, &self.state_path] {
+            if let Err(e) = fs::remove_file(path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", path.display());
+                }
             }
         }
     }
@@ -602,19 +853,36 @@ mod tests {
         assert!(file_name.starts_with('.') && file_name.len() <= MAX_NAME_LEN);
     }
 
+    /// A manifest for `bytes` in 1 KiB chunks.
+    fn manifest_of(name: &str, bytes: &[u8]) -> Manifest {
+        let (id, chunk_hashes) =
+            content::hash_reader(&mut &bytes[..], bytes.len() as u64, 1024, &mut Vec::new())
+                .unwrap();
+        Manifest {
+            file: FileMeta {
+                name: name.into(),
+                size: bytes.len() as u64,
+                chunk_size: 1024,
+                id,
+            },
+            chunk_hashes,
+        }
+    }
+
     #[test]
     fn part_file_is_removed_unless_published() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join(".x.shoal-part");
+        let manifest = manifest_of("x", &[1, 2, 3]);
+        let path = part_path(tmp.path(), &manifest.file);
         fs::write(&path, b"stale").unwrap();
-        let part = PartFile::create(path.clone(), 10).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), 10);
+        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 3);
         drop(part);
         assert!(!path.exists());
 
         let target = tmp.path().join("x");
         fs::write(&target, b"mine").unwrap();
-        let part = PartFile::create(path.clone(), 3).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest).unwrap();
         assert!(matches!(
             part.publish(&target),
             Err(PeerError::AlreadyExists { .. })
@@ -622,10 +890,47 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"mine");
         assert!(!path.exists());
 
-        let part = PartFile::create(path.clone(), 3).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest).unwrap();
         let fresh = tmp.path().join("y");
         assert_eq!(part.publish(&fresh).unwrap(), fresh);
         assert_eq!(fs::read(&fresh).unwrap(), [0, 0, 0]);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_interrupted_part_resumes_only_what_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let manifest = manifest_of("f", &bytes);
+        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        assert_eq!(part.missing(), vec![0, 1, 2, 3, 4]);
+        for index in [0u32, 2, 4] {
+            let start = index as usize * 1024;
+            let end = (start + 1024).min(bytes.len());
+            part.write_chunk(index, start as u64, &bytes[start..end])
+                .unwrap();
+        }
+        part.keep_for_resume();
+        drop(part);
+        let part_file = part_path(tmp.path(), &manifest.file);
+        assert!(part_file.exists() && state_path(&part_file).exists());
+
+        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        assert_eq!(part.missing(), vec![1, 3]);
+        part.keep_for_resume();
+        drop(part);
+
+        // A chunk damaged on disk is fetched again, whatever the sidecar says.
+        let damaged = OpenOptions::new().write(true).open(&part_file).unwrap();
+        damaged.write_all_at(&[0xff], 2048).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        assert_eq!(part.missing(), vec![1, 2, 3]);
+        part.keep_for_resume();
+        drop(part);
+
+        // A sidecar describing another file is discarded: everything is fetched afresh.
+        let other = manifest_of("f", &bytes[..4000]);
+        let part = PartFile::open(tmp.path(), &other).unwrap();
+        assert_eq!(part.missing(), vec![0, 1, 2, 3]);
     }
 }

@@ -2,8 +2,9 @@ use std::io;
 use std::path::PathBuf;
 
 use shoal_index::IndexError;
-use shoal_proto::message::ErrorReply;
 use shoal_proto::{PeerAddr, ProtoError};
+
+use crate::HolderReport;
 
 /// Everything that can go wrong in a peer, each a sentence naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,70 +41,25 @@ pub enum PeerError {
         /// Why the last one failed.
         last_error: String,
     },
-    /// A holder could not be connected to, refused the handshake, or dropped the connection
-    /// before sending any of the file.
-    #[error("cannot fetch {name} from {holder}: {source}")]
-    HolderFailed {
+    /// Some chunks could not be fetched from any holder. The verified part stays on disk
+    /// (hidden part file + resume sidecar): the same download run again fetches only what is
+    /// missing.
+    #[error(
+        "{name}: {missing_bytes} of {size} bytes ({missing_chunks} chunks) could not be fetched \
+         from any holder ({}); the verified part is kept, run the same download again to resume",
+        describe_failures(failures)
+    )]
+    Incomplete {
         /// The file.
         name: String,
-        /// The holder.
-        holder: PeerAddr,
-        /// Why.
-        source: ProtoError,
-    },
-    /// A holder sent a manifest that does not describe the file the index named.
-    #[error("{holder} sent a bad manifest for {name}: {reason}")]
-    BadManifest {
-        /// The file.
-        name: String,
-        /// The holder.
-        holder: PeerAddr,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A holder answered a request with a refusal.
-    #[error("{holder} refused to send {name}: {reply}")]
-    Refused {
-        /// The file.
-        name: String,
-        /// The holder.
-        holder: PeerAddr,
-        /// Its answer.
-        reply: ErrorReply,
-    },
-    /// A holder sent something the peer protocol does not allow at that point.
-    #[error("{holder} broke the peer protocol while sending {name}: {reason}")]
-    Protocol {
-        /// The file.
-        name: String,
-        /// The holder.
-        holder: PeerAddr,
-        /// What it did.
-        reason: String,
-    },
-    /// A chunk's bytes do not hash to the manifest's chunk hash.
-    #[error("chunk {chunk} of {name} from {holder} failed verification")]
-    Integrity {
-        /// The file.
-        name: String,
-        /// The holder that sent it.
-        holder: PeerAddr,
-        /// The chunk index.
-        chunk: u32,
-    },
-    /// The connection to a holder ended (or went silent) before the whole file arrived.
-    #[error("{holder} stopped sending {name} after {received} of {size} bytes: {source}")]
-    Transfer {
-        /// The file.
-        name: String,
-        /// The holder.
-        holder: PeerAddr,
-        /// Verified bytes received.
-        received: u64,
+        /// Bytes still missing.
+        missing_bytes: u64,
+        /// Chunks still missing.
+        missing_chunks: u32,
         /// File size.
         size: u64,
-        /// What ended it.
-        source: ProtoError,
+        /// Every holder that was tried, with why it stopped.
+        failures: Vec<HolderReport>,
     },
     /// Something already exists at a download's final path; shoal never overwrites it.
     #[error("{} already exists (with other content or not a regular file); not overwriting it", path.display())]
@@ -146,6 +102,34 @@ impl PeerError {
             op,
             path: path.into(),
             source,
+        }
+    }
+}
+
+fn describe_failures(failures: &[HolderReport]) -> String {
+    if failures.is_empty() {
+        return "no holder was reachable".into();
+    }
+    failures
+        .iter()
+        .map(|f| match &f.dropped {
+            Some(reason) => format!("{} {reason}", f.holder),
+            None => format!("{} had nothing more to send", f.holder),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl PeerError {
+    /// Holders that sent bytes failing verification (for a failed swarm download).
+    pub fn corrupt_holders(&self) -> Vec<&PeerAddr> {
+        match self {
+            PeerError::Incomplete { failures, .. } => failures
+                .iter()
+                .filter(|f| f.corrupt_chunk.is_some())
+                .map(|f| &f.holder)
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }

@@ -6,11 +6,13 @@
 //!   prints) and the hashes of its chunks. Only files in the library are ever served.
 //! - [`PeerServer`]: answers other peers over any [`shoal_proto::Transport`]: a file's
 //!   manifest (metadata + chunk hashes), then chunk ranges streamed as raw bytes.
-//! - [`Downloader`]: asks the index which peers hold a file, takes the manifest from one of
-//!   them (picked at random, the others as fallbacks), checks the manifest against the file id,
-//!   checks every chunk as it arrives, writes into a hidden part file, and only when the whole
-//!   file is verified links it into place (never overwriting anything) and registers the new
-//!   copy with the index.
+//! - [`Downloader`]: asks the index for every holder of a file, takes the manifest from one
+//!   and checks it against the file id, then pulls different chunks from up to eight holders
+//!   at once (faster holders serve more; a holder that vanishes, stalls, answers busy or sends
+//!   a bad chunk is dropped and its chunks go to the others), checks every chunk as it arrives,
+//!   writes into a hidden part file with a resume sidecar, and only when the whole file is
+//!   verified links it into place (never overwriting anything) and registers the new copy with
+//!   the index. An interrupted download, run again, fetches only what is missing.
 //!
 //! Two peers and an index on the in-memory network:
 //!
@@ -48,7 +50,7 @@
 //!     panic!("bob's folder was empty");
 //! };
 //! assert_eq!(report.from, *alice.addr());
-//! assert_eq!(std::fs::read(&report.path)?, vec![7u8; 100_000]);
+//! assert_eq!(std::fs::read(bob_dir.path().join("song.ogg"))?, vec![7u8; 100_000]);
 //!
 //! // A second fetch finds the file in place and asks nobody.
 //! assert!(matches!(
@@ -62,9 +64,14 @@
 mod download;
 mod error;
 mod library;
+mod resume;
 mod server;
+mod swarm;
 
-pub use download::{DownloadOutcome, DownloadReport, Downloader, DownloaderConfig};
+pub use download::{
+    DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, HolderReport, Progress,
+    ProgressCallback,
+};
 pub use error::PeerError;
 pub use library::{Library, SharedFile};
 pub use server::{PeerServer, PeerServerConfig};

@@ -2,6 +2,8 @@
 
 use std::io::BufReader;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
@@ -26,6 +28,9 @@ pub struct PeerServerConfig {
     pub io_timeout: Duration,
     /// Largest request frame accepted, in bytes.
     pub request_limit: u32,
+    /// Transfers (`ReadChunks` answers) served at once; the next gets a typed busy reply so
+    /// the downloader moves to other holders (default 16).
+    pub max_uploads: usize,
 }
 
 impl Default for PeerServerConfig {
@@ -35,6 +40,7 @@ impl Default for PeerServerConfig {
             idle_timeout: Some(Duration::from_secs(120)),
             io_timeout: Duration::from_secs(30),
             request_limit: codec::DEFAULT_REQUEST_LIMIT,
+            max_uploads: 16,
         }
     }
 }
@@ -72,15 +78,22 @@ impl<T: Transport> PeerServer<T> {
             library,
             config,
         } = self;
+        let uploads = Arc::new(AtomicUsize::new(0));
         spawn_accept_loop(&transport, listener, accept, move |stream, from| {
-            serve(stream, from, &library, &config);
+            serve(stream, from, &library, &config, &uploads);
         })
         .map_err(bind_error)
     }
 }
 
 /// One connection: the handshake, then requests until the client leaves.
-fn serve<S: Connection>(mut stream: S, from: PeerAddr, library: &Library, config: &PeerServerConfig) {
+fn serve<S: Connection>(
+    mut stream: S,
+    from: PeerAddr,
+    library: &Library,
+    config: &PeerServerConfig,
+    uploads: &AtomicUsize,
+) {
     let setup = stream
         .set_read_timeout(config.idle_timeout)
         .and_then(|()| stream.set_write_timeout(Some(config.io_timeout)))
@@ -97,6 +110,7 @@ fn serve<S: Connection>(mut stream: S, from: PeerAddr, library: &Library, config
         from,
         library,
         config,
+        uploads,
         frame: Vec::new(),
         out: Vec::with_capacity(64),
         chunk: Vec::new(),
@@ -109,6 +123,8 @@ struct Session<'a, S> {
     from: PeerAddr,
     library: &'a Library,
     config: &'a PeerServerConfig,
+    /// Transfers in progress on the whole server.
+    uploads: &'a AtomicUsize,
     /// Request body scratch.
     frame: Vec<u8>,
     /// Encoded response scratch.
@@ -124,9 +140,12 @@ impl<S: Connection> Session<'_, S> {
                 codec::read_frame(&mut self.conn, self.config.request_limit, &mut self.frame);
             let result = match request {
                 Ok(PeerRequest::Manifest { key }) => self.manifest(&key),
-                Ok(PeerRequest::ReadChunks { id, first, count }) => {
-                    self.read_chunks(id, first, count)
-                }
+                Ok(PeerRequest::ReadChunks {
+                    id,
+                    chunk_size,
+                    first,
+                    count,
+                }) => self.read_chunks_limited(id, chunk_size, first, count),
                 Err(ProtoError::Closed) => {
                     log::debug!("{} closed the connection", self.from);
                     return;
@@ -176,15 +195,52 @@ impl<S: Connection> Session<'_, S> {
         }))
     }
 
-    fn read_chunks(&mut self, id: FileId, first: u32, count: u32) -> Result<(), ProtoError> {
+    /// `read_chunks` within the server's upload limit.
+    fn read_chunks_limited(
+        &mut self,
+        id: FileId,
+        chunk_size: u32,
+        first: u32,
+        count: u32,
+    ) -> Result<(), ProtoError> {
+        let max = self.config.max_uploads;
+        if self
+            .uploads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            log::info!("refused {}: {max} uploads already in progress", self.from);
+            return self.refuse(
+                ErrorCode::Busy,
+                format!("{max} uploads already in progress; try another holder"),
+            );
+        }
+        let result = self.read_chunks(id, chunk_size, first, count);
+        self.uploads.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn read_chunks(
+        &mut self,
+        id: FileId,
+        chunk_size: u32,
+        first: u32,
+        count: u32,
+    ) -> Result<(), ProtoError> {
         let started = Instant::now();
+        if let Err(e) = content::validate_chunk_size(chunk_size) {
+            return self.refuse(ErrorCode::BadRequest, e.to_string());
+        }
         // Only files of the library are served: the path comes from the library, never from
         // the request.
         let Some(file) = self.library.get(&FileKey::Id(id)) else {
             return self.refuse(ErrorCode::NotFound, format!("no file {id} here"));
         };
         let meta = file.meta;
-        let total = content::chunk_count(meta.size, meta.chunk_size);
+        // The requester's grid, not ours: any valid chunk size cuts the same bytes.
+        let total = content::chunk_count(meta.size, chunk_size);
         let end = u64::from(first) + u64::from(count);
         if end > total {
             return self.refuse(
@@ -218,7 +274,7 @@ impl<S: Connection> Session<'_, S> {
         };
         let mut bytes = 0u64;
         for index in first..first.saturating_add(count) {
-            let Some(chunk_len) = content::chunk_len(meta.size, meta.chunk_size, index) else {
+            let Some(chunk_len) = content::chunk_len(meta.size, chunk_size, index) else {
                 break; // unreachable: the range was checked above
             };
             let len = chunk_len as usize;
@@ -226,7 +282,7 @@ impl<S: Connection> Session<'_, S> {
                 self.chunk.resize(len, 0);
             }
             let body = &mut self.chunk[..len];
-            let offset = content::chunk_offset(meta.chunk_size, index);
+            let offset = content::chunk_offset(chunk_size, index);
             if let Err(e) = disk.read_exact_at(body, offset) {
                 log::warn!(
                     "{} changed while being served to {}: {e}",

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
 use shoal_peer::{
-    DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, Library, PeerError,
-    PeerServer, PeerServerConfig, ServerHandle,
+    DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, Library, PeerError, PeerServer,
+    PeerServerConfig, ServerHandle,
 };
 use shoal_proto::codec::{self, Service};
 use shoal_proto::mem::{MemNetwork, MemStream, MemTransport};
@@ -137,6 +137,13 @@ impl Peer {
     }
 }
 
+/// Servers are stopped by a connection to themselves, which a `refuse` fault would block.
+fn heal(world: &World, peers: &[&Peer]) {
+    for peer in peers {
+        world.net.heal(&peer.addr);
+    }
+}
+
 fn downloaded(outcome: DownloadOutcome) -> DownloadReport {
     match outcome {
         DownloadOutcome::Downloaded(report) => report,
@@ -181,7 +188,8 @@ fn server_serves_manifests_and_chunks_and_refuses_bad_requests() {
     let meta = alice.meta("a.bin");
     let mut s = raw_client(&world, &alice.addr);
 
-    let PeerResponse::Manifest(manifest) = ask(&mut s, &PeerRequest::Manifest { key: key("a.bin") })
+    let PeerResponse::Manifest(manifest) =
+        ask(&mut s, &PeerRequest::Manifest { key: key("a.bin") })
     else {
         panic!("no manifest");
     };
@@ -195,6 +203,7 @@ fn server_serves_manifests_and_chunks_and_refuses_bad_requests() {
             &mut s,
             &PeerRequest::ReadChunks {
                 id: meta.id,
+                chunk_size: CHUNK,
                 first,
                 count,
             },
@@ -202,8 +211,7 @@ fn server_serves_manifests_and_chunks_and_refuses_bad_requests() {
         .unwrap();
         got.clear();
         for index in first..first + count {
-            let header: PeerResponse =
-                codec::read_frame(&mut s, 1024, &mut Vec::new()).unwrap();
+            let header: PeerResponse = codec::read_frame(&mut s, 1024, &mut Vec::new()).unwrap();
             let len = content::chunk_len(meta.size, CHUNK, index).unwrap();
             assert_eq!(header, PeerResponse::Chunk { index, len });
             let mut body = vec![0; len as usize];
@@ -216,18 +224,32 @@ fn server_serves_manifests_and_chunks_and_refuses_bad_requests() {
 
     // Refusals leave the connection usable.
     let manifest_of = |name: &str| PeerRequest::Manifest { key: key(name) };
-    assert_eq!(refusal(ask(&mut s, &manifest_of("../passwd"))), ErrorCode::BadName);
-    assert_eq!(refusal(ask(&mut s, &manifest_of("../etc/passwd"))), ErrorCode::BadName);
-    assert_eq!(refusal(ask(&mut s, &manifest_of("nope.bin"))), ErrorCode::NotFound);
-    assert_eq!(refusal(ask(&mut s, &manifest_of(".hidden"))), ErrorCode::NotFound);
+    assert_eq!(
+        refusal(ask(&mut s, &manifest_of("../passwd"))),
+        ErrorCode::BadName
+    );
+    assert_eq!(
+        refusal(ask(&mut s, &manifest_of("../etc/passwd"))),
+        ErrorCode::BadName
+    );
+    assert_eq!(
+        refusal(ask(&mut s, &manifest_of("nope.bin"))),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        refusal(ask(&mut s, &manifest_of(".hidden"))),
+        ErrorCode::NotFound
+    );
     let past_end = PeerRequest::ReadChunks {
         id: meta.id,
+        chunk_size: CHUNK,
         first: 18,
         count: 2,
     };
     assert_eq!(refusal(ask(&mut s, &past_end)), ErrorCode::BadRequest);
     let unknown = PeerRequest::ReadChunks {
         id: FileId([9; 32]),
+        chunk_size: CHUNK,
         first: 0,
         count: 1,
     };
@@ -251,6 +273,7 @@ fn server_stops_an_answer_when_the_file_shrinks() {
     let mut s = raw_client(&world, &alice.addr);
     let request = PeerRequest::ReadChunks {
         id: meta.id,
+        chunk_size: CHUNK,
         first: 0,
         count: 19,
     };
@@ -267,11 +290,11 @@ fn download_verifies_places_records_and_registers_the_file() {
 
     let report = downloaded(downloader.fetch(&key("a.bin")).unwrap());
     assert_eq!(report.from, alice.addr);
-    assert_eq!(report.path, bob.dir.join("a.bin"));
+    assert_eq!(report.path, Some(bob.dir.join("a.bin")));
     assert_eq!(report.bytes, SIZE as u64);
     assert_eq!(report.file, alice.meta("a.bin"));
     assert!(report.registered);
-    assert_eq!(fs::read(&report.path).unwrap(), bytes);
+    assert_eq!(fs::read(report.path.as_ref().unwrap()).unwrap(), bytes);
     assert_eq!(listing(&bob.dir), ["a.bin"]);
 
     // Bob's library serves it and the index lists Bob as a holder.
@@ -284,7 +307,7 @@ fn download_verifies_places_records_and_registers_the_file() {
     let empty_id = alice.meta("empty").id;
     let report = downloaded(downloader.fetch(&FileKey::Id(empty_id)).unwrap());
     assert_eq!(report.file.name, "empty");
-    assert_eq!(fs::read(&report.path).unwrap(), b"");
+    assert_eq!(fs::read(report.path.as_ref().unwrap()).unwrap(), b"");
     assert_eq!(listing(&bob.dir), ["a.bin", "empty"]);
 
     // Carol can now get it from Bob alone.
@@ -294,7 +317,8 @@ fn download_verifies_places_records_and_registers_the_file() {
     let report = downloaded(carol.fetch(&key("a.bin")).unwrap());
     assert_eq!(report.from, bob.addr);
     assert!(!report.registered);
-    assert_eq!(fs::read(&report.path).unwrap(), bytes);
+    assert_eq!(fs::read(report.path.as_ref().unwrap()).unwrap(), bytes);
+    heal(&world, &[&alice]);
 }
 
 #[test]
@@ -308,31 +332,49 @@ fn a_cut_connection_leaves_no_file_behind() {
         .fetch(&key("a.bin"))
         .unwrap_err();
     match &err {
-        PeerError::Transfer {
+        PeerError::Incomplete {
             name,
-            holder,
-            received,
+            missing_bytes,
             size,
+            failures,
             ..
         } => {
             assert_eq!(name, "a.bin");
-            assert_eq!(holder, &alice.addr);
-            assert!(*received > 0 && *received < 100_000, "{received}");
+            assert!(
+                *missing_bytes > 0 && *missing_bytes < SIZE as u64,
+                "{missing_bytes}"
+            );
             assert_eq!(*size, SIZE as u64);
+            assert_eq!(failures.len(), 1);
+            assert_eq!(failures[0].holder, alice.addr);
+            assert!(
+                failures[0]
+                    .dropped
+                    .as_ref()
+                    .unwrap()
+                    .contains("stopped sending")
+            );
         }
-        other => panic!("expected a transfer error, got {other}"),
+        other => panic!("expected an incomplete download, got {other}"),
     }
-    assert!(err.to_string().contains("stopped sending a.bin"), "{err}");
-    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    assert!(
+        err.to_string()
+            .contains("run the same download again to resume"),
+        "{err}"
+    );
+    // No final file; the verified part waits, hidden, for a resume.
+    assert_eq!(
+        listing(&out),
+        [".a.bin.shoal-part", ".a.bin.shoal-part.state"]
+    );
 }
 
-/// Offset, in the bytes a holder sends on one connection, of the first body byte of chunk
-/// `chunk` of a full-file download.
+/// Offset, in the bytes a holder sends on the chunk connection of a download (the manifest
+/// comes on its own connection), of the first body byte of chunk `chunk`.
 fn body_offset(manifest: Manifest, chunk: u32) -> u64 {
     let meta = manifest.file.clone();
     let mut buf = Vec::new();
-    codec::encode_frame(&PeerResponse::Manifest(manifest), &mut buf).unwrap();
-    let mut offset = 8 + buf.len() as u64; // handshake answer, manifest
+    let mut offset = 8; // handshake answer
     for index in 0..=chunk {
         let len = content::chunk_len(meta.size, meta.chunk_size, index).unwrap();
         buf.clear();
@@ -362,16 +404,20 @@ fn a_corrupt_chunk_is_caught_and_blamed_on_its_holder() {
         .downloader("bob", &out, 1)
         .fetch(&key("a.bin"))
         .unwrap_err();
+    assert_eq!(err.corrupt_holders(), [&alice.addr]);
+    let PeerError::Incomplete { failures, .. } = &err else {
+        panic!("expected an incomplete download, got {err}");
+    };
+    assert_eq!(failures[0].corrupt_chunk, Some(3));
     assert!(
-        matches!(&err, PeerError::Integrity { name, holder, chunk: 3 }
-            if name == "a.bin" && *holder == alice.addr),
+        err.to_string().contains(&format!(
+            "{} sent chunk 3 that failed verification",
+            alice.addr
+        )),
         "{err}"
     );
-    assert_eq!(
-        err.to_string(),
-        format!("chunk 3 of a.bin from {} failed verification", alice.addr)
-    );
-    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    // Nothing unverified reached a final name.
+    assert!(!out.join("a.bin").exists());
 }
 
 #[test]
@@ -382,7 +428,10 @@ fn unknown_and_hostile_names_are_refused() {
     let mut downloader = world.downloader("bob", &out, 1);
 
     let err = downloader.fetch(&key("missing.bin")).unwrap_err();
-    assert!(matches!(&err, PeerError::NotFound { key } if key == "missing.bin"), "{err}");
+    assert!(
+        matches!(&err, PeerError::NotFound { key } if key == "missing.bin"),
+        "{err}"
+    );
     assert_eq!(err.to_string(), "no peer holds missing.bin");
 
     for hostile in ["../a.bin", "../../escape", "a/../../b", ".a.bin.shoal-part"] {
@@ -403,14 +452,25 @@ fn a_file_already_present_is_not_fetched_and_the_index_is_not_asked() {
     // A plain folder: the file on disk is hashed to report its id.
     let out = world.folder("out");
     fs::write(out.join("a.bin"), &bytes).unwrap();
-    let outcome = world.downloader("bob", &out, 1).fetch(&key("a.bin")).unwrap();
-    assert!(matches!(&outcome, DownloadOutcome::AlreadyPresent(m) if m.id == alice.meta("a.bin").id));
+    let outcome = world
+        .downloader("bob", &out, 1)
+        .fetch(&key("a.bin"))
+        .unwrap();
+    assert!(
+        matches!(&outcome, DownloadOutcome::AlreadyPresent(m) if m.id == alice.meta("a.bin").id)
+    );
 
     // A peer's library, by name and by id.
     let mut own = alice.downloader(&world, 1);
-    assert!(matches!(own.fetch(&key("a.bin")).unwrap(), DownloadOutcome::AlreadyPresent(_)));
+    assert!(matches!(
+        own.fetch(&key("a.bin")).unwrap(),
+        DownloadOutcome::AlreadyPresent(_)
+    ));
     let by_id = FileKey::Id(alice.meta("a.bin").id);
-    assert!(matches!(own.fetch(&by_id).unwrap(), DownloadOutcome::AlreadyPresent(_)));
+    assert!(matches!(
+        own.fetch(&by_id).unwrap(),
+        DownloadOutcome::AlreadyPresent(_)
+    ));
 
     assert_eq!(world.net.stats(world.index.addr()).connections, before);
     assert_eq!(world.net.stats(&alice.addr).connections, 0);
@@ -447,9 +507,14 @@ fn refusing_holders_are_skipped_for_the_next_one() {
 
     for seed in 0..8 {
         let out = world.folder(&format!("out{seed}"));
-        let report = downloaded(world.downloader("bob", &out, seed).fetch(&key("a.bin")).unwrap());
+        let report = downloaded(
+            world
+                .downloader("bob", &out, seed)
+                .fetch(&key("a.bin"))
+                .unwrap(),
+        );
         assert_eq!(report.from, good.addr);
-        assert_eq!(fs::read(&report.path).unwrap(), bytes);
+        assert_eq!(fs::read(report.path.as_ref().unwrap()).unwrap(), bytes);
         assert_eq!(listing(&out), ["a.bin"]);
     }
     // With these seeds each bad holder came first at least once.
@@ -467,6 +532,7 @@ fn refusing_holders_are_skipped_for_the_next_one() {
         "{err}"
     );
     assert!(listing(&out).is_empty());
+    heal(&world, &[&refuses, &good]);
 }
 
 #[test]

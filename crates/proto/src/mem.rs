@@ -6,7 +6,7 @@
 //! endpoint *sends* on connections opened after the call, counted per connection, so the same
 //! test always sees the same bytes:
 //!
-//! - [`MemNetwork::refuse`]: connects fail with `ConnectionRefused`;
+//! - [`MemNetwork::refuse`]: connects from other hosts fail with `ConnectionRefused`;
 //! - [`MemNetwork::cut_after`]: after N bytes the endpoint's side of the connection closes;
 //! - [`MemNetwork::corrupt_at`]: byte N (from the start of the connection) is flipped;
 //! - [`MemNetwork::stall_after`]: after N bytes nothing more arrives, the connection stays open
@@ -203,7 +203,9 @@ impl Transport for MemTransport {
                 format!("{addr}: connection refused"),
             )
         };
-        if faults.refuse {
+        // A host reaching its own endpoint (a server waking its accept loop to stop) is not
+        // subject to the faults injected between hosts.
+        if faults.refuse && addr.host() != self.host {
             return Err(refused());
         }
         let listener = state.listeners.get(addr).cloned().ok_or_else(refused)?;

@@ -109,10 +109,14 @@ pub enum PeerRequest {
         /// Which file.
         key: FileKey,
     },
-    /// Chunks `first .. first + count` of file `id`, streamed as `Chunk` frames with raw bodies.
+    /// Chunks `first .. first + count` of file `id`, cut at `chunk_size` (the requester's
+    /// manifest grid, so holders that hashed with another chunk size can still serve), streamed
+    /// as `Chunk` frames with raw bodies.
     ReadChunks {
         /// Which file.
         id: FileId,
+        /// Chunk size of the requester's manifest (a power of two, see `content`).
+        chunk_size: u32,
         /// First chunk index.
         first: u32,
         /// Number of chunks.

@@ -90,8 +90,14 @@ fn index_response() -> impl Strategy<Value = IndexResponse> {
 fn peer_request() -> impl Strategy<Value = PeerRequest> {
     prop_oneof![
         key().prop_map(|key| PeerRequest::Manifest { key }),
-        (file_id(), any::<u32>(), any::<u32>())
-            .prop_map(|(id, first, count)| PeerRequest::ReadChunks { id, first, count }),
+        (file_id(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(id, chunk_size, first, count)| PeerRequest::ReadChunks {
+                id,
+                chunk_size,
+                first,
+                count
+            }
+        ),
     ]
 }
 

@@ -1,0 +1,567 @@
+//! The multi-source download engine: every holder at once, verified chunks, failover.
+//!
+//! One [`Scheduler`] holds the chunks still to fetch. Each source (a holder) gets a reader
+//! thread that keeps up to `pipeline` `ReadChunks` requests in flight on one connection and
+//! reads chunk bodies into recycled buffers, and a verifier thread that hashes each chunk
+//! against the manifest and writes it at its offset; so hashing never stalls the socket.
+//! Faster sources come back for work sooner and so serve more chunks.
+//!
+//! A source that cannot connect, answers busy, stalls past the I/O timeout, breaks the
+//! protocol or sends a chunk that fails its hash is dropped (with the reason, for the report)
+//! and its unfinished chunks go back to the queue. When the queue is empty but chunks are
+//! still in flight, idle sources fetch those too (end-game): the first verified copy wins,
+//! so one slow holder cannot leave a download stuck at 99%.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use shoal_proto::codec::{self, Service};
+use shoal_proto::content::{chunk_hash, chunk_len, chunk_offset};
+use shoal_proto::message::{ErrorCode, Manifest, PeerRequest, PeerResponse};
+use shoal_proto::{Connection, PeerAddr, ProtoError, Transport};
+
+/// Where verified chunks go: a part file, or nowhere (verify-only).
+pub(crate) trait ChunkSink: Send + Sync {
+    /// Stores the verified bytes of chunk `index` at `offset`. In end-game two sources may
+    /// deliver the same chunk: both copies are verified, so writing twice is harmless.
+    fn write_chunk(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// How the engine runs.
+#[derive(Clone, Debug)]
+pub(crate) struct SwarmConfig {
+    /// Longest wait for any progress on a connection (a read or a write).
+    pub(crate) io_timeout: Duration,
+    /// Largest response frame accepted.
+    pub(crate) response_limit: u32,
+    /// Chunks asked for in one request.
+    pub(crate) batch_chunks: u32,
+    /// Requests kept in flight per connection, so a round trip never idles the pipe.
+    pub(crate) pipeline: usize,
+}
+
+/// Why a source stopped serving this download early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// It could not be reached or refused the handshake.
+    Unreachable(String),
+    /// It answered busy (at its upload limit).
+    Busy,
+    /// It stopped sending (connection closed, reset or timed out).
+    Failed(String),
+    /// It sent a chunk that failed verification.
+    Corrupt { chunk: u32 },
+    /// It broke the protocol or refused a request.
+    Protocol(String),
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DropReason::Unreachable(e) => write!(f, "unreachable: {e}"),
+            DropReason::Busy => f.write_str("busy (upload limit reached)"),
+            DropReason::Failed(e) => write!(f, "stopped sending: {e}"),
+            DropReason::Corrupt { chunk } => {
+                write!(f, "sent chunk {chunk} that failed verification")
+            }
+            DropReason::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// What one source did.
+#[derive(Clone, Debug)]
+pub(crate) struct SourceReport {
+    pub(crate) addr: PeerAddr,
+    /// Verified bytes it contributed (first copies only).
+    pub(crate) bytes: u64,
+    /// `ReadChunks` requests sent to it.
+    pub(crate) requests: u32,
+    pub(crate) dropped: Option<DropReason>,
+}
+
+/// The outcome of a swarm run.
+#[derive(Debug)]
+pub(crate) struct SwarmResult {
+    pub(crate) sources: Vec<SourceReport>,
+    /// Chunks no source delivered (empty on success).
+    pub(crate) missing: Vec<u32>,
+}
+
+/// Progress callback: verified bytes so far (this run), sources still active.
+pub(crate) type ProgressFn<'a> = &'a (dyn Fn(u64, usize) + Sync);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    Done,
+    Queued,
+    /// Being fetched by this many sources.
+    InFlight(u8),
+}
+
+struct SchedState {
+    chunks: Vec<ChunkState>,
+    queued: BTreeSet<u32>,
+    remaining: usize,
+    active_sources: usize,
+    verified_bytes: u64,
+}
+
+/// The shared work queue.
+struct Scheduler {
+    state: Mutex<SchedState>,
+    changed: Condvar,
+}
+
+enum Work {
+    Chunks(Vec<u32>),
+    /// Nothing for this source right now, but chunks are in flight elsewhere.
+    Wait,
+    Finished,
+}
+
+impl Scheduler {
+    fn new(total: u32, missing: &[u32], sources: usize) -> Self {
+        let mut chunks = vec![ChunkState::Done; total as usize];
+        for &i in missing {
+            if let Some(c) = chunks.get_mut(i as usize) {
+                *c = ChunkState::Queued;
+            }
+        }
+        Scheduler {
+            state: Mutex::new(SchedState {
+                chunks,
+                queued: missing.iter().copied().collect(),
+                remaining: missing.len(),
+                active_sources: sources,
+                verified_bytes: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SchedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remaining(&self) -> usize {
+        self.lock().remaining
+    }
+
+    /// Up to `max` consecutive queued chunks; in end-game, one chunk in flight elsewhere.
+    fn take(&self, max: u32, mine: &HashSet<u32>) -> Work {
+        let mut s = self.lock();
+        if s.remaining == 0 {
+            return Work::Finished;
+        }
+        if let Some(first) = s.queued.pop_first() {
+            let mut run = vec![first];
+            while (run.len() as u32) < max {
+                let next = run[run.len() - 1] + 1;
+                if !s.queued.remove(&next) {
+                    break;
+                }
+                run.push(next);
+            }
+            for &i in &run {
+                s.chunks[i as usize] = ChunkState::InFlight(1);
+            }
+            return Work::Chunks(run);
+        }
+        // End-game: duplicate the least-duplicated chunk someone else is still fetching.
+        let candidate = s
+            .chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                ChunkState::InFlight(n) if !mine.contains(&(i as u32)) => Some((*n, i as u32)),
+                _ => None,
+            })
+            .min();
+        match candidate {
+            Some((n, i)) if n < 3 => {
+                s.chunks[i as usize] = ChunkState::InFlight(n + 1);
+                Work::Chunks(vec![i])
+            }
+            _ => Work::Wait,
+        }
+    }
+
+    /// Blocks until the queue changes; false once the download is finished.
+    fn wait_for_change(&self) -> bool {
+        let s = self.lock();
+        if s.remaining == 0 {
+            return false;
+        }
+        // Woken by every completion and release; the timeout is only a safety net.
+        let (s, _) = self
+            .changed
+            .wait_timeout(s, Duration::from_millis(200))
+            .unwrap_or_else(|e| e.into_inner());
+        s.remaining > 0
+    }
+
+    /// Records a verified chunk; false if another source delivered it first.
+    fn complete(&self, index: u32, len: u64) -> bool {
+        let mut s = self.lock();
+        let first = matches!(
+            s.chunks.get(index as usize),
+            Some(ChunkState::InFlight(_) | ChunkState::Queued)
+        );
+        if first {
+            s.chunks[index as usize] = ChunkState::Done;
+            s.queued.remove(&index);
+            s.remaining -= 1;
+            s.verified_bytes += len;
+            self.changed.notify_all();
+        }
+        first
+    }
+
+    /// A source gives chunks back unfinished.
+    fn release(&self, indices: impl IntoIterator<Item = u32>) {
+        let mut s = self.lock();
+        for i in indices {
+            if let Some(ChunkState::InFlight(n)) = s.chunks.get(i as usize).copied() {
+                if n > 1 {
+                    s.chunks[i as usize] = ChunkState::InFlight(n - 1);
+                } else {
+                    s.chunks[i as usize] = ChunkState::Queued;
+                    s.queued.insert(i);
+                }
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    fn source_finished(&self) {
+        let mut s = self.lock();
+        s.active_sources = s.active_sources.saturating_sub(1);
+        self.changed.notify_all();
+    }
+
+    fn progress(&self) -> (u64, usize) {
+        let s = self.lock();
+        (s.verified_bytes, s.active_sources)
+    }
+
+    fn missing(&self) -> Vec<u32> {
+        let s = self.lock();
+        (0..s.chunks.len() as u32)
+            .filter(|&i| s.chunks[i as usize] != ChunkState::Done)
+            .collect()
+    }
+}
+
+/// Everything a source's threads share for one download.
+struct Job<'a> {
+    manifest: &'a Manifest,
+    sink: &'a dyn ChunkSink,
+    scheduler: &'a Scheduler,
+    config: &'a SwarmConfig,
+    progress: ProgressFn<'a>,
+}
+
+/// Fetches the `missing` chunks of `manifest` from `sources` in parallel into `sink`.
+pub(crate) fn run_swarm<T: Transport>(
+    transport: &T,
+    manifest: &Manifest,
+    missing: &[u32],
+    sources: &[PeerAddr],
+    sink: &dyn ChunkSink,
+    config: &SwarmConfig,
+    progress: ProgressFn<'_>,
+) -> SwarmResult {
+    let total = manifest.chunk_hashes.len() as u32;
+    let scheduler = Scheduler::new(total, missing, sources.len());
+    let job = Job {
+        manifest,
+        sink,
+        scheduler: &scheduler,
+        config,
+        progress,
+    };
+    let reports = thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|addr| {
+                let job = &job;
+                scope.spawn(move || {
+                    let report = fetch_from(transport, addr, job);
+                    job.scheduler.source_finished();
+                    let (bytes, active) = job.scheduler.progress();
+                    (job.progress)(bytes, active);
+                    report
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(sources)
+            .map(|(h, addr)| {
+                h.join().unwrap_or_else(|_| SourceReport {
+                    addr: addr.clone(),
+                    bytes: 0,
+                    requests: 0,
+                    dropped: Some(DropReason::Failed("its thread panicked".into())),
+                })
+            })
+            .collect()
+    });
+    SwarmResult {
+        sources: reports,
+        missing: scheduler.missing(),
+    }
+}
+
+/// A chunk read off the wire, on its way to the verifier.
+struct Arrived {
+    index: u32,
+    data: Vec<u8>,
+}
+
+/// The verifier's verdicts, shared with the reader.
+#[derive(Default)]
+struct VerifyState {
+    failure: Mutex<Option<DropReason>>,
+    failed: AtomicBool,
+    bytes: Mutex<u64>,
+}
+
+fn fetch_from<T: Transport>(transport: &T, addr: &PeerAddr, job: &Job<'_>) -> SourceReport {
+    let mut report = SourceReport {
+        addr: addr.clone(),
+        bytes: 0,
+        requests: 0,
+        dropped: None,
+    };
+    let mut stream = match connect(transport, addr, job.config) {
+        Ok(stream) => stream,
+        Err(reason) => {
+            report.dropped = Some(reason);
+            return report;
+        }
+    };
+    let chunk_size = job.manifest.file.chunk_size as usize;
+    // Buffers circulate reader -> verifier -> reader: at most `pool` chunks in memory per source.
+    let pool = 3;
+    let (to_verify, verify_rx) = bounded::<Arrived>(pool);
+    let (recycle, free) = bounded::<Vec<u8>>(pool);
+    for _ in 0..pool {
+        let _ = recycle.send(Vec::with_capacity(chunk_size));
+    }
+    let verdicts = VerifyState::default();
+    let outcome = thread::scope(|scope| {
+        let verifier = scope.spawn(|| verify_loop(verify_rx, &recycle, job, &verdicts));
+        let outcome = read_loop(&mut stream, job, to_verify, &free, &verdicts, &mut report);
+        let _ = verifier.join();
+        outcome
+    });
+    report.bytes = *verdicts.bytes.lock().unwrap_or_else(|e| e.into_inner());
+    let verify_failure = verdicts
+        .failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    report.dropped = verify_failure.or(outcome.err());
+    if let Some(reason) = &report.dropped {
+        log::warn!(
+            "dropped holder {addr} for {}: {reason}",
+            job.manifest.file.name
+        );
+    }
+    report
+}
+
+fn connect<T: Transport>(
+    transport: &T,
+    addr: &PeerAddr,
+    config: &SwarmConfig,
+) -> Result<BufReader<T::Stream>, DropReason> {
+    let mut stream = transport
+        .connect(addr)
+        .map_err(|e| DropReason::Unreachable(e.to_string()))?;
+    let timeout = Some(config.io_timeout);
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(|e| DropReason::Unreachable(e.to_string()))?;
+    match codec::client_handshake(&mut stream, Service::Peer) {
+        Ok(()) => Ok(BufReader::with_capacity(64 << 10, stream)),
+        Err(ProtoError::Busy) => Err(DropReason::Busy),
+        Err(e) => Err(DropReason::Unreachable(e.to_string())),
+    }
+}
+
+/// Sends requests (keeping `pipeline` in flight) and reads chunk bodies off the wire.
+fn read_loop<S: Connection>(
+    stream: &mut BufReader<S>,
+    job: &Job<'_>,
+    to_verify: Sender<Arrived>,
+    free: &Receiver<Vec<u8>>,
+    verdicts: &VerifyState,
+    report: &mut SourceReport,
+) -> Result<(), DropReason> {
+    let file = &job.manifest.file;
+    let mut in_flight: std::collections::VecDeque<Vec<u32>> = Default::default();
+    let mut mine: HashSet<u32> = HashSet::new();
+    let mut frame = Vec::new();
+    let mut request = Vec::new();
+    let result = (|| {
+        loop {
+            if verdicts.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            // Top up the pipeline.
+            while in_flight.len() < job.config.pipeline {
+                match job.scheduler.take(job.config.batch_chunks, &mine) {
+                    Work::Chunks(run) => {
+                        request.clear();
+                        codec::encode_frame(
+                            &PeerRequest::ReadChunks {
+                                id: file.id,
+                                chunk_size: file.chunk_size,
+                                first: run[0],
+                                count: run.len() as u32,
+                            },
+                            &mut request,
+                        )
+                        .map_err(|e| DropReason::Protocol(e.to_string()))?;
+                        stream
+                            .get_mut()
+                            .write_all(&request)
+                            .map_err(|e| DropReason::Failed(e.to_string()))?;
+                        report.requests += 1;
+                        mine.extend(run.iter().copied());
+                        in_flight.push_back(run);
+                    }
+                    Work::Wait if in_flight.is_empty() => {
+                        if !job.scheduler.wait_for_change() {
+                            return Ok(());
+                        }
+                    }
+                    Work::Wait => break,
+                    Work::Finished => {
+                        if in_flight.is_empty() {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                }
+            }
+            let Some(run) = in_flight.front_mut() else {
+                continue;
+            };
+            if job.scheduler.remaining() == 0 {
+                return Ok(());
+            }
+            let expected = run[0];
+            let header: PeerResponse =
+                codec::read_frame(stream, job.config.response_limit, &mut frame).map_err(|e| {
+                    match e {
+                        e if e.is_disconnect() => DropReason::Failed(e.to_string()),
+                        ProtoError::Io(io) => DropReason::Failed(io.to_string()),
+                        other => DropReason::Protocol(other.to_string()),
+                    }
+                })?;
+            let len = match header {
+                PeerResponse::Chunk { index, len } if index == expected => len,
+                PeerResponse::Chunk { index, .. } => {
+                    return Err(DropReason::Protocol(format!(
+                        "sent chunk {index} where chunk {expected} was due"
+                    )));
+                }
+                PeerResponse::Error(reply) if reply.code == ErrorCode::Busy => {
+                    return Err(DropReason::Busy);
+                }
+                PeerResponse::Error(reply) => return Err(DropReason::Protocol(reply.to_string())),
+                PeerResponse::Manifest(_) => {
+                    return Err(DropReason::Protocol(
+                        "sent a manifest instead of a chunk".into(),
+                    ));
+                }
+            };
+            if Some(len) != chunk_len(file.size, file.chunk_size, expected) {
+                return Err(DropReason::Protocol(format!(
+                    "announced {len} bytes for chunk {expected}"
+                )));
+            }
+            // A buffer comes back as soon as the verifier is done with one.
+            let mut data = free
+                .recv()
+                .map_err(|_| DropReason::Failed("verifier stopped".into()))?;
+            data.resize(len as usize, 0);
+            stream
+                .read_exact(&mut data)
+                .map_err(|e| DropReason::Failed(e.to_string()))?;
+            run.remove(0);
+            if run.is_empty() {
+                in_flight.pop_front();
+            }
+            mine.remove(&expected);
+            if to_verify
+                .send(Arrived {
+                    index: expected,
+                    data,
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    })();
+    // Whatever this source still owed goes back to the queue for the others.
+    job.scheduler.release(in_flight.into_iter().flatten());
+    drop(to_verify);
+    result
+}
+
+/// Hashes each arrived chunk against the manifest, writes it, and marks it done.
+fn verify_loop(
+    arrived: Receiver<Arrived>,
+    recycle: &Sender<Vec<u8>>,
+    job: &Job<'_>,
+    verdicts: &VerifyState,
+) {
+    let file = &job.manifest.file;
+    for Arrived { index, data } in arrived {
+        if verdicts.failed.load(Ordering::SeqCst) {
+            job.scheduler.release([index]);
+            continue;
+        }
+        let expected = job.manifest.chunk_hashes.get(index as usize);
+        if expected != Some(&chunk_hash(file.size, file.chunk_size, index, &data)) {
+            *verdicts.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(DropReason::Corrupt { chunk: index });
+            verdicts.failed.store(true, Ordering::SeqCst);
+            job.scheduler.release([index]);
+            let _ = recycle.send(data);
+            continue;
+        }
+        let offset = chunk_offset(file.chunk_size, index);
+        match job.sink.write_chunk(index, offset, &data) {
+            Ok(()) => {
+                if job.scheduler.complete(index, data.len() as u64) {
+                    *verdicts.bytes.lock().unwrap_or_else(|e| e.into_inner()) += data.len() as u64;
+                    let (bytes, active) = job.scheduler.progress();
+                    (job.progress)(bytes, active);
+                }
+            }
+            Err(e) => {
+                // A local disk error is not the holder's fault, but nobody can store the
+                // chunk either: stop this source and leave the chunk missing.
+                *verdicts.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(
+                    DropReason::Failed(format!("cannot write chunk {index} locally: {e}")),
+                );
+                verdicts.failed.store(true, Ordering::SeqCst);
+                job.scheduler.release([index]);
+            }
+        }
+        let _ = recycle.send(data);
+    }
+}
