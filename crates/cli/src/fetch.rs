@@ -9,6 +9,7 @@ use shoal_proto::FileKey;
 use shoal_proto::tcp::TcpTransport;
 
 use crate::error::CliError;
+use crate::progress::DownloadBar;
 use crate::units;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 
@@ -24,6 +25,13 @@ pub(crate) struct GetArgs {
     /// Folder to download into (created if missing).
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Holders to download from at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_sources: u16,
+    /// One JSON object per file on stdout: name, id, size, seconds, bytes per holder,
+    /// holders dropped and why (and `error` if it failed).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `shoal search`
@@ -52,34 +60,85 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         .collect::<Result<Vec<_>, _>>()?;
     ensure_dir(&args.out)?;
     let index = parse_index_list(&args.index)?;
-    let mut downloader = Downloader::new(
-        TcpTransport::default(),
-        index,
-        &args.out,
-        DownloaderConfig::default(),
-    );
-    if let [key] = keys.as_slice() {
-        // One file: its error is the command's one line on stderr.
-        println!("{}", describe_outcome(&downloader.fetch(key)?));
-        return Ok(());
-    }
+    let config = DownloaderConfig {
+        max_sources: usize::from(args.max_sources),
+        ..DownloaderConfig::default()
+    };
+    let mut downloader = Downloader::new(TcpTransport::default(), index, &args.out, config);
+    let bar = DownloadBar::attach(&mut downloader);
     let mut failed = 0;
+    let mut last_error = None;
     for key in &keys {
-        match downloader.fetch(key) {
-            Ok(outcome) => println!("{}", describe_outcome(&outcome)),
+        bar.start();
+        let result = downloader.fetch(key);
+        bar.finish();
+        match &result {
+            Ok(outcome) if args.json => println!("{}", outcome_json(outcome)),
+            Ok(outcome) => println!("{}", describe_outcome(outcome)),
             Err(e) => {
                 failed += 1;
-                eprintln!("shoal: {e}");
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": key.to_string(), "error": e.to_string()})
+                    );
+                }
+                // One file: its error is the command's one line on stderr (printed by main).
+                if keys.len() > 1 {
+                    eprintln!("shoal: {e}");
+                }
             }
         }
+        if let Err(e) = result {
+            last_error = Some(e);
+        }
     }
-    if failed > 0 {
-        return Err(CliError::SomeFailed {
+    match (failed, last_error) {
+        (0, _) => Ok(()),
+        (_, Some(e)) if keys.len() == 1 => Err(e.into()),
+        _ => Err(CliError::SomeFailed {
             failed,
             total: keys.len(),
-        });
+        }),
     }
-    Ok(())
+}
+
+/// The `--json` record of one download.
+fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
+    match outcome {
+        DownloadOutcome::AlreadyPresent(file) => serde_json::json!({
+            "name": file.name,
+            "id": file.id.to_hex(),
+            "size": file.size,
+            "status": "present",
+        }),
+        DownloadOutcome::Downloaded(report) => {
+            let bytes_per_holder: serde_json::Map<String, serde_json::Value> = report
+                .holders
+                .iter()
+                .map(|h| (h.holder.to_string(), h.bytes.into()))
+                .collect();
+            let dropped: Vec<serde_json::Value> = report
+                .holders
+                .iter()
+                .filter_map(|h| {
+                    h.dropped.as_ref().map(
+                        |why| serde_json::json!({"holder": h.holder.to_string(), "reason": why}),
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "name": report.file.name,
+                "id": report.file.id.to_hex(),
+                "size": report.file.size,
+                "status": "downloaded",
+                "seconds": report.elapsed.as_secs_f64(),
+                "resumed_bytes": report.resumed_bytes,
+                "bytes_per_holder": bytes_per_holder,
+                "dropped": dropped,
+            })
+        }
+    }
 }
 
 /// One line per download, shared by `get` and the peer console.
@@ -95,12 +154,37 @@ pub(crate) fn describe_outcome(outcome: &DownloadOutcome) -> String {
             "ok      {} ({}) from {} in {}, {} MB/s, verified blake3 {}",
             report.file.name,
             units::bytes(report.bytes),
-            report.from,
+            holders_summary(report),
             units::duration(report.elapsed),
             units::mb_per_s(report.bytes, report.elapsed),
             report.file.id.short(),
         ),
     }
+}
+
+/// `peer1:7000` for one holder, `3 holders (peer1:7000 most)` for several; drops noted.
+fn holders_summary(report: &shoal_peer::DownloadReport) -> String {
+    let serving = report.holders.iter().filter(|h| h.bytes > 0).count();
+    let dropped = report
+        .holders
+        .iter()
+        .filter(|h| h.dropped.is_some())
+        .count();
+    let mut text = if serving <= 1 {
+        report.from.to_string()
+    } else {
+        format!("{serving} holders ({} most)", report.from)
+    };
+    if dropped > 0 {
+        text.push_str(&format!(", {dropped} dropped"));
+    }
+    if report.resumed_bytes > 0 {
+        text.push_str(&format!(
+            ", resumed after {}",
+            units::bytes(report.resumed_bytes)
+        ));
+    }
+    text
 }
 
 pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {

@@ -4,11 +4,13 @@
 //! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`.
 
 mod bench_index;
+mod bench_transfer;
 mod demo;
 mod error;
 mod fetch;
 mod logger;
 mod plot;
+mod progress;
 mod serve;
 mod units;
 
@@ -79,6 +81,12 @@ enum BenchCommand {
         after_help = "Example:\n  cargo run --release -p shoal-cli -- bench index --plot index.svg"
     )]
     Index(bench_index::IndexBenchArgs),
+    /// Download throughput of shoal (1 and 3 holders, to disk; verify-only) against raw TCP
+    /// to a discarded buffer and to a file, on loopback, contenders alternating.
+    #[command(
+        after_help = "Example:\n  cargo run --release -p shoal-cli -- bench transfer --size-mib 1024 --reps 3"
+    )]
+    Transfer(bench_transfer::TransferBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +106,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(BenchCommand::Index(args)) => {
             bench_index::run(&args).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Transfer(args)) => {
+            bench_transfer::run(&args).map_err(CliError::Bench)
         }
     };
     match result {

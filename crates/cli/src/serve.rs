@@ -13,6 +13,7 @@ use shoal_proto::{FileKey, PeerAddr};
 
 use crate::error::CliError;
 use crate::fetch::describe_outcome;
+use crate::progress::DownloadBar;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 
 /// `shoal index`
@@ -45,9 +46,15 @@ pub(crate) struct PeerArgs {
     /// Do not read file names from standard input; just serve.
     #[arg(long)]
     no_console: bool,
-    /// Most peers served at once; the next is refused as busy.
+    /// Most peers connected at once; the next is refused as busy.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// Most transfers served at once; other requests get a busy reply and go elsewhere.
+    #[arg(long, default_value_t = 16)]
+    max_uploads: usize,
+    /// Holders a console download pulls from at once.
+    #[arg(long, default_value_t = 8)]
+    max_sources: usize,
 }
 
 pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
@@ -84,6 +91,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
 
     let config = PeerServerConfig {
         max_connections: args.max_connections,
+        max_uploads: args.max_uploads.max(1),
         ..PeerServerConfig::default()
     };
     let handle = PeerServer::new(transport.clone(), library.clone(), config).spawn(&listen)?;
@@ -110,7 +118,10 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
             index_addrs,
             library,
             advertise.clone(),
-            DownloaderConfig::default(),
+            DownloaderConfig {
+                max_sources: args.max_sources.max(1),
+                ..DownloaderConfig::default()
+            },
         );
         thread::Builder::new()
             .name("console".into())
@@ -133,6 +144,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
 
 /// Reads file names from stdin, one per line, and downloads each; one result line each.
 fn run_console(mut downloader: Downloader<TcpTransport>) {
+    let bar = DownloadBar::attach(&mut downloader);
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -140,9 +152,11 @@ fn run_console(mut downloader: Downloader<TcpTransport>) {
         if input.is_empty() {
             continue;
         }
+        bar.start();
         let result = FileKey::parse(input)
             .map_err(CliError::from)
             .and_then(|key| downloader.fetch(&key).map_err(CliError::from));
+        bar.finish();
         let text = match result {
             Ok(outcome) => describe_outcome(&outcome),
             Err(e) => format!("error   {input}: {e}"),

@@ -20,36 +20,54 @@ fn shoal() -> Command {
     cmd
 }
 
-/// A running server process, killed when dropped; its stdout lines arrive on a channel.
+/// A running server process, killed when dropped; its stdout (and, if asked, stderr) lines
+/// arrive on channels.
 struct Server {
     child: Child,
     lines: Receiver<String>,
+    log: Option<Receiver<String>>,
     stdin: Option<ChildStdin>,
+}
+
+/// Forwards each line of `from` to a channel, on its own thread.
+fn line_channel(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Server {
     fn start(args: &[&str]) -> (Server, String) {
+        Self::start_with(args, &[], false)
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)], capture_log: bool) -> (Server, String) {
         let mut child = shoal()
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let lines = line_channel(child.stdout.take().unwrap());
+        let log = child.stderr.take().map(line_channel);
         let stdin = child.stdin.take();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut server = Server {
             child,
             lines,
+            log,
             stdin,
         };
         let first = server.next_line();
@@ -213,4 +231,86 @@ fn version_and_help_show_examples() {
         let text = String::from_utf8(help.stdout).unwrap();
         assert!(text.contains("Example"), "{cmd} --help lacks an example");
     }
+}
+
+#[test]
+fn a_holder_killed_during_get_does_not_stop_the_download() {
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let out = TempDir::new().unwrap();
+    let bytes: Vec<u8> = (0..(48usize << 20))
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect();
+    for dir in &dirs {
+        std::fs::write(dir.path().join("big.bin"), &bytes).unwrap();
+    }
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    // The holders log each batch they serve: that is how the test knows a transfer is under way.
+    let mut holders: Vec<Server> = dirs
+        .iter()
+        .map(|dir| {
+            let args = [
+                "peer",
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--index",
+                &index,
+                "--no-console",
+            ];
+            Server::start_with(&args, &[("RUST_LOG", "info")], true).0
+        })
+        .collect();
+
+    let mut get = shoal()
+        .args([
+            "get",
+            "big.bin",
+            "--index",
+            &index,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill the first holder seen serving a batch, while the download is still running: the
+    // holders' log lines meet on one channel, tagged with their holder.
+    let (tx, served) = channel();
+    for (n, holder) in holders.iter_mut().enumerate() {
+        let log = holder.log.take().unwrap();
+        let tx = tx.clone();
+        thread::spawn(move || {
+            for line in log {
+                if line.contains("served big.bin") && tx.send(n).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let victim = served.recv_timeout(WAIT).ok();
+    let victim = victim.expect("no holder served a batch");
+    holders[victim].child.kill().unwrap();
+    holders[victim].child.wait().unwrap();
+
+    let output = get.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), bytes);
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    assert_eq!(report["status"], "downloaded");
+    assert_eq!(report["size"], bytes.len() as u64);
+    let served: u64 = report["bytes_per_holder"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(served, bytes.len() as u64);
 }
