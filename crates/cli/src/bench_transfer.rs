@@ -45,6 +45,9 @@ pub(crate) struct TransferBenchArgs {
     /// Runs per contender (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Chunk size the holders hash with, in KiB (a power of two; to compare chunk sizes).
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE / 1024)]
+    chunk_kib: u32,
     /// Working folder (default: a new folder under the system temp dir, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -106,6 +109,8 @@ pub(crate) fn run(args: &TransferBenchArgs) -> Result<(), String> {
     if args.reps == 0 || args.size_mib == 0 {
         return Err("--reps and --size-mib must be at least 1".into());
     }
+    shoal_proto::content::validate_chunk_size(args.chunk_kib.saturating_mul(1024))
+        .map_err(|e| e.to_string())?;
     let (root, temporary) = match &args.dir {
         Some(dir) => (dir.clone(), false),
         None => (
@@ -140,7 +145,7 @@ fn run_in(root: &Path, args: &TransferBenchArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
     }
     eprintln!("hashing the holders' folders ...");
-    let swarm = start_swarm(root)?;
+    let swarm = start_swarm(root, args.chunk_kib * 1024)?;
     let scratch = root.join("scratch.bin");
 
     let mut samples: Vec<(Contender, Vec<Sample>)> =
@@ -167,7 +172,7 @@ fn run_in(root: &Path, args: &TransferBenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn start_swarm(root: &Path) -> Result<Swarm, String> {
+fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, String> {
     let transport = TcpTransport::default();
     let local = PeerAddr::new("127.0.0.1:0").map_err(|e| e.to_string())?;
     let spawn_index = || {
@@ -184,7 +189,7 @@ fn start_swarm(root: &Path) -> Result<Swarm, String> {
     let mut holders = Vec::new();
     for n in 1..=3 {
         let dir = root.join(format!("holder{n}"));
-        let library = Library::open(&dir, DEFAULT_CHUNK_SIZE).map_err(|e| e.to_string())?;
+        let library = Library::open(&dir, chunk_size).map_err(|e| e.to_string())?;
         let server = PeerServer::new(
             transport.clone(),
             library.clone(),
@@ -377,9 +382,10 @@ fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferB
             .unwrap_or(f64::NAN)
     };
     println!(
-        "\nshoal bench transfer: {} MiB over loopback TCP, {} runs each (median, min-max), \
-         contenders alternating; {} cores\n",
+        "\nshoal bench transfer: {} MiB over loopback TCP, {} KiB chunks, {} runs each (median, \
+         min-max), contenders alternating; {} cores\n",
         args.size_mib,
+        args.chunk_kib,
         args.reps,
         thread::available_parallelism().map_or(0, |n| n.get())
     );

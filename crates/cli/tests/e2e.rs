@@ -260,7 +260,7 @@ fn a_holder_killed_during_get_does_not_stop_the_download() {
         })
         .collect();
 
-    let mut get = shoal()
+    let get = shoal()
         .args([
             "get",
             "big.bin",

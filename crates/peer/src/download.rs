@@ -525,7 +525,11 @@ impl<T: Transport> Downloader<T> {
 struct DiscardSink;
 
 impl ChunkSink for DiscardSink {
-    fn write_chunk(&self, _index: u32, _offset: u64, _data: &[u8]) -> io::Result<()> {
+    fn write_piece(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn chunk_verified(&self, _index: u32) -> io::Result<()> {
         Ok(())
     }
 }
@@ -779,8 +783,11 @@ impl Record {
 }
 
 impl ChunkSink for PartFile {
-    fn write_chunk(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)?;
+    fn write_piece(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn chunk_verified(&self, index: u32) -> io::Result<()> {
         let mut record = self.lock();
         record.state.set_done(index, true);
         record.dirty = true;
@@ -907,8 +914,8 @@ mod tests {
         for index in [0u32, 2, 4] {
             let start = index as usize * 1024;
             let end = (start + 1024).min(bytes.len());
-            part.write_chunk(index, start as u64, &bytes[start..end])
-                .unwrap();
+            part.write_piece(start as u64, &bytes[start..end]).unwrap();
+            part.chunk_verified(index).unwrap();
         }
         part.keep_for_resume();
         drop(part);

@@ -21,16 +21,21 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use shoal_proto::codec::{self, Service};
-use shoal_proto::content::{chunk_hash, chunk_len, chunk_offset};
+use shoal_proto::content::{ChunkHasher, chunk_len, chunk_offset};
 use shoal_proto::message::{ErrorCode, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::{Connection, PeerAddr, ProtoError, Transport};
 
-/// Where verified chunks go: a part file, or nowhere (verify-only).
+/// Where chunks go: a part file, or nowhere (verify-only).
 pub(crate) trait ChunkSink: Send + Sync {
-    /// Stores the verified bytes of chunk `index` at `offset`. In end-game two sources may
-    /// deliver the same chunk: both copies are verified, so writing twice is harmless.
-    fn write_chunk(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Stores bytes at `offset`, before their chunk is verified (they are not final).
+    fn write_piece(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Chunk `index` is fully stored and verified. In end-game two sources may deliver the
+    /// same chunk: both copies verified, so storing it twice is harmless.
+    fn chunk_verified(&self, index: u32) -> io::Result<()>;
 }
+
+/// Piece size for hashing and storing a chunk: fits a typical L2 cache.
+const VERIFY_PIECE: usize = 256 << 10;
 
 /// How the engine runs.
 #[derive(Clone, Debug)]
@@ -534,8 +539,23 @@ fn verify_loop(
             job.scheduler.release([index]);
             continue;
         }
+        // Hash and store piece by piece while each piece is still in the CPU cache: every
+        // byte crosses memory once instead of twice. Bytes land in the hidden part file
+        // before the hash is known, but a chunk counts as done only once it verified, so an
+        // unverified byte can never reach the final file.
+        let mut hasher = ChunkHasher::new(file.size, file.chunk_size, index);
+        let offset = chunk_offset(file.chunk_size, index);
+        let mut stored = Ok(());
+        for (n, piece) in data.chunks(VERIFY_PIECE).enumerate() {
+            hasher.update(piece);
+            if stored.is_ok() {
+                stored = job
+                    .sink
+                    .write_piece(offset + (n * VERIFY_PIECE) as u64, piece);
+            }
+        }
         let expected = job.manifest.chunk_hashes.get(index as usize);
-        if expected != Some(&chunk_hash(file.size, file.chunk_size, index, &data)) {
+        if expected != Some(&hasher.finalize()) {
             *verdicts.failure.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(DropReason::Corrupt { chunk: index });
             verdicts.failed.store(true, Ordering::SeqCst);
@@ -543,8 +563,7 @@ fn verify_loop(
             let _ = recycle.send(data);
             continue;
         }
-        let offset = chunk_offset(file.chunk_size, index);
-        match job.sink.write_chunk(index, offset, &data) {
+        match stored.and_then(|()| job.sink.chunk_verified(index)) {
             Ok(()) => {
                 if job.scheduler.complete(index, data.len() as u64) {
                     *verdicts.bytes.lock().unwrap_or_else(|e| e.into_inner()) += data.len() as u64;
