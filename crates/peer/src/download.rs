@@ -36,7 +36,7 @@ pub struct DownloaderConfig {
     pub seed: Option<u64>,
     /// Holders fetched from at once (default 8).
     pub max_sources: usize,
-    /// Bytes asked for per request (rounded to whole chunks; default 4 MiB). Two requests
+    /// Bytes asked for per request (rounded to whole chunks; default 4 MiB). Three requests
     /// are kept in flight per holder.
     pub request_bytes: u64,
 }
@@ -309,7 +309,7 @@ impl<T: Transport> Downloader<T> {
             batch_chunks: u32::try_from(self.config.request_bytes / u64::from(chunk_size))
                 .unwrap_or(u32::MAX)
                 .max(1),
-            pipeline: 2,
+            pipeline: 3,
         };
         let progress = self.progress.clone();
         let name = meta.name.clone();
