@@ -3,6 +3,7 @@
 //! Thin by design: it parses arguments, wires the TCP transport into the index and peer
 //! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`.
 
+mod bench_hostile;
 mod bench_index;
 mod bench_transfer;
 mod demo;
@@ -87,6 +88,12 @@ enum BenchCommand {
         after_help = "Example:\n  cargo run --release -p shoal-cli -- bench transfer --size-mib 1024 --reps 3"
     )]
     Transfer(bench_transfer::TransferBenchArgs),
+    /// What hostile input costs: garbage frames rejected per second per core, and an index
+    /// holding thousands of idle connections (CPU and memory per connection).
+    #[command(
+        after_help = "Example:\n  cargo run --release -p shoal-cli -- bench hostile --connections 2000"
+    )]
+    Hostile(bench_hostile::HostileBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +113,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(BenchCommand::Index(args)) => {
             bench_index::run(&args).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Hostile(args)) => {
+            bench_hostile::run(&args).map_err(CliError::Bench)
         }
         Command::Bench(BenchCommand::Transfer(args)) => {
             bench_transfer::run(&args).map_err(CliError::Bench)
