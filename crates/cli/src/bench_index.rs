@@ -4,14 +4,15 @@
 //! connections and once with a new connection per lookup (the seed's way). The same client
 //! threads, in the same run and alternating cell by cell, also drive two references, so only
 //! the server differs:
-//! - **no-op**: shoal's own accept loop (thread per connection) doing the real handshake and
+//! - **no-op**: shoal's own accept loop (pooled connection threads) doing the real handshake and
 //!   then answering every frame at once with a pre-encoded `Located` answer of the real size:
 //!   the ceiling for this machine and this load generator.
 //! - **redis**: a `redis-server` child answering `SRANDMEMBER bench.bin`, the anchor the
 //!   project compares against (`/work/shared/anchors`).
 //!
 //! Clients use raw sockets and the bare codec (not `IndexClient`), so the client-side cost is
-//! minimal and identical in shape for every contender.
+//! minimal and identical in shape for every contender. A new shoal connection sends its hello
+//! and its lookup in one write, as `IndexClient` does: one round trip, like Redis's.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
@@ -49,7 +50,8 @@ const CLIENT_STACK: usize = 256 << 10;
 pub(crate) enum Mode {
     /// One connection per client, all its lookups over it.
     Persistent,
-    /// Connect, (handshake,) one lookup, close: the seed's way.
+    /// Connect, (handshake with the lookup in the same write,) one lookup, close: the seed's
+    /// way.
     PerConnection,
 }
 
@@ -230,6 +232,10 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
             );
             let mut cells: Vec<Vec<Cell>> = vec![Vec::new(); contenders.len()];
             for _ in 0..args.reps {
+                // Untimed: keeps shoal's registrations within their lease (60 s by default).
+                if let Some(h) = &shoal {
+                    register_all(h.addr(), &data)?;
+                }
                 for (i, c) in contenders.iter().enumerate() {
                     let cell = run_cell(c, mode, clients, per_client);
                     let row = format!("clients={clients}");
@@ -378,13 +384,20 @@ fn start_shoal(data: &BenchData) -> Result<ServerHandle, String> {
     let handle = IndexServer::new(transport.clone(), MemoryStore::new(), config)
         .spawn(&localhost()?)
         .map_err(|e| format!("cannot start the shoal index: {e}"))?;
-    let mut client = IndexClient::new(transport, vec![handle.addr().clone()]);
+    register_all(handle.addr(), data)?;
+    Ok(handle)
+}
+
+/// Registers (again) every holder's files with shoal. Registering renews a holder's lease,
+/// so calling this between reps keeps the data alive however long the run and the lease.
+fn register_all(index: &PeerAddr, data: &BenchData) -> Result<(), String> {
+    let mut client = IndexClient::new(TcpTransport::default(), vec![index.clone()]);
     for (holder, files) in &data.registrations {
         client
             .register(holder, files)
             .map_err(|e| format!("cannot register {holder}'s files with shoal: {e}"))?;
     }
-    Ok(handle)
+    Ok(())
 }
 
 fn start_noop(reply: Vec<u8>) -> Result<ServerHandle, String> {
@@ -638,7 +651,9 @@ impl Contender {
         }
         let mut scratch = Vec::new();
         conn.lookup(self, &mut scratch)
-            .map_err(|e| format!("{} lookup failed: {e}", self.name))
+            .map_err(|e| format!("{} lookup failed: {e}", self.name))?;
+        Conn::lookup_once(self, &mut scratch)
+            .map_err(|e| format!("{} lookup on a new connection failed: {e}", self.name))
     }
 }
 
@@ -648,19 +663,41 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(c: &Contender) -> Result<Conn, String> {
-        let mut stream = TcpStream::connect(c.addr).map_err(|e| format!("connect: {e}"))?;
+    fn connect(c: &Contender) -> Result<TcpStream, String> {
+        let stream = TcpStream::connect(c.addr).map_err(|e| format!("connect: {e}"))?;
         stream
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
+        Ok(stream)
+    }
+
+    /// A new connection for one lookup. shoal's hello and the request leave in one write
+    /// and the server's hello comes back ahead of the answer, so it is one round trip.
+    fn lookup_once(c: &Contender, scratch: &mut Vec<u8>) -> Result<(), String> {
+        let mut stream = Conn::connect(c)?;
+        if c.wire == Wire::Redis {
+            return Conn::wrap(stream).lookup(c, scratch);
+        }
+        // The server answers exactly 8 bytes, so reading it unbuffered loses nothing.
+        codec::client_handshake_with_frame(&mut stream, Service::Index, &c.request)
+            .map_err(|e| format!("handshake: {e}"))?;
+        Conn::wrap(stream).answer(c, scratch)
+    }
+
+    fn wrap(stream: TcpStream) -> Conn {
+        Conn {
+            reader: BufReader::with_capacity(1024, stream),
+        }
+    }
+
+    fn open(c: &Contender) -> Result<Conn, String> {
+        let mut stream = Conn::connect(c)?;
         if c.wire == Wire::Shoal {
             // The server answers exactly 8 bytes, so reading it unbuffered loses nothing.
             codec::client_handshake(&mut stream, Service::Index)
                 .map_err(|e| format!("handshake: {e}"))?;
         }
-        Ok(Conn {
-            reader: BufReader::with_capacity(1024, stream),
-        })
+        Ok(Conn::wrap(stream))
     }
 
     /// Sends the request and reads (and checks) one answer.
@@ -669,6 +706,11 @@ impl Conn {
             .get_mut()
             .write_all(&c.request)
             .map_err(|e| format!("send: {e}"))?;
+        self.answer(c, scratch)
+    }
+
+    /// Reads (and checks) one answer.
+    fn answer(&mut self, c: &Contender, scratch: &mut Vec<u8>) -> Result<(), String> {
         match c.wire {
             Wire::Shoal => match codec::read_frame::<_, IndexResponse>(
                 &mut self.reader,
@@ -810,7 +852,7 @@ fn client(c: &Contender, mode: Mode, lookups: usize, gate: &Gate) -> Worker {
             for _ in 0..lookups {
                 // Connect, handshake, lookup and close are all part of the response time.
                 let t0 = Instant::now();
-                let result = Conn::open(c).and_then(|mut conn| conn.lookup(c, &mut scratch));
+                let result = Conn::lookup_once(c, &mut scratch);
                 let elapsed = t0.elapsed();
                 match result {
                     Ok(()) => w.samples.push(nanos(elapsed)),

@@ -250,12 +250,12 @@ fn nice_step(raw: f64) -> f64 {
         .unwrap_or(10.0 * decade)
 }
 
-/// Tick label: short, without trailing zeros (`0.05`, `2`, `120k`).
+/// Tick label: short, without trailing zeros (`0.05`, `2`, `5k`, `120k`).
 fn label(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
         format!("{}M", trim(v / 1e6))
-    } else if a >= 1e4 {
+    } else if a >= 1e3 {
         format!("{}k", trim(v / 1e3))
     } else {
         trim(v)

@@ -1,11 +1,12 @@
-//! Download progress on a terminal: one bar (bytes, rate, ETA, active holders) on stderr.
+//! Progress on a terminal, on stderr: one bar per download (bytes, rate, ETA, active
+//! holders), and one for the first scan of a peer's folder (files, bytes, rate, ETA).
 //! Not on a terminal (pipes, CI, logs): nothing, and one result line per file as before.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shoal_peer::{Downloader, Progress};
+use shoal_peer::{Downloader, Progress, ScanProgress};
 use shoal_proto::Transport;
 
 /// The bar of one command, reused file after file; `None` when stderr is not a terminal.
@@ -43,6 +44,47 @@ impl DownloadBar {
     }
 
     /// After each file: clear the bar so the result line stands alone.
+    pub(crate) fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The hashing bar of a folder scan; `None` when stderr is not a terminal.
+pub(crate) struct ScanBar {
+    bar: Option<ProgressBar>,
+}
+
+impl ScanBar {
+    /// A bar if stderr is a terminal; it shows once there is something to hash.
+    pub(crate) fn new() -> Self {
+        if !std::io::stderr().is_terminal() {
+            return ScanBar { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{msg:32!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        ScanBar { bar: Some(bar) }
+    }
+
+    /// Shows `p` (the library's scan callback).
+    pub(crate) fn update(&self, p: &ScanProgress<'_>) {
+        let Some(bar) = &self.bar else { return };
+        // Everything came from the hash cache: no bar at all.
+        if p.files_total == 0 {
+            return;
+        }
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        bar.set_message(format!("hashing {}/{} files", p.files_done, p.files_total));
+    }
+
+    /// Clears the bar so the scan's summary line stands alone.
     pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

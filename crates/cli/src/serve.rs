@@ -4,16 +4,20 @@ use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::thread;
+use std::time::Duration;
 
 use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
-use shoal_peer::{Downloader, DownloaderConfig, Library, PeerServer, PeerServerConfig};
+use shoal_peer::{
+    Announcer, AnnouncerConfig, Downloader, DownloaderConfig, FolderWatcher, IndexStatus, Library,
+    OpenOptions, PeerServer, PeerServerConfig, ScanProgress, WatchConfig,
+};
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
 
 use crate::error::CliError;
 use crate::fetch::describe_outcome;
-use crate::progress::DownloadBar;
+use crate::progress::{DownloadBar, ScanBar};
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 
 /// `shoal index`
@@ -25,6 +29,15 @@ pub(crate) struct IndexArgs {
     /// Most client connections served at once; the next is refused as busy.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Keep the registry durable in DIR (an fsync'd log plus snapshots; survives kill -9).
+    /// An empty or missing DIR is initialised. Without it the registry lives in memory.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Seconds a registration lives unless its peer renews it (peers heartbeat well
+    /// within this); a peer that vanishes drops out of lookups after at most this long.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    lease: u64,
 }
 
 /// `shoal peer`
@@ -33,7 +46,8 @@ pub(crate) struct PeerArgs {
     /// The folder to serve (created if missing); downloads land here too.
     #[arg(long)]
     dir: PathBuf,
-    /// Index server(s), comma-separated; the first that answers is used.
+    /// Index server(s), comma-separated: the folder is registered with all of them;
+    /// downloads ask the first that answers.
     #[arg(long, default_value = DEFAULT_INDEX)]
     index: String,
     /// Address to serve other peers on; port 0 picks a free port.
@@ -55,22 +69,66 @@ pub(crate) struct PeerArgs {
     /// Holders a console download pulls from at once.
     #[arg(long, default_value_t = 8)]
     max_sources: usize,
+    /// Seconds a request may take from its first byte to its last (slow senders are
+    /// dropped); also the longest silence in the middle of one.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    frame_timeout: u64,
+    /// The indexes' lease in seconds (their `--lease`): registrations are renewed every
+    /// third of it.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    lease: u64,
+    /// Seconds between full rescans of the folder, which catch any change the watcher
+    /// missed (changes are otherwise picked up within about a second).
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    rescan: u64,
 }
 
 pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
+    /// Serves `store` until Ctrl-C; `what` describes it in the start line.
+    fn serve<S: shoal_index::Store>(
+        listen: &PeerAddr,
+        store: S,
+        config: IndexServerConfig,
+        what: &str,
+    ) -> Result<(), CliError> {
+        let lease = store.lease().as_secs();
+        let handle = IndexServer::new(TcpTransport::default(), store, config).spawn(listen)?;
+        announce_listening(handle.addr());
+        log::info!(
+            "index started on {} ({what}, lease {lease} s)",
+            handle.addr()
+        );
+        wait_for_interrupt()?;
+        log::info!("index stopping");
+        handle.shutdown();
+        Ok(())
+    }
+
     let listen = PeerAddr::new(args.listen.as_str())?;
     let config = IndexServerConfig {
         max_connections: args.max_connections,
         ..IndexServerConfig::default()
     };
-    let server = IndexServer::new(TcpTransport::default(), MemoryStore::new(), config);
-    let handle = server.spawn(&listen)?;
-    announce_listening(handle.addr());
-    log::info!("index started on {} (in-memory registry)", handle.addr());
-    wait_for_interrupt()?;
-    log::info!("index stopping");
-    handle.shutdown();
-    Ok(())
+    let lease = std::time::Duration::from_secs(args.lease);
+    match &args.data {
+        Some(dir) => {
+            let options = shoal_index::DurableOptions {
+                lease,
+                ..shoal_index::DurableOptions::default()
+            };
+            // Recovery logs its own line (records replayed, damaged tail cut, time).
+            let store = shoal_index::DurableStore::open(dir, options)?;
+            let what = format!("durable, data in {}", dir.display());
+            serve(&listen, store, config, &what)
+        }
+        None => {
+            let store = MemoryStore::new().with_lease(lease);
+            serve(&listen, store, config, "in-memory registry, lost on exit")
+        }
+    }
 }
 
 pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
@@ -79,37 +137,77 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     let listen = PeerAddr::new(args.listen.as_str())?;
     let transport = TcpTransport::default();
 
-    let started = std::time::Instant::now();
-    let library = Library::open(&args.dir, DEFAULT_CHUNK_SIZE)?;
+    // Hashes are cached in DIR/.shoal-cache: a restart reads only files that changed.
+    let bar = ScanBar::new();
+    let show = |p: &ScanProgress<'_>| bar.update(p);
+    let options = OpenOptions {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        hash_cache: true,
+        progress: Some(&show),
+    };
+    let scanned = Library::open_with(&args.dir, &options);
+    bar.finish();
+    let (library, report) = scanned?;
     log::info!(
-        "scanned {}: {} files, {} in {:.2} s",
+        "scanned {}: {} files, {} in {:.2} s ({} hashed, {} unchanged since the last run)",
         args.dir.display(),
-        library.files().len(),
+        report.files,
         crate::units::bytes(library.total_bytes()),
-        started.elapsed().as_secs_f64()
+        report.elapsed.as_secs_f64(),
+        report.hashed,
+        report.cached
     );
 
     let config = PeerServerConfig {
         max_connections: args.max_connections,
         max_uploads: args.max_uploads.max(1),
+        frame_timeout: std::time::Duration::from_secs(args.frame_timeout),
         ..PeerServerConfig::default()
     };
     let handle = PeerServer::new(transport.clone(), library.clone(), config).spawn(&listen)?;
 
-    let mut index = IndexClient::new(transport.clone(), index_addrs.clone());
     let advertise = match &args.advertise {
         Some(addr) => PeerAddr::new(addr.as_str())?,
-        None => advertised_addr(handle.addr(), &mut index)?,
+        None => advertised_addr(
+            handle.addr(),
+            &mut IndexClient::new(transport.clone(), index_addrs.clone()),
+        )?,
     };
-    let files = library.files();
-    let added = index.register(&advertise, &files)?;
+    // Registers with every index; fails only if none accepts (the others are retried at
+    // each heartbeat).
+    let announce_config = AnnouncerConfig {
+        lease: Duration::from_secs(args.lease),
+        ..AnnouncerConfig::default()
+    };
+    let heartbeat = announce_config.heartbeat_interval();
+    let mut announcer = Announcer::start(
+        transport.clone(),
+        index_addrs.clone(),
+        advertise.clone(),
+        &library,
+        announce_config,
+    )?;
+    announcer.spawn_heartbeat()?;
+    let watch_config = WatchConfig {
+        rescan_interval: Duration::from_secs(args.rescan),
+        ..WatchConfig::default()
+    };
+    let watcher = FolderWatcher::start(library.clone(), watch_config, announcer.change_sink())?;
     announce_listening(handle.addr());
+    let accepted: Vec<String> = announcer
+        .status()
+        .into_iter()
+        .filter(|(_, status)| matches!(status, IndexStatus::Registered { .. }))
+        .map(|(addr, _)| addr.to_string())
+        .collect();
     log::info!(
-        "registered {} files ({added} new) with index {} as {advertise}",
-        files.len(),
-        index
-            .connected_index()
-            .map_or_else(|| "?".to_string(), ToString::to_string)
+        "registered {} files with {} of {} indexes ({}) as {advertise}; heartbeat every {} s, \
+         watching the folder",
+        report.files,
+        accepted.len(),
+        index_addrs.len(),
+        accepted.join(", "),
+        heartbeat.as_secs_f64()
     );
 
     if !args.no_console {
@@ -133,11 +231,11 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     }
 
     wait_for_interrupt()?;
-    log::info!("peer stopping: unregistering {advertise}");
-    // A clean stop tells the index at once, so nobody is sent to a peer that is gone.
-    if let Err(e) = index.unregister(&advertise, &[]) {
-        log::warn!("could not unregister from the index: {e}");
-    }
+    log::info!("peer stopping: unregistering {advertise} from every index");
+    // The watcher first, so no change is announced after the goodbye; then a clean stop
+    // tells every index at once, so nobody is sent to a peer that is gone.
+    watcher.stop();
+    announcer.shutdown();
     handle.shutdown();
     Ok(())
 }

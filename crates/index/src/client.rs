@@ -95,6 +95,24 @@ impl<T: Transport> IndexClient<T> {
         }
     }
 
+    /// Heartbeat: renews the lease of all of `holder`'s registrations at once; returns how
+    /// many it covers. [`IndexError::UnknownHolder`] means the index forgot the holder (its
+    /// lease lapsed, or the index restarted without data): register again.
+    pub fn renew(&mut self, holder: &PeerAddr) -> Result<u32, IndexError> {
+        let request = IndexRequest::Renew {
+            holder: holder.clone(),
+        };
+        match self.call(&request)? {
+            IndexResponse::Renewed { files } => Ok(files),
+            IndexResponse::Error(reply) if reply.code == ErrorCode::NotFound => {
+                Err(IndexError::UnknownHolder {
+                    holder: holder.clone(),
+                })
+            }
+            other => Err(unexpected(other, None, "Renewed")),
+        }
+    }
+
     /// Files whose name contains `query`, ignoring case (empty: all), sorted by name then id;
     /// at most `limit`, and the server may cap it lower.
     pub fn search(&mut self, query: &str, limit: u32) -> Result<Vec<SearchHit>, IndexError> {
@@ -118,7 +136,7 @@ impl<T: Transport> IndexClient<T> {
     pub fn local_addr(&mut self) -> Result<PeerAddr, IndexError> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => self.connect()?,
+            None => self.connect(None)?,
         };
         let addr = conn.reader.get_ref().local_addr();
         self.conn = Some(conn);
@@ -143,13 +161,16 @@ impl<T: Transport> IndexClient<T> {
     /// connection: after a timeout or a garbled frame, the stream is out of step.
     fn exchange(&mut self) -> Result<IndexResponse, IndexError> {
         let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.connect()?,
+            Some(mut conn) => {
+                conn.reader
+                    .get_mut()
+                    .write_all(&self.out)
+                    .map_err(ProtoError::from)?;
+                conn
+            }
+            // A new connection carries the request with its hello: one round trip, not two.
+            None => self.connect(Some(&self.out))?,
         };
-        conn.reader
-            .get_mut()
-            .write_all(&self.out)
-            .map_err(ProtoError::from)?;
         let response = codec::read_frame(
             &mut conn.reader,
             codec::DEFAULT_RESPONSE_LIMIT,
@@ -159,10 +180,12 @@ impl<T: Transport> IndexClient<T> {
         Ok(response)
     }
 
-    fn connect(&self) -> Result<Conn<T::Stream>, IndexError> {
+    /// Opens a connection to the first index that accepts, sending `first` (an encoded
+    /// request frame) together with the hello.
+    fn connect(&self, first: Option<&[u8]>) -> Result<Conn<T::Stream>, IndexError> {
         let mut failures = Vec::new();
         for addr in &self.addrs {
-            match self.open(addr) {
+            match self.open(addr, first) {
                 Ok(reader) => {
                     log::debug!("connected to the index at {addr}");
                     return Ok(Conn {
@@ -191,12 +214,19 @@ impl<T: Transport> IndexClient<T> {
         })
     }
 
-    fn open(&self, addr: &PeerAddr) -> Result<BufReader<T::Stream>, ProtoError> {
+    fn open(
+        &self,
+        addr: &PeerAddr,
+        first: Option<&[u8]>,
+    ) -> Result<BufReader<T::Stream>, ProtoError> {
         let mut stream = self.transport.connect(addr)?;
         let timeout = (!self.timeout.is_zero()).then_some(self.timeout);
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;
-        codec::client_handshake(&mut stream, Service::Index)?;
+        match first {
+            Some(frame) => codec::client_handshake_with_frame(&mut stream, Service::Index, frame)?,
+            None => codec::client_handshake(&mut stream, Service::Index)?,
+        }
         Ok(BufReader::new(stream))
     }
 }
@@ -225,6 +255,7 @@ fn variant_name(response: &IndexResponse) -> &'static str {
         IndexResponse::Unregistered { .. } => "Unregistered",
         IndexResponse::SearchResults { .. } => "SearchResults",
         IndexResponse::Error(_) => "Error",
+        IndexResponse::Renewed { .. } => "Renewed",
     }
 }
 

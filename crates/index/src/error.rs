@@ -1,4 +1,5 @@
 use std::io;
+use std::path::PathBuf;
 
 use shoal_proto::message::ErrorReply;
 use shoal_proto::{PeerAddr, ProtoError};
@@ -40,4 +41,36 @@ pub enum IndexError {
     /// The registration store failed (durable and remote stores can).
     #[error("the registration store failed: {0}")]
     Store(String),
+    /// A heartbeat named a holder the index does not know: its lease lapsed, or the index
+    /// restarted without its data. The holder must register again.
+    #[error(
+        "the index does not know {holder} (its lease lapsed or the index restarted); register again"
+    )]
+    UnknownHolder {
+        /// The holder that tried to renew.
+        holder: PeerAddr,
+    },
+    /// Reading or writing the durable store's files failed.
+    #[error("{what} {}: {source}", path.display())]
+    Data {
+        /// What the store was doing ("cannot write the log", ...).
+        what: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// A data file is not what the durable store wrote (wrong magic, bad checksum in a
+    /// snapshot, unknown version).
+    #[error("{} is not usable index data: {reason}", path.display())]
+    DataFormat {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Writing the log failed earlier; the durable store refuses changes from then on, since
+    /// it could no longer promise they survive a crash. Restarting the index recovers.
+    #[error("the index's data log failed ({0}); changes are refused until the index restarts")]
+    LogFailed(String),
 }

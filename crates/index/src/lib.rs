@@ -7,7 +7,12 @@
 //! - [`Registry`]: the data, with no I/O and no locking. Listings are keyed by (name, id), so
 //!   two peers can hold different contents under one name and one content under two names.
 //! - [`Store`]: where registrations live, one call per request. [`MemoryStore`] is a
-//!   [`Registry`] behind a mutex; durable and shared (Redis) stores implement the same trait.
+//!   [`Registry`] behind a mutex; [`DurableStore`] adds an fsync'd log with group commit
+//!   and snapshots (survives `kill -9`); a shared (Redis) store would implement the same
+//!   trait.
+//! - Leases: a registration lives for a lease (default 60 s) unless its holder renews it
+//!   ([`IndexClient::renew`], one small heartbeat for all its files); time comes from an
+//!   injected [`Clock`] ([`ManualClock`] in tests).
 //! - [`IndexServer`]: serves a [`Store`] over any [`shoal_proto::Transport`], many requests
 //!   per connection, one thread per connection.
 //! - [`IndexClient`]: typed calls over one persistent connection, with failover across
@@ -37,14 +42,18 @@
 //! ```
 
 mod client;
+mod clock;
+mod durable;
 mod error;
 mod registry;
 mod server;
 mod store;
 
 pub use client::IndexClient;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
-pub use registry::Registry;
+pub use registry::{DEFAULT_LEASE, ListingView, Registry};
 pub use server::{IndexServer, IndexServerConfig};
 pub use shoal_proto::server::ServerHandle;
 pub use store::{MemoryStore, Store};

@@ -1,97 +1,208 @@
-//! The registry: which peer holds which file. Pure data: no I/O, no locking, and the random
-//! choice of a holder takes the caller's `Rng`, so tests can seed it.
+//! The registry: which peer holds which file, and until when. Pure data: no I/O, no locking,
+//! no clock (every time-dependent call takes `now`), and the random choice of a holder takes
+//! the caller's `Rng`, so tests can seed it.
 
+use std::cmp::Ordering;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::time::Duration;
 
 use rand::Rng;
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
-/// A holder set switches from linear search to a position index above this many holders.
-const INDEX_FROM: usize = 32;
+/// How long a registration lives without renewal unless configured otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// Which peers hold which files.
+/// A holder set gets a position index above this many holders (removal stays O(1)).
+const INDEX_FROM: usize = 32;
+/// ... and loses it again below this many, so memory stays flat after churn.
+const UNINDEX_BELOW: usize = INDEX_FROM / 2;
+/// Random picks tried before a lookup filters the expired holders out of a holder set.
+const PICK_TRIES: usize = 8;
+/// Slot numbers stay below this: the top bit of a key-index value marks a shared list.
+const MAX_SLOTS: u32 = SHARED;
+const SHARED: u32 = 1 << 31;
+
+/// Which peers hold which files, with a lease per holder.
 ///
 /// Listings are keyed by (name, id): two peers can hold different contents under one name
 /// (the id tells them apart) and one content under two names. Each listing keeps the holders
 /// in a vector, so choosing one at random costs O(1); holders and listings are numbered
-/// slots, so a registration costs a few machine words, not a copy of the address.
+/// slots, so a registration costs a few bytes, not a copy of the address.
+///
+/// Leases: registering (or [`Registry::renew`]) sets the holder's expiry to `now + lease`.
+/// From its expiry on, a holder is invisible to lookups; [`Registry::sweep`] then removes
+/// its registrations, and a holder that registers after its lease lapsed starts afresh.
 ///
 /// ```
+/// use std::time::Duration;
 /// use rand::{SeedableRng, rngs::StdRng};
 /// use shoal_index::Registry;
 /// use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 ///
-/// let mut registry = Registry::new();
+/// let mut registry = Registry::with_lease(Duration::from_secs(60));
 /// let song = FileMeta { name: "song.ogg".into(), size: 3, chunk_size: 1024, id: FileId([1; 32]) };
 /// let alice = PeerAddr::new("alice:7000").unwrap();
-/// assert_eq!(registry.register(&alice, &[song.clone()]), 1);
+/// let now = Duration::ZERO;
+/// assert_eq!(registry.register(&alice, &[song.clone()], now), 1);
 /// let mut rng = StdRng::seed_from_u64(7);
-/// let found = registry.locate(&FileKey::Name("song.ogg".into()), &mut rng);
-/// assert_eq!(found, Some((song, alice)));
+/// let key = FileKey::Name("song.ogg".into());
+/// assert_eq!(registry.locate(&key, now, &mut rng), Some((song, alice)));
+/// // 60 s later, without a renewal, the lease has lapsed.
+/// assert_eq!(registry.locate(&key, Duration::from_secs(60), &mut rng), None);
 /// ```
-#[derive(Default)]
 pub struct Registry {
+    lease: Duration,
     listings: Slab<Listing>,
-    /// Name -> (id, listing slot), sorted by id: finding a listing at registration is a
-    /// binary search even when many contents share a name.
-    by_name: HashMap<String, Vec<(FileId, usize)>>,
-    /// Id -> listing slots (one per name the content is listed under; usually one).
-    by_id: HashMap<FileId, Vec<usize>>,
+    /// Keyed hash of the name -> listings with that name.
+    by_name: KeyIndex,
+    /// Keyed hash of the id -> listings with that id.
+    by_id: KeyIndex,
     holders: Slab<Holder>,
-    holder_slots: HashMap<PeerAddr, usize>,
+    holder_slots: HashMap<PeerAddr, u32>,
+    /// Position indexes of the few holder sets larger than `INDEX_FROM`, by listing slot
+    /// (kept out of `Listing` so the common small listing does not pay for the field).
+    positions: HashMap<u32, HashMap<u32, u32>>,
     registrations: usize,
+    /// No lease ends before this (a lower bound, exact after a sweep). Until then every
+    /// holder is live and lookups skip the per-holder check.
+    earliest_expiry: Duration,
 }
 
+/// One (name, id) and its holders. Stored decomposed rather than as a `FileMeta`, and with
+/// one holder inline, because a registry of a million single-holder files is mostly these.
 struct Listing {
-    meta: FileMeta,
-    holders: HolderSet,
+    name: Box<str>,
+    id: FileId,
+    size: u64,
+    chunk_size: u32,
+    holders: HolderList,
+}
+
+impl Listing {
+    fn meta(&self) -> FileMeta {
+        FileMeta {
+            name: self.name.to_string(),
+            size: self.size,
+            chunk_size: self.chunk_size,
+            id: self.id,
+        }
+    }
+
+    fn key(&self) -> (&str, FileId) {
+        (&self.name, self.id)
+    }
 }
 
 struct Holder {
     addr: PeerAddr,
-    /// Reverse index, so unregistering a holder touches only its own listings.
-    listings: HashSet<usize>,
+    /// Reverse index (listing slots), so unregistering a holder touches only its listings.
+    listings: Vec<u32>,
+    /// The holder is live while `now < expires`.
+    expires: Duration,
+}
+
+/// A listing as [`Registry::export_listings`] shows it (its holders come alongside, as numbers).
+#[derive(Clone, Copy, Debug)]
+pub struct ListingView<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Content id.
+    pub id: FileId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_lease(DEFAULT_LEASE)
+    }
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry with the default lease (60 s).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds `holder` for each file; returns how many (file, holder) registrations are new.
-    /// The [`FileMeta`] stored for a listing is the first one registered (same name and id).
-    pub fn register(&mut self, holder: &PeerAddr, files: &[FileMeta]) -> u32 {
+    /// An empty registry whose registrations live for `lease` without renewal.
+    pub fn with_lease(lease: Duration) -> Self {
+        Registry {
+            lease,
+            listings: Slab::default(),
+            by_name: KeyIndex::default(),
+            by_id: KeyIndex::default(),
+            holders: Slab::default(),
+            holder_slots: HashMap::new(),
+            positions: HashMap::new(),
+            registrations: 0,
+            earliest_expiry: Duration::MAX,
+        }
+    }
+
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Changes the lease length; it applies from each holder's next registration or renewal.
+    pub fn set_lease(&mut self, lease: Duration) {
+        self.lease = lease;
+    }
+
+    /// Adds `holder` for each file and renews its lease to `now + lease`; returns how many
+    /// (file, holder) registrations are new. A holder whose lease had lapsed first loses its
+    /// old registrations (as a sweep would have removed them). The [`FileMeta`] stored for a
+    /// listing is the first one registered (same name and id). An empty `files` changes
+    /// nothing.
+    pub fn register(&mut self, holder: &PeerAddr, files: &[FileMeta], now: Duration) -> u32 {
         if files.is_empty() {
             return 0;
         }
-        let h = match self.holder_slots.get(holder) {
-            Some(&h) => h,
-            None => {
-                let h = self.holders.insert(Holder {
-                    addr: holder.clone(),
-                    listings: HashSet::new(),
-                });
-                self.holder_slots.insert(holder.clone(), h);
-                h
-            }
+        if self.lapsed(holder, now) {
+            self.unregister(holder, &[]);
+        }
+        let Some(h) = self.holder_or_insert(holder, now) else {
+            return 0;
         };
         let mut added = 0u32;
         for meta in files {
-            let slot = self.listing_slot_or_insert(meta);
-            let (Some(listing), Some(entry)) =
-                (self.listings.get_mut(slot), self.holders.get_mut(h))
-            else {
+            let Some(slot) = self.listing_slot_or_insert(meta) else {
                 continue;
             };
-            if listing.holders.insert(h) {
-                entry.listings.insert(slot);
+            if self.add_holder(slot, h) {
+                if let Some(entry) = self.holders.get_mut(h) {
+                    entry.listings.push(slot);
+                }
                 self.registrations += 1;
                 added = added.saturating_add(1);
             }
         }
         added
+    }
+
+    /// Whether `holder` is known but its lease ended at or before `now`.
+    pub fn lapsed(&self, holder: &PeerAddr, now: Duration) -> bool {
+        self.holder_slots
+            .get(holder)
+            .and_then(|&h| self.holders.get(h))
+            .is_some_and(|entry| now >= entry.expires)
+    }
+
+    /// Renews `holder`'s lease to `now + lease`. Returns its registration count, or `None`
+    /// if the holder is unknown or its lease already lapsed (it must register again).
+    pub fn renew(&mut self, holder: &PeerAddr, now: Duration) -> Option<u32> {
+        let &h = self.holder_slots.get(holder)?;
+        let entry = self.holders.get_mut(h)?;
+        if now >= entry.expires {
+            return None;
+        }
+        entry.expires = now.saturating_add(self.lease);
+        Some(u32::try_from(entry.listings.len()).unwrap_or(u32::MAX))
     }
 
     /// Removes `holder` from the given ids (under every name listing that id); an empty slice
@@ -101,20 +212,26 @@ impl Registry {
         let Some(&h) = self.holder_slots.get(holder) else {
             return 0;
         };
+        let wanted: HashSet<u32> = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            ids.iter().flat_map(|id| self.slots_for_id(id)).collect()
+        };
         let Some(entry) = self.holders.get_mut(h) else {
             return 0;
         };
-        let targets: Vec<usize> = if ids.is_empty() {
-            entry.listings.drain().collect()
+        let targets: Vec<u32> = if ids.is_empty() {
+            std::mem::take(&mut entry.listings)
         } else {
-            let by_id = &self.by_id;
-            ids.iter()
-                .filter_map(|id| by_id.get(id))
-                .flatten()
-                .copied()
-                // `remove` also drops duplicates (an id listed twice in `ids`).
-                .filter(|slot| entry.listings.remove(slot))
-                .collect()
+            let mut targets = Vec::new();
+            entry.listings.retain(|slot| {
+                let hit = wanted.contains(slot);
+                if hit {
+                    targets.push(*slot);
+                }
+                !hit
+            });
+            targets
         };
         let holder_done = entry.listings.is_empty();
         let mut removed = 0u32;
@@ -130,50 +247,94 @@ impl Registry {
         removed
     }
 
-    /// The seed's *get*: one holder chosen uniformly at random with `rng`.
+    /// Removes every holder whose lease ended at or before `now`, with all its
+    /// registrations. Returns each removed holder and how many registrations it had.
+    pub fn sweep(&mut self, now: Duration) -> Vec<(PeerAddr, u32)> {
+        if now < self.earliest_expiry {
+            return Vec::new();
+        }
+        let expired: Vec<PeerAddr> = self
+            .holders
+            .iter()
+            .filter(|(_, entry)| now >= entry.expires)
+            .map(|(_, entry)| entry.addr.clone())
+            .collect();
+        let gone = expired
+            .into_iter()
+            .map(|addr| {
+                let removed = self.unregister(&addr, &[]);
+                (addr, removed)
+            })
+            .collect();
+        self.earliest_expiry = self
+            .holders
+            .iter()
+            .map(|(_, entry)| entry.expires)
+            .min()
+            .unwrap_or(Duration::MAX);
+        gone
+    }
+
+    /// The seed's *get*: one live holder chosen uniformly at random with `rng`.
     ///
-    /// By name: if several ids share the name, the id with the most holders is used (ties:
-    /// the smallest id). By id: any holder of that id under any name, each distinct holder
-    /// equally likely; the metadata is that of the listing with the most holders.
+    /// By name: if several ids share the name, the id with the most live holders is used
+    /// (ties: the smallest id). By id: any live holder of that id under any name, each
+    /// distinct holder equally likely; the metadata is that of the listing with the most
+    /// live holders.
     pub fn locate<R: Rng + ?Sized>(
         &self,
         key: &FileKey,
+        now: Duration,
         rng: &mut R,
     ) -> Option<(FileMeta, PeerAddr)> {
         let (listing, holder) = match key {
             FileKey::Name(name) => {
-                let listing = self.listings.get(self.best_for_name(name)?)?;
-                (listing, listing.holders.pick(rng)?)
+                let slot = self.best_for_name(name, now)?;
+                let listing = self.listings.get(slot)?;
+                (
+                    listing,
+                    self.pick_live(listing.holders.as_slice(), now, rng)?,
+                )
             }
             FileKey::Id(id) => {
-                let slots = self.by_id.get(id)?;
-                let listing = self.listings.get(self.best_for_id(slots)?)?;
+                let slots = self.slots_for_id(id);
+                let listing = self.listings.get(self.best_of(&slots, now)?)?;
                 if slots.len() == 1 {
-                    (listing, listing.holders.pick(rng)?)
+                    (
+                        listing,
+                        self.pick_live(listing.holders.as_slice(), now, rng)?,
+                    )
                 } else {
                     // Rare (one content under several names): pick from the deduplicated
                     // union so a holder listing it twice is not twice as likely.
-                    let union = self.union_of(slots);
+                    let union = self.live_union(&slots, now);
                     let pick = *union.get(rng.random_range(0..union.len().max(1)))?;
                     (listing, pick)
                 }
             }
         };
-        Some((listing.meta.clone(), self.holders.get(holder)?.addr.clone()))
+        Some((listing.meta(), self.holders.get(holder)?.addr.clone()))
     }
 
-    /// All holders of a file, sorted; the file is chosen as in [`Registry::locate`] (by id:
-    /// the holders under every name).
-    pub fn holders(&self, key: &FileKey) -> Option<(FileMeta, Vec<PeerAddr>)> {
+    /// All live holders of a file, sorted; the file is chosen as in [`Registry::locate`]
+    /// (by id: the holders under every name).
+    pub fn holders(&self, key: &FileKey, now: Duration) -> Option<(FileMeta, Vec<PeerAddr>)> {
         let (listing, slots) = match key {
             FileKey::Name(name) => {
-                let listing = self.listings.get(self.best_for_name(name)?)?;
-                (listing, listing.holders.list.clone())
+                let listing = self.listings.get(self.best_for_name(name, now)?)?;
+                let live = listing
+                    .holders
+                    .as_slice()
+                    .iter()
+                    .copied()
+                    .filter(|&h| self.live(h, now))
+                    .collect();
+                (listing, live)
             }
             FileKey::Id(id) => {
-                let slots = self.by_id.get(id)?;
-                let listing = self.listings.get(self.best_for_id(slots)?)?;
-                (listing, self.union_of(slots))
+                let slots = self.slots_for_id(id);
+                let listing = self.listings.get(self.best_of(&slots, now)?)?;
+                (listing, self.live_union(&slots, now))
             }
         };
         let mut addrs: Vec<PeerAddr> = slots
@@ -182,25 +343,25 @@ impl Registry {
             .map(|h| h.addr.clone())
             .collect();
         addrs.sort_unstable();
-        Some((listing.meta.clone(), addrs))
+        Some((listing.meta(), addrs))
     }
 
     /// Files whose name contains `query`, ignoring case (an empty query lists everything),
-    /// sorted by (name, id), at most `limit` of them.
-    pub fn search(&self, query: &str, limit: usize) -> Vec<SearchHit> {
+    /// sorted by (name, id), at most `limit` of them. Holder counts count live holders only;
+    /// a file with none is not listed.
+    pub fn search(&self, query: &str, limit: usize, now: Duration) -> Vec<SearchHit> {
         if limit == 0 {
             return Vec::new();
         }
         let query = query.to_lowercase();
-        let mut found: Vec<&Listing> = self
-            .by_name
+        let mut found: Vec<(&Listing, usize)> = self
+            .listings
             .iter()
-            .filter(|(name, _)| contains_ignoring_case(name, &query))
-            .flat_map(|(_, ids)| ids.iter())
-            .filter_map(|&(_, slot)| self.listings.get(slot))
+            .filter(|(_, l)| contains_ignoring_case(&l.name, &query))
+            .map(|(_, l)| (l, self.live_count(l, now)))
+            .filter(|&(_, count)| count > 0)
             .collect();
-        let order =
-            |a: &&Listing, b: &&Listing| (&a.meta.name, a.meta.id).cmp(&(&b.meta.name, b.meta.id));
+        let order = |a: &(&Listing, usize), b: &(&Listing, usize)| a.0.key().cmp(&b.0.key());
         // Select the first `limit` before sorting: a broad query over a large registry
         // then sorts only what it returns.
         if found.len() > limit {
@@ -210,125 +371,355 @@ impl Registry {
         found.sort_unstable_by(order);
         found
             .into_iter()
-            .map(|l| SearchHit {
-                file: l.meta.clone(),
-                holders: u32::try_from(l.holders.len()).unwrap_or(u32::MAX),
+            .map(|(l, count)| SearchHit {
+                file: l.meta(),
+                holders: u32::try_from(count).unwrap_or(u32::MAX),
             })
             .collect()
     }
 
-    /// Distinct (name, id) listings.
+    /// Distinct (name, id) listings, expired holders' included until swept.
     pub fn listing_count(&self) -> usize {
         self.listings.len()
     }
 
-    /// (listing, holder) pairs.
+    /// (listing, holder) pairs, expired holders' included until swept.
     pub fn registration_count(&self) -> usize {
         self.registrations
     }
 
-    /// Distinct holders with at least one registration.
+    /// Distinct holders with at least one registration, expired ones included until swept.
     pub fn holder_count(&self) -> usize {
         self.holder_slots.len()
     }
 
-    fn listing_slot_or_insert(&mut self, meta: &FileMeta) -> usize {
-        let pos = match self.by_name.get(&meta.name) {
-            Some(ids) => match ids.binary_search_by_key(&meta.id, |&(id, _)| id) {
-                Ok(i) => match ids.get(i) {
-                    Some(&(_, slot)) => return slot,
-                    None => i,
-                },
-                Err(i) => i,
-            },
-            None => 0,
+    /// Every holder, for snapshots: a holder's position in this list is its number in
+    /// [`Registry::export_listings`]. Leases are not exported.
+    pub fn export_holders(&self) -> Vec<&PeerAddr> {
+        self.holders.iter().map(|(_, entry)| &entry.addr).collect()
+    }
+
+    /// Calls `on_listing` once per listing, for snapshots, with its holders as positions in
+    /// [`Registry::export_holders`]. The view borrows from the registry, so a caller can
+    /// batch views without copying names.
+    pub fn export_listings<'r, L>(&'r self, mut on_listing: L)
+    where
+        L: FnMut(ListingView<'r>, &[u32]),
+    {
+        // Slots may have holes; number holders densely (in `export_holders` order) so a
+        // snapshot needs no gaps.
+        let mut numbers = vec![u32::MAX; self.holders.capacity()];
+        for (n, (slot, _)) in self.holders.iter().enumerate() {
+            if let Some(number) = numbers.get_mut(slot as usize) {
+                *number = to_u32(n);
+            }
+        }
+        let mut mapped = Vec::new();
+        for (_, l) in self.listings.iter() {
+            mapped.clear();
+            mapped.extend(
+                l.holders
+                    .as_slice()
+                    .iter()
+                    .filter_map(|&h| numbers.get(h as usize).copied()),
+            );
+            let view = ListingView {
+                name: &l.name,
+                id: l.id,
+                size: l.size,
+                chunk_size: l.chunk_size,
+            };
+            on_listing(view, &mapped);
+        }
+    }
+
+    /// Restores one holder from a snapshot with a fresh lease (`now + lease`); returns the
+    /// number to name it by in [`Registry::restore_listing`], or `None` if the registry is
+    /// full. Call [`Registry::finish_restore`] after the last listing.
+    pub fn restore_holder(&mut self, holder: &PeerAddr, now: Duration) -> Option<u32> {
+        self.holder_or_insert(holder, now)
+    }
+
+    /// Restores one listing from a snapshot: `holders` are numbers returned by
+    /// [`Registry::restore_holder`] (unknown numbers are skipped). Returns how many
+    /// registrations are new.
+    pub fn restore_listing(&mut self, file: &FileMeta, holders: &[u32]) -> u32 {
+        let Some(slot) = self.listing_slot_or_insert(file) else {
+            return 0;
+        };
+        let mut added = 0u32;
+        for &h in holders {
+            if self.holders.get(h).is_none() || !self.add_holder(slot, h) {
+                continue;
+            }
+            if let Some(entry) = self.holders.get_mut(h) {
+                entry.listings.push(slot);
+            }
+            self.registrations += 1;
+            added = added.saturating_add(1);
+        }
+        if self
+            .listings
+            .get(slot)
+            .is_some_and(|l| l.holders.as_slice().is_empty())
+        {
+            self.delete_listing(slot);
+        }
+        added
+    }
+
+    /// Ends a restore: drops holders that ended up with no registration (a damaged or
+    /// hand-made snapshot could list one), so counts and memory stay exact.
+    pub fn finish_restore(&mut self) {
+        let empty: Vec<PeerAddr> = self
+            .holders
+            .iter()
+            .filter(|(_, entry)| entry.listings.is_empty())
+            .map(|(_, entry)| entry.addr.clone())
+            .collect();
+        for addr in empty {
+            if let Some(h) = self.holder_slots.remove(&addr) {
+                self.holders.remove(h);
+            }
+        }
+    }
+
+    fn holder_or_insert(&mut self, holder: &PeerAddr, now: Duration) -> Option<u32> {
+        let expires = now.saturating_add(self.lease);
+        let h = match self.holder_slots.get(holder) {
+            Some(&h) => {
+                if let Some(entry) = self.holders.get_mut(h) {
+                    entry.expires = expires;
+                }
+                h
+            }
+            None => {
+                let h = self.holders.insert(Holder {
+                    addr: holder.clone(),
+                    listings: Vec::new(),
+                    expires,
+                })?;
+                self.holder_slots.insert(holder.clone(), h);
+                h
+            }
+        };
+        self.earliest_expiry = self.earliest_expiry.min(expires);
+        Some(h)
+    }
+
+    fn live(&self, h: u32, now: Duration) -> bool {
+        now < self.earliest_expiry || self.holders.get(h).is_some_and(|e| now < e.expires)
+    }
+
+    fn live_count(&self, listing: &Listing, now: Duration) -> usize {
+        let holders = listing.holders.as_slice();
+        if now < self.earliest_expiry {
+            return holders.len();
+        }
+        holders.iter().filter(|&&h| self.live(h, now)).count()
+    }
+
+    /// A uniformly random live holder: a few random tries (each uniform over all holders, so
+    /// a hit is uniform over the live ones), then an exact filter. Either way uniform.
+    fn pick_live<R: Rng + ?Sized>(
+        &self,
+        holders: &[u32],
+        now: Duration,
+        rng: &mut R,
+    ) -> Option<u32> {
+        if holders.is_empty() {
+            return None;
+        }
+        for _ in 0..PICK_TRIES {
+            let h = *holders.get(rng.random_range(0..holders.len()))?;
+            if self.live(h, now) {
+                return Some(h);
+            }
+        }
+        let live: Vec<u32> = holders
+            .iter()
+            .copied()
+            .filter(|&h| self.live(h, now))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        live.get(rng.random_range(0..live.len())).copied()
+    }
+
+    /// Listing slots for `id` (usually one).
+    fn slots_for_id(&self, id: &FileId) -> Vec<u32> {
+        self.by_id
+            .candidates(self.by_id.hash(id))
+            .iter()
+            .copied()
+            .filter(|&s| self.listings.get(s).is_some_and(|l| l.id == *id))
+            .collect()
+    }
+
+    fn listing_slot_or_insert(&mut self, meta: &FileMeta) -> Option<u32> {
+        let key = (meta.name.as_str(), meta.id);
+        let name_hash = self.by_name.hash(meta.name.as_str());
+        let name_pos = match self.sorted_position(self.by_name.candidates(name_hash), key) {
+            Ok(i) => return self.by_name.candidates(name_hash).get(i).copied(),
+            Err(i) => i,
+        };
+        let id_hash = self.by_id.hash(&meta.id);
+        let id_pos = match self.sorted_position(self.by_id.candidates(id_hash), key) {
+            Ok(i) | Err(i) => i,
         };
         let slot = self.listings.insert(Listing {
-            meta: meta.clone(),
-            holders: HolderSet::default(),
-        });
-        let ids = self.by_name.entry(meta.name.clone()).or_default();
-        ids.insert(pos.min(ids.len()), (meta.id, slot));
-        self.by_id.entry(meta.id).or_default().push(slot);
-        slot
+            name: meta.name.as_str().into(),
+            id: meta.id,
+            size: meta.size,
+            chunk_size: meta.chunk_size,
+            holders: HolderList::default(),
+        })?;
+        self.by_name.insert_at(name_hash, name_pos, slot);
+        self.by_id.insert_at(id_hash, id_pos, slot);
+        Some(slot)
+    }
+
+    /// Binary search of a candidate list, kept sorted by (name, id).
+    fn sorted_position(&self, candidates: &[u32], key: (&str, FileId)) -> Result<usize, usize> {
+        candidates.binary_search_by(|&s| match self.listings.get(s) {
+            Some(l) => l.key().cmp(&key),
+            None => Ordering::Less,
+        })
+    }
+
+    fn position(&self, slot: u32, h: u32) -> Option<usize> {
+        match self.positions.get(&slot) {
+            Some(index) => index.get(&h).map(|&p| p as usize),
+            None => self
+                .listings
+                .get(slot)?
+                .holders
+                .as_slice()
+                .iter()
+                .position(|&x| x == h),
+        }
+    }
+
+    /// Adds holder `h` to listing `slot`; false if it was already there.
+    fn add_holder(&mut self, slot: u32, h: u32) -> bool {
+        if self.position(slot, h).is_some() {
+            return false;
+        }
+        let Some(listing) = self.listings.get_mut(slot) else {
+            return false;
+        };
+        listing.holders.push(h);
+        let list = listing.holders.as_slice();
+        match self.positions.get_mut(&slot) {
+            Some(index) => {
+                index.insert(h, to_u32(list.len() - 1));
+            }
+            None if list.len() > INDEX_FROM => {
+                let index = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| (x, to_u32(i)))
+                    .collect();
+                self.positions.insert(slot, index);
+            }
+            None => {}
+        }
+        true
     }
 
     /// Removes holder `h` from listing `slot` (the caller keeps the holder's reverse index),
     /// deleting the listing if it is left empty.
-    fn remove_registration(&mut self, h: usize, slot: usize) -> bool {
+    fn remove_registration(&mut self, h: u32, slot: u32) -> bool {
+        let Some(pos) = self.position(slot, h) else {
+            return false;
+        };
         let Some(listing) = self.listings.get_mut(slot) else {
             return false;
         };
-        if !listing.holders.remove(h) {
-            return false;
+        listing.holders.swap_remove(pos);
+        let list = listing.holders.as_slice();
+        let left = list.len();
+        if let Some(index) = self.positions.get_mut(&slot) {
+            index.remove(&h);
+            if let Some(&moved) = list.get(pos) {
+                index.insert(moved, to_u32(pos));
+            }
+            if left < UNINDEX_BELOW {
+                self.positions.remove(&slot);
+            }
         }
         self.registrations = self.registrations.saturating_sub(1);
-        if listing.holders.is_empty() {
+        if left == 0 {
             self.delete_listing(slot);
         }
         true
     }
 
-    fn delete_listing(&mut self, slot: usize) {
+    fn delete_listing(&mut self, slot: u32) {
         let Some(listing) = self.listings.remove(slot) else {
             return;
         };
-        let FileMeta { name, id, .. } = listing.meta;
-        if let Some(ids) = self.by_name.get_mut(&name) {
-            ids.retain(|&(_, s)| s != slot);
-            if ids.is_empty() {
-                self.by_name.remove(&name);
-            }
-        }
-        if let Some(slots) = self.by_id.get_mut(&id) {
-            slots.retain(|&s| s != slot);
-            if slots.is_empty() {
-                self.by_id.remove(&id);
-            }
-        }
+        self.positions.remove(&slot);
+        let name_hash = self.by_name.hash(&*listing.name);
+        self.by_name.remove(name_hash, slot);
+        let id_hash = self.by_id.hash(&listing.id);
+        self.by_id.remove(id_hash, slot);
     }
 
-    /// The listing a name lookup uses: most holders, ties to the smallest id.
-    fn best_for_name(&self, name: &str) -> Option<usize> {
-        let ids = self.by_name.get(name)?;
-        let mut best: Option<(usize, usize)> = None;
-        // Ascending id order, and only a strictly larger count replaces: ties keep the
-        // smallest id.
-        for &(_, slot) in ids {
-            let count = self.listings.get(slot).map_or(0, |l| l.holders.len());
-            if best.is_none_or(|(_, c)| count > c) {
+    /// The listing a name lookup uses: most live holders, ties to the smallest id.
+    fn best_for_name(&self, name: &str, now: Duration) -> Option<u32> {
+        let candidates = self.by_name.candidates(self.by_name.hash(name));
+        let mut best: Option<(u32, usize)> = None;
+        // Candidates are sorted by (name, id), and only a strictly larger count replaces:
+        // ties keep the smallest id.
+        for &slot in candidates {
+            let Some(listing) = self.listings.get(slot) else {
+                continue;
+            };
+            if &*listing.name != name {
+                continue;
+            }
+            let count = self.live_count(listing, now);
+            if count > 0 && best.is_none_or(|(_, c)| count > c) {
                 best = Some((slot, count));
             }
         }
         best.map(|(slot, _)| slot)
     }
 
-    /// The listing whose metadata an id lookup reports: most holders, ties to the smallest
-    /// name.
-    fn best_for_id(&self, slots: &[usize]) -> Option<usize> {
+    /// The listing whose metadata an id lookup reports: most live holders, ties to the
+    /// smallest name.
+    fn best_of(&self, slots: &[u32], now: Duration) -> Option<u32> {
         slots
             .iter()
-            .filter_map(|&s| self.listings.get(s).map(|l| (s, l)))
-            .max_by(|(_, a), (_, b)| {
-                a.holders
-                    .len()
-                    .cmp(&b.holders.len())
-                    .then_with(|| b.meta.name.cmp(&a.meta.name))
+            .filter_map(|&s| {
+                self.listings
+                    .get(s)
+                    .map(|l| (s, l, self.live_count(l, now)))
             })
-            .map(|(s, _)| s)
+            .filter(|&(_, _, count)| count > 0)
+            .max_by(|(_, a, ca), (_, b, cb)| ca.cmp(cb).then_with(|| b.name.cmp(&a.name)))
+            .map(|(s, _, _)| s)
     }
 
-    /// Distinct holder slots over several listings.
-    fn union_of(&self, slots: &[usize]) -> Vec<usize> {
-        let mut union: Vec<usize> = slots
+    /// Distinct live holder slots over several listings.
+    fn live_union(&self, slots: &[u32], now: Duration) -> Vec<u32> {
+        let mut union: Vec<u32> = slots
             .iter()
             .filter_map(|&s| self.listings.get(s))
-            .flat_map(|l| l.holders.list.iter().copied())
+            .flat_map(|l| l.holders.as_slice().iter().copied())
+            .filter(|&h| self.live(h, now))
             .collect();
         union.sort_unstable();
         union.dedup();
         union
     }
+}
+
+/// Slot numbers and positions are below `MAX_SLOTS`, so this never saturates in practice.
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// `query` must already be lowercase. ASCII names (the common case) are compared without
@@ -346,73 +737,158 @@ fn contains_ignoring_case(name: &str, query: &str) -> bool {
     name.to_lowercase().contains(query)
 }
 
-/// The holders of one listing: a vector for an O(1) uniform choice, plus a position index
-/// once the set is large enough that a linear search on removal would hurt.
-#[derive(Default)]
-struct HolderSet {
-    list: Vec<usize>,
-    index: Option<HashMap<usize, usize>>,
+/// A listing's holders: one inline (most files have one holder, and a vector would cost a
+/// heap block each), a vector beyond.
+enum HolderList {
+    One(u32),
+    Many(Vec<u32>),
 }
 
-impl HolderSet {
-    fn len(&self) -> usize {
-        self.list.len()
+impl Default for HolderList {
+    fn default() -> Self {
+        HolderList::Many(Vec::new())
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    fn position(&self, h: usize) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(&h).copied(),
-            None => self.list.iter().position(|&x| x == h),
+impl HolderList {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            HolderList::One(h) => std::slice::from_ref(h),
+            HolderList::Many(list) => list,
         }
     }
 
-    fn insert(&mut self, h: usize) -> bool {
-        if self.position(h).is_some() {
-            return false;
+    fn push(&mut self, h: u32) {
+        match self {
+            HolderList::Many(list) if list.is_empty() => *self = HolderList::One(h),
+            HolderList::Many(list) => list.push(h),
+            HolderList::One(first) => *self = HolderList::Many(vec![*first, h]),
         }
-        self.list.push(h);
-        match &mut self.index {
-            Some(index) => {
-                index.insert(h, self.list.len() - 1);
+    }
+
+    fn swap_remove(&mut self, pos: usize) {
+        match self {
+            HolderList::One(_) if pos == 0 => *self = HolderList::Many(Vec::new()),
+            HolderList::One(_) => {}
+            HolderList::Many(list) if pos < list.len() => {
+                list.swap_remove(pos);
+                if list.len() * 4 < list.capacity() {
+                    list.shrink_to_fit();
+                }
             }
-            None if self.list.len() > INDEX_FROM => {
-                self.index = Some(self.list.iter().enumerate().map(|(i, &x)| (x, i)).collect());
-            }
-            None => {}
+            HolderList::Many(_) => {}
         }
-        true
+    }
+}
+
+/// An index from a key (a name or an id) to the listing slots with that key, kept sorted by
+/// (name, id). Keys are stored only as a 32-bit keyed hash (SipHash with per-registry random
+/// keys, so peers cannot aim collisions): the listing holds the key itself, and callers
+/// compare it. A hash shared by several listings (several ids under one name, one id under
+/// several names, or a rare 32-bit collision) points to a list in `shared`. This costs
+/// about 9 bytes a listing where `HashMap<String, Vec<..>>` cost well over 100.
+#[derive(Default)]
+struct KeyIndex {
+    keys: RandomState,
+    /// Hash -> a listing slot, or `SHARED | index into shared`.
+    map: HashMap<u32, u32, BuildHasherDefault<Spread>>,
+    shared: Slab<Vec<u32>>,
+}
+
+impl KeyIndex {
+    fn hash<K: Hash + ?Sized>(&self, key: &K) -> u32 {
+        // Truncation is the point: the low 32 bits of a keyed 64-bit hash.
+        self.keys.hash_one(key) as u32
     }
 
-    fn remove(&mut self, h: usize) -> bool {
-        let Some(pos) = self.position(h) else {
-            return false;
+    fn candidates(&self, hash: u32) -> &[u32] {
+        match self.map.get(&hash) {
+            Some(v) if v & SHARED != 0 => {
+                self.shared.get(v & !SHARED).map_or(&[][..], Vec::as_slice)
+            }
+            Some(v) => std::slice::from_ref(v),
+            None => &[],
+        }
+    }
+
+    /// Inserts `slot` at `pos` in the candidate list of `hash`.
+    fn insert_at(&mut self, hash: u32, pos: usize, slot: u32) {
+        match self.map.entry(hash) {
+            Entry::Vacant(e) => {
+                e.insert(slot);
+            }
+            Entry::Occupied(mut e) => {
+                let v = *e.get();
+                if v & SHARED != 0 {
+                    if let Some(list) = self.shared.get_mut(v & !SHARED) {
+                        list.insert(pos.min(list.len()), slot);
+                    }
+                } else {
+                    let mut list = vec![v];
+                    list.insert(pos.min(1), slot);
+                    if let Some(i) = self.shared.insert(list) {
+                        *e.get_mut() = SHARED | i;
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: u32, slot: u32) {
+        let Some(&v) = self.map.get(&hash) else {
+            return;
         };
-        self.list.swap_remove(pos);
-        if let Some(index) = &mut self.index {
-            index.remove(&h);
-            if let Some(&moved) = self.list.get(pos) {
-                index.insert(moved, pos);
+        if v & SHARED == 0 {
+            if v == slot {
+                self.map.remove(&hash);
             }
+            return;
         }
-        true
+        let i = v & !SHARED;
+        let Some(list) = self.shared.get_mut(i) else {
+            return;
+        };
+        list.retain(|&s| s != slot);
+        match *list.as_slice() {
+            [] => {
+                self.shared.remove(i);
+                self.map.remove(&hash);
+            }
+            [one] => {
+                self.shared.remove(i);
+                self.map.insert(hash, one);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The hasher of `KeyIndex`'s map: its keys are already uniform keyed hashes, so one
+/// multiplication spreads them into the high bits the table uses, instead of a second
+/// SipHash.
+#[derive(Default)]
+struct Spread(u64);
+
+impl Hasher for Spread {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
     }
 
-    fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
-        if self.list.is_empty() {
-            return None;
-        }
-        self.list.get(rng.random_range(0..self.list.len())).copied()
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
 /// Numbered slots with reuse, so slot numbers stay small and stable while their entry lives.
 struct Slab<T> {
     entries: Vec<Option<T>>,
-    free: Vec<usize>,
+    free: Vec<u32>,
     len: usize,
 }
 
@@ -427,35 +903,52 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    fn insert(&mut self, value: T) -> usize {
-        self.len += 1;
+    /// `None` only when `MAX_SLOTS` entries are live (far beyond any memory this runs in).
+    fn insert(&mut self, value: T) -> Option<u32> {
         if let Some(slot) = self.free.pop() {
-            if let Some(entry) = self.entries.get_mut(slot) {
+            if let Some(entry) = self.entries.get_mut(slot as usize) {
                 *entry = Some(value);
-                return slot;
+                self.len += 1;
+                return Some(slot);
             }
         }
+        let slot = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&s| s < MAX_SLOTS)?;
         self.entries.push(Some(value));
-        self.entries.len() - 1
+        self.len += 1;
+        Some(slot)
     }
 
-    fn remove(&mut self, slot: usize) -> Option<T> {
-        let value = self.entries.get_mut(slot)?.take()?;
+    fn remove(&mut self, slot: u32) -> Option<T> {
+        let value = self.entries.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
         self.len -= 1;
         Some(value)
     }
 
-    fn get(&self, slot: usize) -> Option<&T> {
-        self.entries.get(slot)?.as_ref()
+    fn get(&self, slot: u32) -> Option<&T> {
+        self.entries.get(slot as usize)?.as_ref()
     }
 
-    fn get_mut(&mut self, slot: usize) -> Option<&mut T> {
-        self.entries.get_mut(slot)?.as_mut()
+    fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        self.entries.get_mut(slot as usize)?.as_mut()
     }
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Highest slot number + 1.
+    fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((to_u32(i), e.as_ref()?)))
     }
 }
 
@@ -466,6 +959,14 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
     use std::collections::{BTreeMap, BTreeSet};
+
+    /// A time for tests where leases do not matter.
+    const T0: Duration = Duration::ZERO;
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
 
     fn meta(name: &str, id: u8) -> FileMeta {
         FileMeta {
@@ -492,15 +993,15 @@ mod tests {
     fn register_counts_only_new_registrations() {
         let mut r = Registry::new();
         let (a, b) = (addr("a:1"), addr("b:1"));
-        assert_eq!(r.register(&a, &[meta("x", 1), meta("y", 2)]), 2);
-        assert_eq!(r.register(&a, &[meta("x", 1), meta("x", 1)]), 0);
-        assert_eq!(r.register(&b, &[meta("x", 1)]), 1);
-        assert_eq!(r.register(&b, &[]), 0);
+        assert_eq!(r.register(&a, &[meta("x", 1), meta("y", 2)], T0), 2);
+        assert_eq!(r.register(&a, &[meta("x", 1), meta("x", 1)], T0), 0);
+        assert_eq!(r.register(&b, &[meta("x", 1)], T0), 1);
+        assert_eq!(r.register(&b, &[], T0), 0);
         assert_eq!(
             (r.listing_count(), r.registration_count(), r.holder_count()),
             (2, 3, 2)
         );
-        assert_eq!(r.holders(&name("x")), Some((meta("x", 1), vec![a, b])));
+        assert_eq!(r.holders(&name("x"), T0), Some((meta("x", 1), vec![a, b])));
     }
 
     #[test]
@@ -508,30 +1009,30 @@ mod tests {
         let mut r = Registry::new();
         let mut other = meta("x", 1);
         other.size = 999;
-        r.register(&addr("a:1"), &[meta("x", 1)]);
-        r.register(&addr("b:1"), &[other]);
-        assert_eq!(r.holders(&name("x")).unwrap().0, meta("x", 1));
+        r.register(&addr("a:1"), &[meta("x", 1)], T0);
+        r.register(&addr("b:1"), &[other], T0);
+        assert_eq!(r.holders(&name("x"), T0).unwrap().0, meta("x", 1));
     }
 
     #[test]
     fn two_ids_under_one_name() {
         let mut r = Registry::new();
         let (a, b, c) = (addr("a:1"), addr("b:1"), addr("c:1"));
-        r.register(&a, &[meta("x", 2)]);
-        r.register(&b, &[meta("x", 1)]);
+        r.register(&a, &[meta("x", 2)], T0);
+        r.register(&b, &[meta("x", 1)], T0);
         // Tie (one holder each): the smallest id.
         assert_eq!(
-            r.holders(&name("x")).unwrap(),
+            r.holders(&name("x"), T0).unwrap(),
             (meta("x", 1), vec![b.clone()])
         );
-        r.register(&c, &[meta("x", 2)]);
+        r.register(&c, &[meta("x", 2)], T0);
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..20 {
-            let (file, holder) = r.locate(&name("x"), &mut rng).unwrap();
+            let (file, holder) = r.locate(&name("x"), T0, &mut rng).unwrap();
             assert_eq!(file, meta("x", 2));
             assert!(holder == a || holder == c);
         }
-        assert_eq!(r.holders(&id(1)).unwrap(), (meta("x", 1), vec![b]));
+        assert_eq!(r.holders(&id(1), T0).unwrap(), (meta("x", 1), vec![b]));
         assert_eq!(r.listing_count(), 2);
     }
 
@@ -539,19 +1040,19 @@ mod tests {
     fn one_id_under_two_names() {
         let mut r = Registry::new();
         let (a, b) = (addr("a:1"), addr("b:1"));
-        r.register(&a, &[meta("x", 1), meta("y", 1)]);
-        r.register(&b, &[meta("y", 1)]);
+        r.register(&a, &[meta("x", 1), meta("y", 1)], T0);
+        r.register(&b, &[meta("y", 1)], T0);
         assert_eq!(r.registration_count(), 3);
         // By id: both holders once each; metadata of the listing with more holders.
         assert_eq!(
-            r.holders(&id(1)).unwrap(),
+            r.holders(&id(1), T0).unwrap(),
             (meta("y", 1), vec![a.clone(), b.clone()])
         );
-        assert_eq!(r.holders(&name("x")).unwrap().1, vec![a.clone()]);
+        assert_eq!(r.holders(&name("x"), T0).unwrap().1, vec![a.clone()]);
         // Unregistering the id removes it under both names.
         assert_eq!(r.unregister(&a, &[FileId([1; 32])]), 2);
-        assert_eq!(r.holders(&name("x")), None);
-        assert_eq!(r.holders(&id(1)).unwrap(), (meta("y", 1), vec![b]));
+        assert_eq!(r.holders(&name("x"), T0), None);
+        assert_eq!(r.holders(&id(1), T0).unwrap(), (meta("y", 1), vec![b]));
     }
 
     #[test]
@@ -559,11 +1060,11 @@ mod tests {
         let mut r = Registry::new();
         let (a, b) = (addr("a:1"), addr("b:1"));
         // `a` lists the content under two names; it must not be picked twice as often.
-        r.register(&a, &[meta("x", 1), meta("y", 1)]);
-        r.register(&b, &[meta("y", 1)]);
+        r.register(&a, &[meta("x", 1), meta("y", 1)], T0);
+        r.register(&b, &[meta("y", 1)], T0);
         let mut rng = StdRng::seed_from_u64(3);
         let a_count = (0..2000)
-            .filter(|_| r.locate(&id(1), &mut rng).unwrap().1 == a)
+            .filter(|_| r.locate(&id(1), T0, &mut rng).unwrap().1 == a)
             .count();
         assert!((850..1150).contains(&a_count), "{a_count}");
     }
@@ -572,15 +1073,15 @@ mod tests {
     fn unregister_all_and_empty_listings_disappear() {
         let mut r = Registry::new();
         let (a, b) = (addr("a:1"), addr("b:1"));
-        r.register(&a, &[meta("x", 1), meta("y", 2), meta("z", 3)]);
-        r.register(&b, &[meta("x", 1)]);
+        r.register(&a, &[meta("x", 1), meta("y", 2), meta("z", 3)], T0);
+        r.register(&b, &[meta("x", 1)], T0);
         assert_eq!(r.unregister(&a, &[]), 3);
         assert_eq!(
             (r.listing_count(), r.registration_count(), r.holder_count()),
             (1, 1, 1)
         );
-        assert_eq!(r.holders(&name("y")), None);
-        assert_eq!(r.search("", 10).len(), 1);
+        assert_eq!(r.holders(&name("y"), T0), None);
+        assert_eq!(r.search("", 10, T0).len(), 1);
         assert_eq!(r.unregister(&a, &[]), 0);
         assert_eq!(r.unregister(&b, &[FileId([9; 32])]), 0);
         assert_eq!(r.unregister(&b, &[FileId([1; 32]), FileId([1; 32])]), 1);
@@ -588,7 +1089,7 @@ mod tests {
             (r.listing_count(), r.registration_count(), r.holder_count()),
             (0, 0, 0)
         );
-        assert!(r.by_name.is_empty() && r.by_id.is_empty() && r.holder_slots.is_empty());
+        assert!(r.by_name.map.is_empty() && r.by_id.map.is_empty() && r.holder_slots.is_empty());
     }
 
     #[test]
@@ -596,7 +1097,7 @@ mod tests {
         let mut r = Registry::new();
         for round in 0..50u8 {
             let holder = addr(&format!("h{round}:1"));
-            r.register(&holder, &[meta("x", round), meta("y", 1)]);
+            r.register(&holder, &[meta("x", round), meta("y", 1)], T0);
             r.unregister(&holder, &[]);
         }
         assert_eq!(r.listing_count(), 0);
@@ -616,38 +1117,42 @@ mod tests {
                 meta("song.ogg", 4),
                 meta("ÉTÉ.flac", 5),
             ],
+            T0,
         );
-        r.register(&addr("b:1"), &[meta("song.ogg", 4)]);
+        r.register(&addr("b:1"), &[meta("song.ogg", 4)], T0);
         let names = |hits: Vec<SearchHit>| -> Vec<(String, u8, u32)> {
             hits.into_iter()
                 .map(|h| (h.file.name, h.file.id.0[0], h.holders))
                 .collect()
         };
         assert_eq!(
-            names(r.search("SONG", 10)),
+            names(r.search("SONG", 10, T0)),
             vec![
                 ("Song.OGG".into(), 1, 1),
                 ("song.ogg".into(), 3, 1),
                 ("song.ogg".into(), 4, 2)
             ]
         );
-        assert_eq!(names(r.search("été", 10)), vec![("ÉTÉ.flac".into(), 5, 1)]);
-        assert_eq!(r.search("", 10).len(), 5);
         assert_eq!(
-            names(r.search("", 2)),
+            names(r.search("été", 10, T0)),
+            vec![("ÉTÉ.flac".into(), 5, 1)]
+        );
+        assert_eq!(r.search("", 10, T0).len(), 5);
+        assert_eq!(
+            names(r.search("", 2, T0)),
             vec![("Song.OGG".into(), 1, 1), ("readme.txt".into(), 2, 1)]
         );
-        assert!(r.search("", 0).is_empty());
-        assert!(r.search("nothing", 10).is_empty());
+        assert!(r.search("", 0, T0).is_empty());
+        assert!(r.search("nothing", 10, T0).is_empty());
     }
 
     #[test]
     fn unknown_keys() {
         let r = Registry::new();
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(r.locate(&name("x"), &mut rng), None);
-        assert_eq!(r.locate(&id(1), &mut rng), None);
-        assert_eq!(r.holders(&name("x")), None);
+        assert_eq!(r.locate(&name("x"), T0, &mut rng), None);
+        assert_eq!(r.locate(&id(1), T0, &mut rng), None);
+        assert_eq!(r.holders(&name("x"), T0), None);
     }
 
     #[test]
@@ -655,12 +1160,12 @@ mod tests {
         let mut r = Registry::new();
         let holders = [addr("a:1"), addr("b:1"), addr("c:1")];
         for h in &holders {
-            r.register(h, &[meta("x", 1)]);
+            r.register(h, &[meta("x", 1)], T0);
         }
         let mut rng = StdRng::seed_from_u64(2024);
         let mut counts = [0usize; 3];
         for _ in 0..3000 {
-            let (_, h) = r.locate(&name("x"), &mut rng).unwrap();
+            let (_, h) = r.locate(&name("x"), T0, &mut rng).unwrap();
             let i = holders.iter().position(|x| *x == h).unwrap();
             counts[i] += 1;
         }
@@ -674,20 +1179,140 @@ mod tests {
         let mut r = Registry::new();
         let many: Vec<PeerAddr> = (0..100).map(|i| addr(&format!("p{i}:1"))).collect();
         for h in &many {
-            r.register(h, &[meta("x", 1)]);
+            r.register(h, &[meta("x", 1)], T0);
         }
         for h in many.iter().step_by(2) {
             assert_eq!(r.unregister(h, &[]), 1);
         }
-        let (_, left) = r.holders(&name("x")).unwrap();
+        let (_, left) = r.holders(&name("x"), T0).unwrap();
         let mut expected: Vec<PeerAddr> = many.iter().skip(1).step_by(2).cloned().collect();
         expected.sort();
         assert_eq!(left, expected);
         let mut rng = StdRng::seed_from_u64(5);
         for _ in 0..100 {
-            let (_, h) = r.locate(&name("x"), &mut rng).unwrap();
+            let (_, h) = r.locate(&name("x"), T0, &mut rng).unwrap();
             assert!(expected.contains(&h));
         }
+    }
+
+    #[test]
+    fn a_lapsed_holder_vanishes_from_every_lookup_at_its_expiry() {
+        let mut r = Registry::with_lease(LEASE);
+        let (a, b) = (addr("a:1"), addr("b:1"));
+        r.register(&a, &[meta("x", 1), meta("only-a", 2)], secs(0));
+        r.register(&b, &[meta("x", 1)], secs(30));
+        let mut rng = StdRng::seed_from_u64(1);
+        let just_before = secs(60) - Duration::from_millis(1);
+        assert_eq!(
+            r.holders(&name("x"), just_before).unwrap().1,
+            vec![a.clone(), b.clone()]
+        );
+        // At exactly registration + lease, `a` is gone; `b` (registered later) stays.
+        for now in [secs(60), secs(89)] {
+            assert_eq!(r.holders(&name("x"), now).unwrap().1, vec![b.clone()]);
+            assert_eq!(r.holders(&id(1), now).unwrap().1, vec![b.clone()]);
+            for _ in 0..50 {
+                assert_eq!(r.locate(&name("x"), now, &mut rng).unwrap().1, b);
+                assert_eq!(r.locate(&id(1), now, &mut rng).unwrap().1, b);
+            }
+            assert_eq!(r.holders(&name("only-a"), now), None);
+            assert_eq!(r.locate(&id(2), now, &mut rng), None);
+            let hits = r.search("", 10, now);
+            assert_eq!(hits.len(), 1);
+            assert_eq!((hits[0].file.name.as_str(), hits[0].holders), ("x", 1));
+        }
+        assert_eq!(r.holders(&name("x"), secs(90)), None);
+        assert!(r.search("", 10, secs(90)).is_empty());
+        // Nothing was removed yet: lookups filter, the sweep removes.
+        assert_eq!(r.registration_count(), 3);
+    }
+
+    #[test]
+    fn renewing_keeps_a_holder_and_sweeping_removes_the_rest() {
+        let mut r = Registry::with_lease(LEASE);
+        let (a, b) = (addr("a:1"), addr("b:1"));
+        r.register(&a, &[meta("x", 1), meta("y", 2)], secs(0));
+        r.register(&b, &[meta("x", 1)], secs(0));
+        for t in [20, 40, 60, 80, 100] {
+            assert_eq!(r.renew(&a, secs(t)), Some(2), "renew at {t}");
+            assert!(r.holders(&name("x"), secs(t)).unwrap().1.contains(&a));
+        }
+        assert_eq!(r.sweep(secs(59)), vec![]);
+        assert_eq!(r.sweep(secs(100)), vec![(b.clone(), 1)]);
+        assert_eq!((r.registration_count(), r.holder_count()), (2, 1));
+        // A swept holder is unknown: renewing fails and it must register again.
+        assert_eq!(r.renew(&b, secs(100)), None);
+        // A lapsed but not yet swept holder cannot renew either.
+        assert_eq!(r.renew(&a, secs(160)), None);
+        assert!(r.lapsed(&a, secs(160)));
+        // Registering after a lapse starts afresh: the old files are not revived.
+        assert_eq!(r.register(&a, &[meta("z", 3)], secs(160)), 1);
+        assert_eq!(r.holders(&name("y"), secs(160)), None);
+        assert_eq!((r.registration_count(), r.listing_count()), (1, 1));
+        assert_eq!(r.sweep(secs(220)), vec![(a, 1)]);
+        assert_eq!(
+            (r.registration_count(), r.listing_count(), r.holder_count()),
+            (0, 0, 0)
+        );
+        assert!(r.by_name.map.is_empty() && r.by_id.map.is_empty() && r.positions.is_empty());
+    }
+
+    #[test]
+    fn export_and_restore_round_trip() {
+        let mut r = Registry::new();
+        let holders: Vec<PeerAddr> = (0..40).map(|i| addr(&format!("p{i}:1"))).collect();
+        for (i, h) in holders.iter().enumerate() {
+            r.register(
+                h,
+                &[meta("big", 1), meta(&format!("own{i}"), 100 + i as u8)],
+                T0,
+            );
+        }
+        r.register(&holders[0], &[meta("big", 2), meta("alias", 1)], T0);
+        // Leave a hole in the holder slots.
+        r.unregister(&holders[3], &[]);
+        let exported_holders: Vec<PeerAddr> = r.export_holders().into_iter().cloned().collect();
+        let mut exported = Vec::new();
+        r.export_listings(|l, hs| {
+            let file = FileMeta {
+                name: l.name.into(),
+                size: l.size,
+                chunk_size: l.chunk_size,
+                id: l.id,
+            };
+            exported.push((file, hs.to_vec()));
+        });
+        let mut back = Registry::new();
+        let numbers: Vec<u32> = exported_holders
+            .iter()
+            .map(|h| back.restore_holder(h, secs(5)).unwrap())
+            .collect();
+        for (file, hs) in &exported {
+            let mapped: Vec<u32> = hs.iter().map(|&n| numbers[n as usize]).collect();
+            back.restore_listing(file, &mapped);
+        }
+        back.finish_restore();
+        assert_eq!(
+            (
+                back.registration_count(),
+                back.listing_count(),
+                back.holder_count()
+            ),
+            (r.registration_count(), r.listing_count(), r.holder_count())
+        );
+        for key in [name("big"), name("alias"), id(1), id(2), name("own7")] {
+            assert_eq!(back.holders(&key, secs(5)), r.holders(&key, T0), "{key}");
+        }
+        // Restored holders got a fresh lease from the restore time.
+        assert!(back.holders(&name("big"), secs(64)).is_some());
+        assert!(back.holders(&name("big"), secs(65)).is_none());
+    }
+
+    #[test]
+    fn compact_layout() {
+        // The per-listing cost is what the 200-bytes-per-registration target hinges on.
+        assert!(std::mem::size_of::<HolderList>() <= 24);
+        assert!(std::mem::size_of::<Option<Listing>>() <= 88);
     }
 
     #[derive(Clone, Debug)]
@@ -702,6 +1327,26 @@ mod tests {
                 .prop_map(|(h, files)| Op::Register(h, files)),
             1 => (0..5u8, prop::collection::vec(0..4u8, 0..3))
                 .prop_map(|(h, ids)| Op::Unregister(h, ids)),
+        ]
+    }
+
+    #[derive(Clone, Debug)]
+    enum LeaseOp {
+        Register(u8, Vec<(u8, u8)>),
+        Renew(u8),
+        Unregister(u8),
+        Advance(u64),
+        Sweep,
+    }
+
+    fn lease_op() -> impl Strategy<Value = LeaseOp> {
+        prop_oneof![
+            3 => (0..4u8, prop::collection::vec((0..3u8, 0..3u8), 0..4))
+                .prop_map(|(h, files)| LeaseOp::Register(h, files)),
+            2 => (0..4u8).prop_map(LeaseOp::Renew),
+            1 => (0..4u8).prop_map(LeaseOp::Unregister),
+            3 => any::<u64>().prop_map(LeaseOp::Advance),
+            1 => Just(LeaseOp::Sweep),
         ]
     }
 
@@ -755,7 +1400,7 @@ mod tests {
                                 .or_insert_with(|| (m.clone(), BTreeSet::new()));
                             added += u32::from(entry.1.insert(holder.clone()));
                         }
-                        prop_assert_eq!(r.register(&holder, &metas), added);
+                        prop_assert_eq!(r.register(&holder, &metas, T0), added);
                     }
                     Op::Unregister(h, ids) => {
                         let holder = addr(&format!("h{h}:1"));
@@ -777,10 +1422,119 @@ mod tests {
                 prop_assert_eq!(r.holder_count(), holders.len());
                 for n in 0..4u8 {
                     let key = FileKey::Name(format!("n{n}"));
-                    prop_assert_eq!(r.holders(&key), model_holders(&model, &key));
+                    prop_assert_eq!(r.holders(&key, T0), model_holders(&model, &key));
                     let key = FileKey::Id(FileId([n; 32]));
-                    prop_assert_eq!(r.holders(&key), model_holders(&model, &key));
+                    prop_assert_eq!(r.holders(&key, T0), model_holders(&model, &key));
                 }
+            }
+        }
+
+        #[test]
+        fn leases_agree_with_a_model(ops in prop::collection::vec(lease_op(), 1..60)) {
+            let mut r = Registry::with_lease(LEASE);
+            let mut model = Model::new();
+            let mut expires: BTreeMap<PeerAddr, Duration> = BTreeMap::new();
+            let mut now = Duration::ZERO;
+            let lease_ms = u64::try_from(LEASE.as_millis()).unwrap();
+            for op in ops {
+                match op {
+                    LeaseOp::Register(h, files) => {
+                        let holder = addr(&format!("h{h}:1"));
+                        let metas: Vec<FileMeta> = files.iter().map(|&(n, i)| FileMeta {
+                            name: format!("n{n}"), size: 1, chunk_size: 1024, id: FileId([i; 32]),
+                        }).collect();
+                        if metas.is_empty() {
+                            prop_assert_eq!(r.register(&holder, &metas, now), 0);
+                            continue;
+                        }
+                        if expires.get(&holder).is_some_and(|&e| now >= e) {
+                            for (_, hs) in model.values_mut() {
+                                hs.remove(&holder);
+                            }
+                            model.retain(|_, (_, hs)| !hs.is_empty());
+                        }
+                        expires.insert(holder.clone(), now + LEASE);
+                        let mut added = 0;
+                        for m in &metas {
+                            let entry = model
+                                .entry((m.name.clone(), m.id.0[0]))
+                                .or_insert_with(|| (m.clone(), BTreeSet::new()));
+                            added += u32::from(entry.1.insert(holder.clone()));
+                        }
+                        prop_assert_eq!(r.register(&holder, &metas, now), added);
+                    }
+                    LeaseOp::Renew(h) => {
+                        let holder = addr(&format!("h{h}:1"));
+                        let expected = match expires.get_mut(&holder) {
+                            Some(e) if now < *e => {
+                                *e = now + LEASE;
+                                let n = model.values().filter(|(_, hs)| hs.contains(&holder)).count();
+                                Some(u32::try_from(n).unwrap())
+                            }
+                            _ => None,
+                        };
+                        prop_assert_eq!(r.renew(&holder, now), expected);
+                    }
+                    LeaseOp::Unregister(h) => {
+                        let holder = addr(&format!("h{h}:1"));
+                        let mut removed = 0;
+                        for (_, hs) in model.values_mut() {
+                            removed += u32::from(hs.remove(&holder));
+                        }
+                        model.retain(|_, (_, hs)| !hs.is_empty());
+                        expires.remove(&holder);
+                        prop_assert_eq!(r.unregister(&holder, &[]), removed);
+                    }
+                    LeaseOp::Advance(ms) => now += Duration::from_millis(ms % (lease_ms * 2)),
+                    LeaseOp::Sweep => {
+                        let gone: BTreeSet<PeerAddr> = expires
+                            .iter()
+                            .filter(|&(_, &e)| now >= e)
+                            .map(|(h, _)| h.clone())
+                            .collect();
+                        let mut expected: Vec<(PeerAddr, u32)> = gone
+                            .iter()
+                            .map(|h| {
+                                let n = model.values().filter(|(_, hs)| hs.contains(h)).count();
+                                (h.clone(), u32::try_from(n).unwrap())
+                            })
+                            .collect();
+                        for (_, hs) in model.values_mut() {
+                            hs.retain(|h| !gone.contains(h));
+                        }
+                        model.retain(|_, (_, hs)| !hs.is_empty());
+                        expires.retain(|h, _| !gone.contains(h));
+                        let mut swept = r.sweep(now);
+                        swept.sort();
+                        expected.sort();
+                        prop_assert_eq!(swept, expected);
+                    }
+                }
+                let registrations: usize = model.values().map(|(_, hs)| hs.len()).sum();
+                prop_assert_eq!(r.registration_count(), registrations);
+                prop_assert_eq!(r.holder_count(), expires.len());
+                // Lookups see the model restricted to live holders.
+                let mut live = model.clone();
+                for (_, hs) in live.values_mut() {
+                    hs.retain(|h| expires.get(h).is_some_and(|&e| now < e));
+                }
+                live.retain(|_, (_, hs)| !hs.is_empty());
+                for n in 0..3u8 {
+                    let key = FileKey::Name(format!("n{n}"));
+                    prop_assert_eq!(r.holders(&key, now), model_holders(&live, &key));
+                    let key = FileKey::Id(FileId([n; 32]));
+                    prop_assert_eq!(r.holders(&key, now), model_holders(&live, &key));
+                }
+                let hits: Vec<(String, u8, u32)> = r
+                    .search("", 100, now)
+                    .into_iter()
+                    .map(|h| (h.file.name, h.file.id.0[0], h.holders))
+                    .collect();
+                let expected: Vec<(String, u8, u32)> = live
+                    .iter()
+                    .map(|((n, i), (_, hs))| (n.clone(), *i, u32::try_from(hs.len()).unwrap()))
+                    .collect();
+                prop_assert_eq!(hits, expected);
             }
         }
     }

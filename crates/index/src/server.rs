@@ -1,5 +1,7 @@
 use std::io::{BufReader, ErrorKind, Write};
 use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
 use std::time::Duration;
 
 use shoal_proto::codec::{self, Service};
@@ -12,6 +14,8 @@ use crate::{IndexError, Store};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
 const READ_BUFFER: usize = 4 << 10;
+/// Floor on the sweep interval, so a tiny test lease does not make the sweeper spin.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Limits and timeouts of an [`IndexServer`].
 #[derive(Clone, Debug)]
@@ -60,6 +64,8 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
 
     /// Binds `addr` (port 0 picks a free port) and serves in the background until the
     /// returned handle is dropped or shut down; [`ServerHandle::addr`] is the real address.
+    /// A sweeper thread removes holders whose lease lapsed every quarter lease, and stops
+    /// with the server.
     pub fn spawn(self, addr: &PeerAddr) -> Result<ServerHandle, IndexError> {
         let bind_error = |source| IndexError::Bind {
             addr: addr.clone(),
@@ -68,12 +74,43 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         let listener = self.transport.bind(addr).map_err(bind_error)?;
         let mut accept = AcceptConfig::new(Service::Index, "index");
         accept.max_connections = self.config.max_connections;
-        let store = self.store;
+        let store = Arc::clone(&self.store);
         let config = self.config;
-        spawn_accept_loop(&self.transport, listener, accept, move |stream, from| {
-            serve_connection(stream, &from, &*store, &config);
-        })
-        .map_err(bind_error)
+        let mut handle =
+            spawn_accept_loop(&self.transport, listener, accept, move |stream, from| {
+                serve_connection(stream, &from, &*store, &config);
+            })
+            .map_err(bind_error)?;
+        let interval = (self.store.lease() / 4).max(MIN_SWEEP_INTERVAL);
+        // Dropping the sender (when the handle stops) wakes and ends the sweeper at once.
+        let (stop, stopped) = mpsc::channel::<()>();
+        let store = self.store;
+        let sweeper = thread::Builder::new()
+            .name("index-sweep".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    sweep_once(&*store);
+                }
+            })
+            .map_err(|e| IndexError::Store(format!("cannot start the lease sweeper: {e}")))?;
+        handle.on_stop(move || {
+            drop(stop);
+            let _ = sweeper.join();
+        });
+        Ok(handle)
+    }
+}
+
+/// One sweep, one log line per expired holder.
+fn sweep_once<S: Store>(store: &S) {
+    match store.sweep_expired() {
+        Ok(expired) => {
+            for (holder, removed) in expired {
+                log::info!("lease of {holder} lapsed: removed its {removed} registrations");
+            }
+        }
+        Err(e) => log::warn!("index: sweeping expired leases failed: {e}"),
     }
 }
 
@@ -239,6 +276,22 @@ fn answer<S: Store>(
                 Err(e) => store_failed(&e),
             }
         }
+        IndexRequest::Renew { holder } => match store.renew(&holder) {
+            Ok(Some(files)) => {
+                log::debug!("index: {holder} renewed its lease ({files} registrations)");
+                IndexResponse::Renewed { files }
+            }
+            Ok(None) => {
+                log::info!("{holder} renewed an unknown or lapsed lease; asked to register again");
+                refuse(
+                    ErrorCode::NotFound,
+                    format!(
+                        "{holder} is not registered (lease lapsed or index restarted); register again"
+                    ),
+                )
+            }
+            Err(e) => store_failed(&e),
+        },
         IndexRequest::Search { query, limit } => {
             let limit = limit.min(config.search_limit);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -1,20 +1,27 @@
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
-use crate::{IndexError, Registry};
+use crate::{Clock, IndexError, Registry, SystemClock};
 
 /// Where registrations live.
 ///
-/// Today in memory ([`MemoryStore`]); next an embedded durable log + snapshot, then
-/// Redis/Valkey so several stateless index servers share one state. Hence the trait is
+/// In memory ([`MemoryStore`]) or in an embedded durable log + snapshots
+/// ([`crate::DurableStore`]); next Redis/Valkey, so several stateless index servers share one
+/// state. Hence the trait is
 /// operation-level (one call per request, which a remote store can answer in one round trip,
 /// e.g. `SRANDMEMBER` for [`Store::locate`]), takes `&self` (the store does its own locking)
 /// and is fallible. The semantics of each operation are those of the same-named
-/// [`Registry`] method.
+/// [`Registry`] method, with the time taken from the store's clock.
+///
+/// Leases: a registration lives for [`Store::lease`] after the holder's last registration
+/// or renewal; lookups never return a holder whose lease lapsed, and
+/// [`Store::sweep_expired`] (which [`crate::IndexServer`] calls every quarter lease)
+/// removes such holders for good.
 pub trait Store: Send + Sync + 'static {
     /// Adds `holder` for each file; returns how many registrations are new.
     fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError>;
@@ -28,6 +35,15 @@ pub trait Store: Send + Sync + 'static {
     /// Files whose name contains `query` (ignoring case), sorted by (name, id), at most
     /// `limit`.
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError>;
+    /// Renews the lease of all of `holder`'s registrations. Returns how many it has, or
+    /// `None` if the store does not know the holder or its lease already lapsed (it must
+    /// register again).
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError>;
+    /// Removes every holder whose lease lapsed, with all its registrations. Returns each
+    /// removed holder and how many registrations it had.
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError>;
+    /// How long a registration lives without renewal.
+    fn lease(&self) -> Duration;
 }
 
 /// A [`Registry`] and its random generator behind one mutex.
@@ -36,6 +52,7 @@ pub trait Store: Send + Sync + 'static {
 /// so contention stays negligible (the index benchmark measures it).
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -60,7 +77,21 @@ impl MemoryStore {
                 registry: Registry::new(),
                 rng,
             }),
+            clock: Arc::new(SystemClock::new()),
         }
+    }
+
+    /// Sets the lease (default 60 s); it applies from the next registration or renewal.
+    pub fn with_lease(self, lease: Duration) -> Self {
+        self.lock().registry.set_lease(lease);
+        self
+    }
+
+    /// Takes lease time from `clock` (default: [`SystemClock`]); tests pass a
+    /// [`crate::ManualClock`].
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -78,7 +109,8 @@ impl Default for MemoryStore {
 
 impl Store for MemoryStore {
     fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        Ok(self.lock().registry.register(holder, files))
+        let now = self.clock.now();
+        Ok(self.lock().registry.register(holder, files, now))
     }
 
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
@@ -86,17 +118,34 @@ impl Store for MemoryStore {
     }
 
     fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+        let now = self.clock.now();
         let mut inner = self.lock();
         let Inner { registry, rng } = &mut *inner;
-        Ok(registry.locate(key, rng))
+        Ok(registry.locate(key, now, rng))
     }
 
     fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
-        Ok(self.lock().registry.holders(key))
+        let now = self.clock.now();
+        Ok(self.lock().registry.holders(key, now))
     }
 
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
-        Ok(self.lock().registry.search(query, limit))
+        let now = self.clock.now();
+        Ok(self.lock().registry.search(query, limit, now))
+    }
+
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+        let now = self.clock.now();
+        Ok(self.lock().registry.renew(holder, now))
+    }
+
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+        let now = self.clock.now();
+        Ok(self.lock().registry.sweep(now))
+    }
+
+    fn lease(&self) -> Duration {
+        self.lock().registry.lease()
     }
 }
 
@@ -128,5 +177,38 @@ mod tests {
             a.unregister(&PeerAddr::new("h0:1").unwrap(), &[]).unwrap(),
             1
         );
+    }
+
+    #[test]
+    fn leases_follow_the_injected_clock() {
+        let clock = crate::ManualClock::new();
+        let store = MemoryStore::with_seed(1)
+            .with_lease(Duration::from_secs(10))
+            .with_clock(clock.clone());
+        let file = FileMeta {
+            name: "x".into(),
+            size: 1,
+            chunk_size: 1024,
+            id: FileId([1; 32]),
+        };
+        let (a, b) = (PeerAddr::new("a:1").unwrap(), PeerAddr::new("b:1").unwrap());
+        store.register(&a, std::slice::from_ref(&file)).unwrap();
+        store.register(&b, &[file]).unwrap();
+        let key = FileKey::Name("x".into());
+        // `a` renews every 5 s, `b` never: `b` vanishes at 10 s exactly, `a` stays.
+        for step in 1..=6 {
+            clock.advance(Duration::from_secs(5));
+            assert_eq!(store.renew(&a).unwrap(), Some(1));
+            let holders = store.holders(&key).unwrap().unwrap().1;
+            let expected = if step < 2 {
+                vec![a.clone(), b.clone()]
+            } else {
+                vec![a.clone()]
+            };
+            assert_eq!(holders, expected, "at {} s", step * 5);
+        }
+        assert_eq!(store.renew(&b).unwrap(), None);
+        assert_eq!(store.sweep_expired().unwrap(), vec![(b, 1)]);
+        assert_eq!(store.lease(), Duration::from_secs(10));
     }
 }

@@ -3,9 +3,12 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::Write;
+use std::sync::mpsc::{Sender, channel};
+use std::time::Duration;
 
 use shoal_index::{
-    IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore, ServerHandle,
+    IndexClient, IndexError, IndexServer, IndexServerConfig, ManualClock, MemoryStore,
+    ServerHandle, Store,
 };
 use shoal_proto::codec::{self, Service};
 use shoal_proto::mem::{MemNetwork, MemTransport};
@@ -304,4 +307,88 @@ fn busy_server_is_reported() {
     }
     // And the first connection is still served.
     first.search("", 1).unwrap();
+}
+
+/// A store that reports every sweep that removed something.
+struct Watched {
+    inner: MemoryStore,
+    swept: Sender<Vec<(PeerAddr, u32)>>,
+}
+
+impl Store for Watched {
+    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.inner.register(holder, files)
+    }
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+        self.inner.unregister(holder, ids)
+    }
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+        self.inner.locate(key)
+    }
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+        self.inner.holders(key)
+    }
+    fn search(
+        &self,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<shoal_proto::message::SearchHit>, IndexError> {
+        self.inner.search(query, limit)
+    }
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+        self.inner.renew(holder)
+    }
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+        let gone = self.inner.sweep_expired()?;
+        if !gone.is_empty() {
+            let _ = self.swept.send(gone.clone());
+        }
+        Ok(gone)
+    }
+    fn lease(&self) -> Duration {
+        self.inner.lease()
+    }
+}
+
+#[test]
+fn heartbeats_keep_a_holder_and_the_server_sweeps_the_silent_one() {
+    let net = MemNetwork::new();
+    let clock = ManualClock::new();
+    // A short real lease only sets how often the sweeper runs (every 10 ms); when a lease
+    // lapses is decided by the manual clock alone.
+    let (swept, sweeps) = channel();
+    let store = Watched {
+        inner: MemoryStore::with_seed(3)
+            .with_lease(Duration::from_millis(40))
+            .with_clock(clock.clone()),
+        swept,
+    };
+    let index = IndexServer::new(net.host("index"), store, IndexServerConfig::default())
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let (alice, bob) = (addr("alice:7000"), addr("bob:7000"));
+    let mut a = client(&net, "alice", &index);
+    let mut b = client(&net, "bob", &index);
+    a.register(&alice, &[meta("song.ogg", 1), meta("notes.txt", 2)])
+        .unwrap();
+    b.register(&bob, &[meta("song.ogg", 1)]).unwrap();
+
+    for _ in 0..3 {
+        clock.advance(Duration::from_millis(30));
+        assert_eq!(a.renew(&alice).unwrap(), 2);
+    }
+    // 90 ms: bob, silent since 0, lapsed at 40 ms; alice renewed at 90 ms.
+    assert_eq!(a.holders(&name("song.ogg")).unwrap().1, vec![alice.clone()]);
+    assert!(matches!(
+        b.renew(&bob),
+        Err(IndexError::UnknownHolder { holder }) if holder == bob
+    ));
+    let gone = sweeps.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(gone, vec![(bob.clone(), 1)]);
+    // Bob re-registers as the refusal told him to, and is listed again.
+    b.register(&bob, &[meta("song.ogg", 1)]).unwrap();
+    assert_eq!(b.renew(&bob).unwrap(), 1);
+    assert_eq!(a.holders(&name("song.ogg")).unwrap().1, vec![alice, bob]);
+    // Stopping the server stops its sweeper (shutdown joins it).
+    index.shutdown();
 }

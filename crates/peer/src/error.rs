@@ -77,6 +77,30 @@ pub enum PeerError {
         /// Why it failed.
         source: io::Error,
     },
+    /// No index accepted the peer's registration (each was unreachable or refused).
+    #[error("no index accepted the registration of {holder}: {reasons}")]
+    NoIndexAccepted {
+        /// The address the peer registers as.
+        holder: PeerAddr,
+        /// Each index with why it failed.
+        reasons: String,
+    },
+    /// The folder cannot be watched for changes.
+    #[error("cannot watch {} for changes: {reason}", dir.display())]
+    Watch {
+        /// The folder.
+        dir: PathBuf,
+        /// Why (from the operating system's watcher).
+        reason: String,
+    },
+    /// A background thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread ("folder watcher", "heartbeat").
+        what: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// The peer server could not start listening.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

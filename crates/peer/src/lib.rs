@@ -13,6 +13,12 @@
 //!   writes into a hidden part file with a resume sidecar, and only when the whole file is
 //!   verified links it into place (never overwriting anything) and registers the new copy with
 //!   the index. An interrupted download, run again, fetches only what is missing.
+//! - [`FolderWatcher`]: follows the folder while the peer runs (inotify, debounced, plus a
+//!   periodic rescan) and reports each [`LibraryChange`]; with [`OpenOptions::hash_cache`]
+//!   the hashes survive restarts, so only changed files are read again.
+//! - [`Announcer`]: keeps the peer's registrations alive on every index it was given
+//!   (register, heartbeat every third of the lease, register again when an index forgot it,
+//!   apply folder changes, unregister everywhere on shutdown).
 //!
 //! Two peers and an index on the in-memory network:
 //!
@@ -61,18 +67,25 @@
 //! # }
 //! ```
 
+mod announce;
 mod download;
 mod error;
+mod hash_cache;
 mod library;
 mod resume;
 mod server;
 mod swarm;
+mod watch;
 
+pub use announce::{Announcer, AnnouncerConfig, IndexStatus};
 pub use download::{
     DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, HolderReport, Progress,
     ProgressCallback,
 };
 pub use error::PeerError;
-pub use library::{Library, SharedFile};
+pub use library::{
+    ChangedFile, Library, LibraryChange, OpenOptions, ScanProgress, ScanReport, SharedFile,
+};
 pub use server::{PeerServer, PeerServerConfig};
 pub use shoal_proto::server::ServerHandle;
+pub use watch::{FolderWatcher, WatchConfig};

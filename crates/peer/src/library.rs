@@ -1,16 +1,24 @@
 //! The shared folder: which files a peer serves, with their ids and chunk hashes.
+//!
+//! Hashing is the slow part of opening a large folder, so it is avoided wherever a file
+//! provably did not change: a rescan reuses the hashes of every file whose stamp (inode,
+//! size, modification and change time) is unchanged, and with [`OpenOptions::hash_cache`]
+//! the hashes also survive restarts in `DIR/.shoal-cache` (see `hash_cache.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal_proto::message::ChunkHash;
 use shoal_proto::{FileId, FileKey, FileMeta, content, validate_name};
 
 use crate::PeerError;
+use crate::hash_cache::{self, CachedFile};
 
 /// One file of the shared folder, with everything needed to serve it.
 #[derive(Clone, Debug)]
@@ -23,15 +31,139 @@ pub struct SharedFile {
     pub path: PathBuf,
 }
 
+/// How [`Library::open_with`] opens a folder.
+#[derive(Clone, Copy)]
+pub struct OpenOptions<'a> {
+    /// Preferred chunk size (see [`content::chunk_size_for`]).
+    pub chunk_size: u32,
+    /// Keep the hashes in `DIR/.shoal-cache`, so a restart hashes only files that changed.
+    /// Off by default: the library then writes nothing into the folder.
+    pub hash_cache: bool,
+    /// Called as the first scan goes (after every file, and within large files).
+    pub progress: Option<&'a dyn Fn(&ScanProgress<'_>)>,
+}
+
+impl Default for OpenOptions<'_> {
+    fn default() -> Self {
+        OpenOptions {
+            chunk_size: content::DEFAULT_CHUNK_SIZE,
+            hash_cache: false,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("chunk_size", &self.chunk_size)
+            .field("hash_cache", &self.hash_cache)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// How far a scan is. Counts cover only the files that need hashing (the cache covers the
+/// rest), so the rate and ETA describe the real work.
+#[derive(Clone, Debug)]
+pub struct ScanProgress<'a> {
+    /// The file being hashed ("" before the first).
+    pub name: &'a str,
+    /// Files hashed so far.
+    pub files_done: usize,
+    /// Files to hash in all.
+    pub files_total: usize,
+    /// Bytes hashed so far.
+    pub bytes_done: u64,
+    /// Bytes to hash in all.
+    pub bytes_total: u64,
+    /// Files whose hashes were reused without reading them.
+    pub cached: usize,
+    /// Time since the scan started.
+    pub elapsed: Duration,
+}
+
+impl ScanProgress<'_> {
+    /// Bytes hashed per second so far.
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes_done as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Time left at the rate so far; `None` until there is a rate.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| {
+            Duration::from_secs_f64(self.bytes_total.saturating_sub(self.bytes_done) as f64 / rate)
+        })
+    }
+}
+
+/// A file whose content changed under the same name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangedFile {
+    /// What it was.
+    pub old: FileMeta,
+    /// What it is now.
+    pub new: FileMeta,
+}
+
+/// What changed in a library since the previous report (for [`Library::open_with`]: since
+/// an empty library), by name. A file renamed within the folder is one removal and one
+/// addition with the same id; a file touched but not changed is no change at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LibraryChange {
+    /// New names.
+    pub added: Vec<FileMeta>,
+    /// Names whose content changed.
+    pub changed: Vec<ChangedFile>,
+    /// Names gone from the folder.
+    pub removed: Vec<FileMeta>,
+}
+
+impl LibraryChange {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// What a scan did.
+#[derive(Clone, Debug, Default)]
+pub struct ScanReport {
+    /// Files in the library after the scan.
+    pub files: usize,
+    /// Files read and hashed.
+    pub hashed: usize,
+    /// Files whose hashes were reused (unchanged since the last scan, or vouched for by the
+    /// hash cache).
+    pub cached: usize,
+    /// Bytes read and hashed.
+    pub bytes_hashed: u64,
+    /// Files left as they were because they are still being written (watcher rescans only).
+    pub busy: usize,
+    /// How long the scan took.
+    pub elapsed: Duration,
+    /// What changed.
+    pub change: LibraryChange,
+}
+
 /// What a file looked like when it was hashed; a rescan re-hashes only files whose stamp
-/// changed.
+/// changed. The change time is included because it cannot be set back: a tool that rewrites
+/// a file and restores its modification time (`cp -p`, `touch -r`) still changes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
+pub(crate) struct Stamp {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
+    pub(crate) mtime_nsec: i64,
+    pub(crate) ctime: i64,
+    pub(crate) ctime_nsec: i64,
 }
 
 impl Stamp {
@@ -42,7 +174,30 @@ impl Stamp {
             size: m.size(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
         }
+    }
+
+    /// Whether a write right after `seen_at` could leave the modification time unchanged
+    /// (it ticks coarsely), so the stamp cannot prove the hash later. Such a file is hashed
+    /// again at the next rescan and not written to the hash cache, as git does with its
+    /// "racily clean" index entries. Whole-second times suggest a coarse file system (FAT
+    /// has 2 s); otherwise timestamps tick in milliseconds at worst.
+    fn racy(&self, seen_at: SystemTime) -> bool {
+        let granularity = if self.mtime_nsec == 0 {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(100)
+        };
+        let Ok(seen) = seen_at.duration_since(UNIX_EPOCH) else {
+            return true;
+        };
+        let mtime = Duration::new(
+            u64::try_from(self.mtime).unwrap_or(0),
+            u32::try_from(self.mtime_nsec).unwrap_or(0),
+        );
+        seen < mtime + granularity
     }
 }
 
@@ -50,6 +205,8 @@ impl Stamp {
 struct Entry {
     file: SharedFile,
     stamp: Option<Stamp>,
+    /// The stamp proves the hashes (false if hashed racily, see [`Stamp::racy`]).
+    trusted: bool,
     /// The `State::generation` at which [`Library::insert`] added it (0 for scanned files).
     inserted: u64,
 }
@@ -61,6 +218,9 @@ struct State {
     by_id: HashMap<FileId, String>,
     /// Counts inserts, so a rescan keeps files inserted while it was reading the folder.
     generation: u64,
+    /// The files as of the last report, which the next rescan's change is relative to
+    /// (so inserts between two rescans are reported too).
+    reported: BTreeMap<String, FileMeta>,
 }
 
 impl State {
@@ -72,20 +232,47 @@ impl State {
                 .or_insert_with(|| name.clone());
         }
     }
+
+    /// The change from `reported` to now, and now becomes the reported state.
+    fn take_change(&mut self) -> LibraryChange {
+        let mut change = LibraryChange::default();
+        let mut now = BTreeMap::new();
+        for (name, entry) in &self.by_name {
+            let meta = &entry.file.meta;
+            match self.reported.remove(name) {
+                None => change.added.push(meta.clone()),
+                Some(old) if old != *meta => change.changed.push(ChangedFile {
+                    old,
+                    new: meta.clone(),
+                }),
+                Some(_) => {}
+            }
+            now.insert(name.clone(), meta.clone());
+        }
+        change.removed = std::mem::take(&mut self.reported).into_values().collect();
+        self.reported = now;
+        change
+    }
 }
 
 struct Inner {
     dir: PathBuf,
     chunk_size: u32,
+    hash_cache: bool,
     state: RwLock<State>,
+    /// Serialises cache writers (they share one temporary file).
+    cache_writer: Mutex<()>,
+    /// An insert happened since the cache was last written.
+    cache_dirty: AtomicBool,
 }
 
 /// The shared folder. Cheap to clone (an `Arc` inside) and safe to share between the server
-/// threads and a downloader.
+/// threads, a downloader and a [`crate::FolderWatcher`].
 ///
 /// Only regular files directly in the folder whose names pass
 /// [`validate_name`] and do not start with `.` are listed; hidden files include
-/// the downloader's part files, so a half-downloaded file is never served or registered.
+/// the downloader's part files and the hash cache, so a half-downloaded file is never served
+/// or registered.
 #[derive(Clone)]
 pub struct Library {
     inner: Arc<Inner>,
@@ -102,26 +289,63 @@ impl std::fmt::Debug for Library {
 
 impl Library {
     /// Scans `dir` (creating it if missing) and hashes every regular file directly in it,
-    /// in chunks of [`content::chunk_size_for`]`(size, chunk_size)` bytes.
+    /// in chunks of [`content::chunk_size_for`]`(size, chunk_size)` bytes. No hash cache, no
+    /// progress: see [`Library::open_with`].
     ///
     /// Hidden files (names starting with `.`, which covers part files), names that fail
     /// [`validate_name`], symlinks and anything else that is not a regular file are skipped.
     /// A file that cannot be read is skipped with a warning.
     pub fn open(dir: &Path, chunk_size: u32) -> Result<Library, PeerError> {
+        let options = OpenOptions {
+            chunk_size,
+            ..OpenOptions::default()
+        };
+        Library::open_with(dir, &options).map(|(library, _)| library)
+    }
+
+    /// [`Library::open`] with options: the on-disk hash cache (files it vouches for are not
+    /// read) and a progress callback. The report's change lists every file as added.
+    pub fn open_with(
+        dir: &Path,
+        options: &OpenOptions<'_>,
+    ) -> Result<(Library, ScanReport), PeerError> {
+        let started = Instant::now();
         fs::create_dir_all(dir).map_err(|e| PeerError::io("create the folder", dir, e))?;
-        let by_name = scan(dir, chunk_size, &BTreeMap::new())?;
+        let disk = if options.hash_cache {
+            hash_cache::load(dir)
+        } else {
+            HashMap::new()
+        };
+        let disk_entries = disk.len();
+        let sources = Sources {
+            memory: &BTreeMap::new(),
+            disk,
+            busy: &|_| false,
+            progress: options.progress,
+        };
+        let (by_name, mut report) = scan(dir, options.chunk_size, sources, started)?;
         let mut state = State {
             by_name,
             ..State::default()
         };
         state.reindex();
-        Ok(Library {
+        report.change = state.take_change();
+        let library = Library {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                chunk_size,
+                chunk_size: options.chunk_size,
+                hash_cache: options.hash_cache,
                 state: RwLock::new(state),
+                cache_writer: Mutex::new(()),
+                cache_dirty: AtomicBool::new(false),
             }),
-        })
+        };
+        // Rewritten when it would differ: new hashes, or entries of files now gone.
+        if report.hashed > 0 || report.cached != disk_entries {
+            library.save_cache();
+        }
+        report.elapsed = started.elapsed();
+        Ok((library, report))
     }
 
     /// The shared folder.
@@ -154,7 +378,8 @@ impl Library {
     }
 
     /// Adds (or replaces) a file, e.g. after a verified download; its hashes are trusted as
-    /// given, not recomputed.
+    /// given, not recomputed, and a later rescan does not read it again while its stamp is
+    /// unchanged. The next [`Library::rescan`] reports it (added or changed).
     pub fn insert(&self, file: SharedFile) {
         let stamp = fs::symlink_metadata(&file.path)
             .ok()
@@ -167,6 +392,7 @@ impl Library {
         let entry = Entry {
             file,
             stamp,
+            trusted: true,
             inserted: state.generation,
         };
         let replaced = state.by_name.insert(name.clone(), entry);
@@ -177,17 +403,36 @@ impl Library {
                 state.by_id.entry(id).or_insert(name);
             }
         }
+        self.inner.cache_dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Re-reads the folder: new files are hashed, changed ones (size, mtime or inode)
-    /// re-hashed, vanished ones dropped. Unchanged files keep their hashes.
-    pub fn rescan(&self) -> Result<(), PeerError> {
+    /// Re-reads the folder: new files are hashed, changed ones (inode, size, modification or
+    /// change time) re-hashed, vanished ones dropped; unchanged files keep their hashes.
+    /// Returns what changed since the previous rescan (inserts included).
+    pub fn rescan(&self) -> Result<ScanReport, PeerError> {
+        self.rescan_skipping(&|_| false)
+    }
+
+    /// [`Library::rescan`], leaving the names `busy` picks as they were (a file still being
+    /// written is not worth hashing: it is about to change again).
+    pub(crate) fn rescan_skipping(
+        &self,
+        busy: &dyn Fn(&str) -> bool,
+    ) -> Result<ScanReport, PeerError> {
+        let started = Instant::now();
         // Hash outside the lock: serving goes on while a big folder is read.
-        let (cache, generation) = {
+        let (memory, generation) = {
             let state = self.read();
             (state.by_name.clone(), state.generation)
         };
-        let mut by_name = scan(&self.inner.dir, self.inner.chunk_size, &cache)?;
+        let sources = Sources {
+            memory: &memory,
+            disk: HashMap::new(),
+            busy,
+            progress: None,
+        };
+        let (mut by_name, mut report) =
+            scan(&self.inner.dir, self.inner.chunk_size, sources, started)?;
         let mut state = self.write();
         // Files inserted after the snapshot may have landed after `read_dir` passed them.
         for (name, entry) in &state.by_name {
@@ -197,12 +442,56 @@ impl Library {
         }
         state.by_name = by_name;
         state.reindex();
-        Ok(())
+        report.files = state.by_name.len();
+        report.change = state.take_change();
+        drop(state);
+        let inserted = self.inner.cache_dirty.load(Ordering::Relaxed);
+        if report.hashed > 0 || !report.change.is_empty() || inserted {
+            self.save_cache();
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
 
     /// Total size of the shared files, in bytes.
     pub fn total_bytes(&self) -> u64 {
         self.read().by_name.values().map(|e| e.file.meta.size).sum()
+    }
+
+    /// Writes the hash cache (if enabled): every file whose stamp vouches for its hashes.
+    /// A failure costs only re-hashing after a restart, so it is a warning.
+    fn save_cache(&self) {
+        if !self.inner.hash_cache {
+            return;
+        }
+        let _writer = self
+            .inner
+            .cache_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.inner.cache_dirty.store(false, Ordering::Relaxed);
+        let entries: Vec<(String, Stamp, SharedFile)> = self
+            .read()
+            .by_name
+            .iter()
+            .filter(|(_, e)| e.trusted)
+            .filter_map(|(name, e)| Some((name.clone(), e.stamp?, e.file.clone())))
+            .collect();
+        let rows = entries.iter().map(|(name, stamp, file)| {
+            (
+                name.as_str(),
+                stamp,
+                file.meta.chunk_size,
+                &file.meta.id,
+                &file.chunk_hashes[..],
+            )
+        });
+        if let Err(e) = hash_cache::save(&self.inner.dir, rows) {
+            log::warn!(
+                "cannot write the hash cache in {}: {e} (files will be hashed again after a restart)",
+                self.inner.dir.display()
+            );
+        }
     }
 
     // A thread that panicked while holding the lock cannot have left a half-made state:
@@ -243,19 +532,28 @@ pub(crate) fn hash_file(
     preferred_chunk_size: u32,
     buf: &mut Vec<u8>,
 ) -> io::Result<SharedFile> {
-    hash_file_stamped(path, name, preferred_chunk_size, buf).map(|(file, _)| file)
+    hash_file_stamped(path, name, preferred_chunk_size, buf, &mut |_| {}).map(|(file, _, _)| file)
 }
 
+/// Hashes a file, calling `on_read` with each number of bytes read. Returns the file, its
+/// stamp from before the read, and whether that stamp proves the hashes (not racy).
 fn hash_file_stamped(
     path: &Path,
     name: &str,
     preferred_chunk_size: u32,
     buf: &mut Vec<u8>,
-) -> io::Result<(SharedFile, Stamp)> {
-    let (mut file, meta) = open_regular(path)?;
+    on_read: &mut dyn FnMut(u64),
+) -> io::Result<(SharedFile, Stamp, bool)> {
+    // Taken before the stamp: the racy check must not credit time spent reading.
+    let seen_at = SystemTime::now();
+    let (file, meta) = open_regular(path)?;
     let size = meta.len();
     let chunk_size = content::chunk_size_for(size, preferred_chunk_size);
-    let (id, hashes) = content::hash_reader(&mut file, size, chunk_size, buf)?;
+    let mut reader = CountingReader {
+        inner: file,
+        on_read,
+    };
+    let (id, hashes) = content::hash_reader(&mut reader, size, chunk_size, buf)?;
     let shared = SharedFile {
         meta: FileMeta {
             name: name.to_string(),
@@ -268,19 +566,47 @@ fn hash_file_stamped(
     };
     // Stamped before reading: a write during hashing changes the mtime, so the next rescan
     // hashes it again.
-    Ok((shared, Stamp::of(&meta)))
+    let stamp = Stamp::of(&meta);
+    Ok((shared, stamp, !stamp.racy(seen_at)))
 }
 
-/// Lists and hashes the shareable files of `dir`, reusing `cache` entries whose stamp is
-/// unchanged.
+/// Reports bytes as they are read, for scan progress inside large files.
+struct CountingReader<'a, R> {
+    inner: R,
+    on_read: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.on_read)(n as u64);
+        Ok(n)
+    }
+}
+
+/// Where a scan may find hashes without reading files, and what it reports to.
+struct Sources<'a> {
+    /// The library's entries (a rescan): reused while their stamp is unchanged.
+    memory: &'a BTreeMap<String, Entry>,
+    /// The on-disk cache (first scan): reused when an entry vouches for the file.
+    disk: HashMap<String, CachedFile>,
+    /// Names left as they are in `memory` (absent if they are not there).
+    busy: &'a dyn Fn(&str) -> bool,
+    progress: Option<&'a dyn Fn(&ScanProgress<'_>)>,
+}
+
+/// Lists and hashes the shareable files of `dir`, reusing what `sources` vouches for.
+/// First lists and stats everything, so progress knows the total work before hashing.
 fn scan(
     dir: &Path,
     chunk_size: u32,
-    cache: &BTreeMap<String, Entry>,
-) -> Result<BTreeMap<String, Entry>, PeerError> {
+    mut sources: Sources<'_>,
+    started: Instant,
+) -> Result<(BTreeMap<String, Entry>, ScanReport), PeerError> {
     let entries = fs::read_dir(dir).map_err(|e| PeerError::io("list the folder", dir, e))?;
     let mut out = BTreeMap::new();
-    let mut buf = Vec::new();
+    let mut report = ScanReport::default();
+    let mut to_hash = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -313,30 +639,102 @@ fn scan(
                 continue;
             }
         }
-        if let Some(old) = cache.get(&name) {
-            let now = fs::symlink_metadata(&path).ok().map(|m| Stamp::of(&m));
-            if old.stamp.is_some() && old.stamp == now {
+        if (sources.busy)(&name) {
+            if let Some(old) = sources.memory.get(&name) {
                 let mut kept = old.clone();
                 kept.inserted = 0;
                 out.insert(name, kept);
+            }
+            report.busy += 1;
+            continue;
+        }
+        let stamp = match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() => Stamp::of(&m),
+            // Gone or replaced since `read_dir`: the next rescan sees what is there.
+            Ok(_) => continue,
+            Err(e) => {
+                log::debug!("skipping {}: {e}", path.display());
+                continue;
+            }
+        };
+        if let Some(old) = sources.memory.get(&name) {
+            if old.trusted && old.stamp == Some(stamp) {
+                let mut kept = old.clone();
+                kept.inserted = 0;
+                out.insert(name, kept);
+                report.cached += 1;
                 continue;
             }
         }
-        match hash_file_stamped(&path, &name, chunk_size, &mut buf) {
-            Ok((file, stamp)) => {
-                out.insert(
-                    name,
-                    Entry {
-                        file,
-                        stamp: Some(stamp),
-                        inserted: 0,
+        if let Some(cached) = sources.disk.remove(&name) {
+            if cached.vouches_for(&stamp, chunk_size) {
+                let file = SharedFile {
+                    meta: FileMeta {
+                        name: name.clone(),
+                        size: cached.size,
+                        chunk_size: cached.chunk_size,
+                        id: cached.id,
                     },
-                );
+                    chunk_hashes: Arc::new(cached.chunk_hashes),
+                    path,
+                };
+                let entry = Entry {
+                    file,
+                    stamp: Some(stamp),
+                    trusted: true,
+                    inserted: 0,
+                };
+                out.insert(name, entry);
+                report.cached += 1;
+                continue;
+            }
+        }
+        to_hash.push((name, path, stamp.size));
+    }
+
+    let files_total = to_hash.len();
+    let bytes_total: u64 = to_hash.iter().map(|(_, _, size)| size).sum();
+    let (mut files_done, mut bytes_done) = (0, 0u64);
+    let cached = report.cached;
+    let show = |name: &str, files_done: usize, bytes_done: u64| {
+        if let Some(show) = sources.progress {
+            show(&ScanProgress {
+                name,
+                files_done,
+                files_total,
+                bytes_done,
+                bytes_total,
+                cached,
+                elapsed: started.elapsed(),
+            });
+        }
+    };
+    show("", 0, 0);
+    let mut buf = Vec::new();
+    for (name, path, _) in to_hash {
+        let mut on_read = |n: u64| {
+            bytes_done += n;
+            show(&name, files_done, bytes_done);
+        };
+        match hash_file_stamped(&path, &name, chunk_size, &mut buf, &mut on_read) {
+            Ok((file, stamp, trusted)) => {
+                report.hashed += 1;
+                report.bytes_hashed += file.meta.size;
+                let entry = Entry {
+                    file,
+                    stamp: Some(stamp),
+                    trusted,
+                    inserted: 0,
+                };
+                out.insert(name, entry);
             }
             Err(e) => log::warn!("skipping {}: cannot read it: {e}", path.display()),
         }
+        files_done += 1;
+        show("", files_done, bytes_done);
     }
-    Ok(out)
+    report.files = out.len();
+    Ok((out, report))
 }
 
 #[cfg(test)]
@@ -433,6 +831,229 @@ mod tests {
         assert_eq!(now.size, 7000);
         assert!(lib.get(&FileKey::Id(gone_id)).is_none());
         assert!(lib.get(&FileKey::Id(old_change)).is_none());
+    }
+
+    /// Sets a file's modification time an hour back, so its stamp is not racy (a file
+    /// written a moment ago is hashed again at the next scan; see `Stamp::racy`).
+    fn age(path: &Path) {
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+
+    fn cached_open(dir: &Path) -> (Library, ScanReport) {
+        let options = OpenOptions {
+            chunk_size: 1024,
+            hash_cache: true,
+            progress: None,
+        };
+        Library::open_with(dir, &options).unwrap()
+    }
+
+    #[test]
+    fn the_hash_cache_spares_unchanged_files_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for (name, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+            fs::write(dir.join(name), data(5000, seed)).unwrap();
+            age(&dir.join(name));
+        }
+        let (first, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached, report.files), (3, 0, 3));
+        assert_eq!(report.bytes_hashed, 15_000);
+        assert_eq!(report.change.added.len(), 3);
+        assert!(dir.join(hash_cache::CACHE_FILE).is_file());
+        let ids = first.files();
+        drop(first);
+
+        let (again, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (0, 3));
+        assert_eq!(again.files(), ids);
+        assert_eq!(
+            again
+                .get(&FileKey::Name("a".into()))
+                .unwrap()
+                .chunk_hashes
+                .len(),
+            5
+        );
+
+        // A changed file is hashed again, even with the same size and modification time
+        // (the change time gives it away); a new file is hashed; a gone one dropped.
+        let changed = data(5000, 9);
+        let mtime = fs::metadata(dir.join("b")).unwrap().modified().unwrap();
+        fs::write(dir.join("b"), &changed).unwrap();
+        File::options()
+            .write(true)
+            .open(dir.join("b"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        fs::write(dir.join("d"), data(10, 4)).unwrap();
+        age(&dir.join("d"));
+        fs::remove_file(dir.join("c")).unwrap();
+        drop(again);
+        let (lib, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (2, 1));
+        assert_eq!(
+            lib.get(&FileKey::Name("b".into())).unwrap().meta.id,
+            id_of(&changed)
+        );
+        let (_, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached, report.files), (0, 3, 3));
+
+        // Garbage in the cache: ignored, everything hashed, and a good cache written again.
+        fs::write(dir.join(hash_cache::CACHE_FILE), b"not a cache").unwrap();
+        let (_, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (3, 0));
+        let (_, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (0, 3));
+    }
+
+    #[test]
+    fn a_file_hashed_right_after_a_write_is_not_trusted_to_the_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("fresh"), data(3000, 1)).unwrap();
+        fs::write(dir.join("old"), data(3000, 2)).unwrap();
+        age(&dir.join("old"));
+        let (lib, report) = cached_open(dir);
+        assert_eq!(report.hashed, 2);
+        // In memory too: the next rescan reads it again (same content: no change).
+        let rescan = lib.rescan().unwrap();
+        assert_eq!((rescan.hashed, rescan.cached), (1, 1));
+        assert!(rescan.change.is_empty());
+        drop(lib);
+        age(&dir.join("fresh"));
+        let (_, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (1, 1));
+    }
+
+    #[test]
+    fn without_the_cache_nothing_is_written_into_the_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a"), data(3000, 1)).unwrap();
+        age(&tmp.path().join("a"));
+        let lib = Library::open(tmp.path(), 1024).unwrap();
+        fs::write(tmp.path().join("b"), data(3000, 2)).unwrap();
+        lib.rescan().unwrap();
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn progress_counts_the_work_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("small"), data(1000, 1)).unwrap();
+        fs::write(dir.join("large"), data(300_000, 2)).unwrap();
+        for name in ["small", "large"] {
+            age(&dir.join(name));
+        }
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |p: &ScanProgress<'_>| {
+            seen.borrow_mut().push((
+                p.files_done,
+                p.files_total,
+                p.bytes_done,
+                p.bytes_total,
+                p.cached,
+            ));
+        };
+        let options = OpenOptions {
+            chunk_size: 16384,
+            hash_cache: true,
+            progress: Some(&record),
+        };
+        Library::open_with(dir, &options).unwrap();
+        let seen = seen.take();
+        assert_eq!(seen.first(), Some(&(0, 2, 0, 301_000, 0)));
+        assert_eq!(seen.last(), Some(&(2, 2, 301_000, 301_000, 0)));
+        // Inside the large file too, not only between files.
+        assert!(seen.len() > 10, "{}", seen.len());
+        assert!(seen.windows(2).all(|w| w[0].2 <= w[1].2));
+
+        // The second time the cache covers everything: nothing to hash.
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |p: &ScanProgress<'_>| seen.borrow_mut().push((p.files_total, p.cached));
+        let options = OpenOptions {
+            progress: Some(&record),
+            ..options
+        };
+        Library::open_with(dir, &options).unwrap();
+        assert_eq!(seen.take(), [(0, 2)]);
+    }
+
+    #[test]
+    fn rescan_reports_changes_since_the_last_report() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("keep"), data(5000, 1)).unwrap();
+        fs::write(dir.join("edit"), data(5000, 2)).unwrap();
+        fs::write(dir.join("drop"), data(5000, 3)).unwrap();
+        let lib = Library::open(dir, 1024).unwrap();
+        let before = lib.files();
+        assert!(lib.rescan().unwrap().change.is_empty());
+
+        fs::write(dir.join("edit"), data(5000, 4)).unwrap();
+        fs::remove_file(dir.join("drop")).unwrap();
+        fs::write(dir.join("new"), data(10, 5)).unwrap();
+        // Touched, same content: not a change.
+        File::options()
+            .write(true)
+            .open(dir.join("keep"))
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+        let change = lib.rescan().unwrap().change;
+        let names = |m: &[FileMeta]| m.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&change.added), ["new"]);
+        assert_eq!(names(&change.removed), ["drop"]);
+        assert_eq!(change.changed.len(), 1);
+        assert_eq!(change.changed[0].old, before[1]);
+        assert_eq!(change.changed[0].new, lib.files()[0]);
+        assert!(lib.rescan().unwrap().change.is_empty());
+
+        // An insert (a finished download) is reported by the next rescan, without a re-hash.
+        for name in ["keep", "edit", "new"] {
+            age(&dir.join(name));
+        }
+        assert!(lib.rescan().unwrap().change.is_empty());
+        let path = dir.join("got");
+        fs::write(&path, data(3000, 6)).unwrap();
+        age(&path);
+        let file = hash_file(&path, "got", 1024, &mut Vec::new()).unwrap();
+        lib.insert(file.clone());
+        let report = lib.rescan_skipping(&|_| false).unwrap();
+        assert_eq!(report.change.added, [file.meta]);
+        assert!(report.change.changed.is_empty() && report.change.removed.is_empty());
+        assert_eq!(report.hashed, 0);
+    }
+
+    #[test]
+    fn busy_names_are_left_as_they_were() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("growing"), data(5000, 1)).unwrap();
+        let lib = Library::open(dir, 1024).unwrap();
+        let old = lib.files();
+        fs::write(dir.join("growing"), data(9000, 1)).unwrap();
+        fs::write(dir.join("partial"), data(100, 2)).unwrap();
+        let busy = |name: &str| name == "growing" || name == "partial";
+        let report = lib.rescan_skipping(&busy).unwrap();
+        assert_eq!((report.busy, report.hashed), (2, 0));
+        assert!(report.change.is_empty());
+        assert_eq!(lib.files(), old);
+        let report = lib.rescan().unwrap();
+        assert_eq!(report.change.added.len(), 1);
+        assert_eq!(report.change.changed.len(), 1);
     }
 
     #[test]

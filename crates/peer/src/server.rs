@@ -1,12 +1,13 @@
 //! The peer server: serves the manifests and chunks of the library's files.
 
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
+use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, ErrorReply, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
 use shoal_proto::{Connection, FileId, FileKey, PeerAddr, ProtoError, Transport, content};
@@ -24,6 +25,9 @@ pub struct PeerServerConfig {
     pub max_connections: usize,
     /// A connection idle this long between requests is closed (default 120 s; `None`: never).
     pub idle_timeout: Option<Duration>,
+    /// A request (or the handshake) must arrive whole within this long of its first byte,
+    /// however slowly it trickles in: slowloris clients are dropped (default 10 s).
+    pub frame_timeout: Duration,
     /// A write that cannot progress for this long ends the connection (default 30 s).
     pub io_timeout: Duration,
     /// Largest request frame accepted, in bytes.
@@ -38,6 +42,7 @@ impl Default for PeerServerConfig {
         PeerServerConfig {
             max_connections: 256,
             idle_timeout: Some(Duration::from_secs(120)),
+            frame_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
             request_limit: codec::DEFAULT_REQUEST_LIMIT,
             max_uploads: 16,
@@ -88,23 +93,29 @@ impl<T: Transport> PeerServer<T> {
 
 /// One connection: the handshake, then requests until the client leaves.
 fn serve<S: Connection>(
-    mut stream: S,
+    stream: S,
     from: PeerAddr,
     library: &Library,
     config: &PeerServerConfig,
     uploads: &AtomicUsize,
 ) {
+    // Reads wait at most one frame budget; quiet time between requests is added up against
+    // the idle timeout in `Session::run`.
     let setup = stream
-        .set_read_timeout(config.idle_timeout)
-        .and_then(|()| stream.set_write_timeout(Some(config.io_timeout)))
-        .map_err(ProtoError::from)
-        // The hello is read straight from the stream (exactly 8 bytes), so nothing the
-        // client sends after it is lost to the buffered reader below.
-        .and_then(|()| codec::server_handshake(&mut stream, Service::Peer));
+        .set_read_timeout(Some(config.frame_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(config.io_timeout)));
     if let Err(e) = setup {
+        log::debug!("cannot set up the connection from {from}: {e}");
+        return;
+    }
+    let mut stream = FrameDeadline::new(stream, config.frame_timeout);
+    // The hello is read straight from the stream (exactly 8 bytes), so nothing the client
+    // sends after it is lost to the buffered reader below.
+    if let Err(e) = codec::server_handshake(&mut stream, Service::Peer) {
         log::debug!("handshake with {from} failed: {e}");
         return;
     }
+    stream.frame_done();
     let mut session = Session {
         conn: BufReader::with_capacity(REQUEST_BUF, stream),
         from,
@@ -119,7 +130,7 @@ fn serve<S: Connection>(
 }
 
 struct Session<'a, S> {
-    conn: BufReader<S>,
+    conn: BufReader<FrameDeadline<S>>,
     from: PeerAddr,
     library: &'a Library,
     config: &'a PeerServerConfig,
@@ -135,10 +146,23 @@ struct Session<'a, S> {
 
 impl<S: Connection> Session<'_, S> {
     fn run(&mut self) {
+        let mut quiet = Duration::ZERO;
         loop {
             let request =
                 codec::read_frame(&mut self.conn, self.config.request_limit, &mut self.frame);
+            if request.is_ok() {
+                quiet = Duration::ZERO;
+                self.conn.get_mut().frame_done();
+            }
             let result = match request {
+                Err(ProtoError::Idle) => {
+                    quiet += self.config.frame_timeout;
+                    if self.config.idle_timeout.is_some_and(|idle| quiet >= idle) {
+                        log::debug!("closing {}: idle for {} s", self.from, quiet.as_secs());
+                        return;
+                    }
+                    continue;
+                }
                 Ok(PeerRequest::Manifest { key }) => self.manifest(&key),
                 Ok(PeerRequest::ReadChunks {
                     id,

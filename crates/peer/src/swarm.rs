@@ -533,6 +533,10 @@ fn read_loop<S: Connection>(
                 codec::read_frame(stream, job.config.response_limit, &mut frame).map_err(|e| {
                     match e {
                         e if e.is_disconnect() => DropReason::Failed(e.to_string()),
+                        ProtoError::Idle => DropReason::Failed(format!(
+                            "stalled: nothing arrived for {} s",
+                            job.config.io_timeout.as_secs()
+                        )),
                         ProtoError::Io(io) => DropReason::Failed(io.to_string()),
                         other => DropReason::Protocol(other.to_string()),
                     }

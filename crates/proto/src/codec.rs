@@ -97,11 +97,50 @@ pub fn client_handshake<S: Read + Write>(
     stream: &mut S,
     service: Service,
 ) -> Result<(), ProtoError> {
-    // A server at its limit may answer and close before reading our hello; its answer can
-    // still be read after a failed write, and it says more than "broken pipe".
     let sent = stream
         .write_all(&hello(service, 0))
         .and_then(|()| stream.flush());
+    check_reply(stream, service, sent)
+}
+
+/// [`client_handshake`] with the first request sent in the same write as the hello, so a
+/// fresh connection costs one round trip instead of two: afterwards read `first`'s response
+/// frame as usual. A refusal (busy, version, service) is reported as by [`client_handshake`];
+/// a refused request was not processed.
+pub fn client_handshake_with<S: Read + Write, M: Serialize>(
+    stream: &mut S,
+    service: Service,
+    first: &M,
+) -> Result<(), ProtoError> {
+    let mut frame = Vec::with_capacity(128);
+    encode_frame(first, &mut frame)?;
+    client_handshake_with_frame(stream, service, &frame)
+}
+
+/// [`client_handshake_with`] for a request already encoded by [`encode_frame`] (a client
+/// that reuses its buffer, or retries the same request).
+pub fn client_handshake_with_frame<S: Read + Write>(
+    stream: &mut S,
+    service: Service,
+    frame: &[u8],
+) -> Result<(), ProtoError> {
+    let mut out = Vec::with_capacity(HELLO_LEN + frame.len());
+    out.extend_from_slice(&hello(service, 0));
+    out.extend_from_slice(frame);
+    // One write: the hello and the request leave in one segment. The server reads exactly
+    // the 8 hello bytes before answering, so the request waits in its socket buffer.
+    let sent = stream.write_all(&out).and_then(|()| stream.flush());
+    check_reply(stream, service, sent)
+}
+
+/// Reads and checks the server's answer to our hello.
+fn check_reply<S: Read>(
+    stream: &mut S,
+    service: Service,
+    sent: io::Result<()>,
+) -> Result<(), ProtoError> {
+    // A server at its limit may answer and close before reading our hello; its answer can
+    // still be read after a failed write, and it says more than "broken pipe".
     let reply = match (read_hello(stream), sent) {
         (Ok(reply), _) => reply,
         (Err(_), Err(write_error)) => return Err(write_error.into()),
@@ -203,6 +242,15 @@ pub fn read_frame<R: Read, M: DeserializeOwned>(
     while got < 4 {
         match r.read(&mut len_bytes[got..]) {
             Ok(0) if got == 0 => return Err(ProtoError::Closed),
+            Err(e)
+                if got == 0
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(ProtoError::Idle);
+            }
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -375,5 +423,43 @@ mod tests {
             Err(ProtoError::Busy)
         ));
         let _ = PeerAddr::new("x:1").unwrap();
+    }
+
+    #[test]
+    fn hello_and_first_request_in_one_write() {
+        let request = IndexRequest::Locate {
+            key: FileKey::Name("a.txt".into()),
+        };
+        // The server's answer and the response, as the client will read them.
+        let mut input = hello(Service::Index, STATUS_OK).to_vec();
+        encode_frame(&IndexResponse::Registered { added: 1 }, &mut input).unwrap();
+        let mut client = Scripted {
+            input: Cursor::new(input),
+            output: vec![],
+        };
+        client_handshake_with(&mut client, Service::Index, &request).unwrap();
+        let mut scratch = Vec::new();
+        let response: IndexResponse =
+            read_frame(&mut client, DEFAULT_RESPONSE_LIMIT, &mut scratch).unwrap();
+        assert_eq!(response, IndexResponse::Registered { added: 1 });
+
+        // The server side reads exactly the hello, and the request follows intact.
+        let mut server = Scripted {
+            input: Cursor::new(client.output),
+            output: vec![],
+        };
+        server_handshake(&mut server, Service::Index).unwrap();
+        let back: IndexRequest =
+            read_frame(&mut server, DEFAULT_REQUEST_LIMIT, &mut scratch).unwrap();
+        assert_eq!(back, request);
+
+        for (status, busy) in [(STATUS_BUSY, true), (STATUS_WRONG_SERVICE, false)] {
+            let mut refused = Scripted {
+                input: Cursor::new(hello(Service::Index, status).to_vec()),
+                output: vec![],
+            };
+            let err = client_handshake_with(&mut refused, Service::Index, &request).unwrap_err();
+            assert_eq!(matches!(err, ProtoError::Busy), busy, "{err}");
+        }
     }
 }

@@ -10,6 +10,10 @@ pub enum ProtoError {
     /// The other side closed the connection cleanly between two frames.
     #[error("connection closed by the other side")]
     Closed,
+    /// No byte of a new frame arrived within the stream's read timeout (the connection is
+    /// quiet between frames; nothing was consumed, so reading can go on).
+    #[error("no request within the read timeout")]
+    Idle,
     /// A length prefix announced a frame larger than this side accepts.
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge {

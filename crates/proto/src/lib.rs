@@ -8,7 +8,8 @@
 //! - [`content`]: content identity. A file's id is its BLAKE3 hash (what `b3sum` prints); a
 //!   manifest lists the chaining values of its chunk-sized subtrees, so every chunk is verified
 //!   on arrival and the list is verified against the id.
-//! - [`server`]: the accept loop both servers share (thread per connection, bounded).
+//! - [`server`]: the accept loop both servers share (a thread per connection from a pool of
+//!   reused threads, bounded).
 //! - [`Transport`]: the pluggable byte-stream transport, with [`tcp`] (std::net) and [`mem`]
 //!   (an in-process network over crossbeam-channel with fault injection, for deterministic
 //!   tests).
@@ -22,6 +23,7 @@
 
 pub mod codec;
 pub mod content;
+pub mod deadline;
 mod error;
 pub mod mem;
 pub mod message;

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
@@ -187,6 +187,7 @@ impl Transport for MemTransport {
             net: self.net.clone(),
             addr,
             incoming: rx,
+            accept_timeout: Mutex::new(None),
         })
     }
 
@@ -229,22 +230,42 @@ pub struct MemListener {
     net: MemNetwork,
     addr: PeerAddr,
     incoming: Receiver<MemStream>,
+    accept_timeout: Mutex<Option<Duration>>,
 }
 
 impl Listener for MemListener {
     type Stream = MemStream;
 
     fn accept(&self) -> io::Result<(MemStream, PeerAddr)> {
-        let stream = self
-            .incoming
-            .recv()
-            .map_err(|_| io::Error::from(io::ErrorKind::NotConnected))?;
+        let timeout = *self
+            .accept_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stream = match timeout {
+            None => self
+                .incoming
+                .recv()
+                .map_err(|_| io::Error::from(io::ErrorKind::NotConnected))?,
+            // WouldBlock, as a TCP listener with SO_RCVTIMEO says.
+            Some(t) => self.incoming.recv_timeout(t).map_err(|e| match e {
+                RecvTimeoutError::Timeout => io::Error::from(io::ErrorKind::WouldBlock),
+                RecvTimeoutError::Disconnected => io::Error::from(io::ErrorKind::NotConnected),
+            })?,
+        };
         let from = stream.peer.clone();
         Ok((stream, from))
     }
 
     fn local_addr(&self) -> io::Result<PeerAddr> {
         Ok(self.addr.clone())
+    }
+
+    fn set_accept_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self
+            .accept_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = timeout;
+        Ok(())
     }
 }
 

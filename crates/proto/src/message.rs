@@ -52,6 +52,12 @@ pub enum IndexRequest {
         /// At most this many results (the server may cap it lower).
         limit: u32,
     },
+    /// Heartbeat: renews the lease of every registration of `holder` at once. Appended last
+    /// so the earlier variants keep their wire numbers.
+    Renew {
+        /// The holder whose lease to renew.
+        holder: PeerAddr,
+    },
 }
 
 /// The index server's answer to one [`IndexRequest`].
@@ -90,6 +96,13 @@ pub enum IndexResponse {
     },
     /// The request was refused or failed.
     Error(ErrorReply),
+    /// Answer to `Renew`: the lease is renewed for this many registrations. A holder the
+    /// index does not know (lease lapsed, or the index restarted without its data) gets
+    /// `Error(NotFound)` instead and should register again. Last, for wire compatibility.
+    Renewed {
+        /// Registrations the renewed lease covers.
+        files: u32,
+    },
 }
 
 /// One search result.

@@ -42,4 +42,17 @@ pub trait Listener: Send + Sync + 'static {
     fn accept(&self) -> io::Result<(Self::Stream, PeerAddr)>;
     /// The real bound address (with the real port when port 0 was asked for).
     fn local_addr(&self) -> io::Result<PeerAddr>;
+
+    /// Makes [`Listener::accept`] give up after waiting `timeout` (`None`: wait forever) with
+    /// a `WouldBlock` or `TimedOut` error; the accept loop uses it to let idle threads go.
+    /// A listener that cannot time out says `Unsupported` (the default), and its accept
+    /// keeps waiting. On Linux, TCP streams accepted afterwards start with this read timeout
+    /// too (the kernel copies it); servers set their own.
+    fn set_accept_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let _ = timeout;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this listener's accept cannot time out",
+        ))
+    }
 }

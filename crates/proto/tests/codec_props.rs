@@ -65,6 +65,7 @@ fn index_request() -> impl Strategy<Value = IndexRequest> {
         (addr(), prop::collection::vec(file_id(), 0..8))
             .prop_map(|(holder, ids)| IndexRequest::Unregister { holder, ids }),
         (".{0,30}", any::<u32>()).prop_map(|(query, limit)| IndexRequest::Search { query, limit }),
+        addr().prop_map(|holder| IndexRequest::Renew { holder }),
     ]
 }
 
@@ -84,6 +85,7 @@ fn index_response() -> impl Strategy<Value = IndexResponse> {
             }
         }),
         reply().prop_map(IndexResponse::Error),
+        any::<u32>().prop_map(|files| IndexResponse::Renewed { files }),
     ]
 }
 
@@ -185,4 +187,20 @@ proptest! {
         let _ = codec::server_handshake(&mut Pipe(Cursor::new(bytes.clone())), Service::Index);
         let _ = codec::client_handshake(&mut Pipe(Cursor::new(bytes)), Service::Peer);
     }
+}
+
+/// The heartbeat was appended to both enums, so every older variant keeps its number.
+#[test]
+fn renew_variants_are_appended_last() {
+    let holder = PeerAddr::new("h:1").unwrap();
+    let mut buf = Vec::new();
+    codec::encode_frame(&IndexRequest::Renew { holder }, &mut buf).unwrap();
+    assert_eq!(buf[4..], [5, 3, b'h', b':', b'1']);
+    buf.clear();
+    codec::encode_frame(&IndexResponse::Renewed { files: 7 }, &mut buf).unwrap();
+    assert_eq!(buf, [0, 0, 0, 2, 6, 7]);
+    buf.clear();
+    let error = IndexResponse::Error(ErrorReply::new(ErrorCode::NotFound, "x"));
+    codec::encode_frame(&error, &mut buf).unwrap();
+    assert_eq!(buf, [0, 0, 0, 4, 5, 0, 1, b'x']);
 }
