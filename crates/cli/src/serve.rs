@@ -38,6 +38,16 @@ pub(crate) struct IndexArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease: u64,
+    /// Seconds a request may take from its first byte to its last (slow senders are
+    /// dropped); also the longest silence in the middle of one.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    frame_timeout: u64,
+    /// Record holders at the address they announce instead of the address their
+    /// registration came from (peers behind NAT or a proxy). Off, nobody can register files
+    /// on another machine's behalf or drop another host's registrations.
+    #[arg(long)]
+    trust_announced_host: bool,
 }
 
 /// `shoal peer`
@@ -110,6 +120,8 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
     let listen = PeerAddr::new(args.listen.as_str())?;
     let config = IndexServerConfig {
         max_connections: args.max_connections,
+        frame_timeout: std::time::Duration::from_secs(args.frame_timeout),
+        trust_announced_host: args.trust_announced_host,
         ..IndexServerConfig::default()
     };
     let lease = std::time::Duration::from_secs(args.lease);

@@ -1,4 +1,6 @@
 use std::io::{BufReader, ErrorKind, Write};
+
+use shoal_proto::deadline::FrameDeadline;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -30,6 +32,15 @@ pub struct IndexServerConfig {
     pub search_limit: u32,
     /// How long a connection may sit idle between requests; `None` waits forever.
     pub idle_timeout: Option<Duration>,
+    /// A request (or the handshake) must arrive whole within this long of its first byte,
+    /// however slowly it trickles in: slowloris clients are dropped. Also the longest
+    /// silence in the middle of a request.
+    pub frame_timeout: Duration,
+    /// Take the holder address a registration announces at its word. Off (the default),
+    /// the index records the host the registration arrived from (keeping the announced
+    /// port), and refuses to unregister or renew holders on other hosts: nobody can register
+    /// files on another machine's behalf. On, for peers behind NAT or a proxy.
+    pub trust_announced_host: bool,
 }
 
 impl Default for IndexServerConfig {
@@ -40,6 +51,8 @@ impl Default for IndexServerConfig {
             max_files_per_register: 100_000,
             search_limit: 1000,
             idle_timeout: Some(Duration::from_secs(300)),
+            frame_timeout: Duration::from_secs(10),
+            trust_announced_host: false,
         }
     }
 }
@@ -117,31 +130,48 @@ fn sweep_once<S: Store>(store: &S) {
 /// One connection: handshake, then request/response until the client leaves, idles out or
 /// sends something unreadable.
 fn serve_connection<C: Connection, S: Store>(
-    mut stream: C,
+    stream: C,
     from: &PeerAddr,
     store: &S,
     config: &IndexServerConfig,
 ) {
     // Set before the handshake: a client that connects and says nothing must not pin a
-    // thread forever. The write timeout covers a client that stops reading.
+    // thread forever. Reads wait at most one frame budget (quiet time between requests is
+    // added up against the idle timeout below); the write timeout covers a client that
+    // stops reading.
     let timeouts = stream
-        .set_read_timeout(config.idle_timeout)
+        .set_read_timeout(Some(config.frame_timeout))
         .and_then(|()| stream.set_write_timeout(config.idle_timeout));
     if let Err(e) = timeouts {
         log::debug!("index: cannot set timeouts for {from}: {e}");
         return;
     }
+    let mut stream = FrameDeadline::new(stream, config.frame_timeout);
     if let Err(e) = codec::server_handshake(&mut stream, Service::Index) {
         log::debug!("index: handshake with {from} failed: {e}");
         return;
     }
+    stream.frame_done();
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let mut body = Vec::new();
     let mut out = Vec::with_capacity(256);
+    let mut quiet = Duration::ZERO;
     loop {
         let request: IndexRequest =
             match codec::read_frame(&mut reader, config.request_limit, &mut body) {
-                Ok(request) => request,
+                Ok(request) => {
+                    quiet = Duration::ZERO;
+                    reader.get_mut().frame_done();
+                    request
+                }
+                Err(ProtoError::Idle) => {
+                    quiet += config.frame_timeout;
+                    if config.idle_timeout.is_some_and(|idle| quiet >= idle) {
+                        log::debug!("index: closing {from}: idle for {} s", quiet.as_secs());
+                        return;
+                    }
+                    continue;
+                }
                 Err(e @ (ProtoError::FrameTooLarge { .. } | ProtoError::Malformed(_))) => {
                     // The framing may be out of sync: answer once, then close.
                     log::warn!("index: bad request from {from}, closing the connection: {e}");
@@ -161,6 +191,42 @@ fn serve_connection<C: Connection, S: Store>(
             return;
         }
     }
+}
+
+/// The holder a registration is recorded under: the announced port on the host the request
+/// came from, unless announced hosts are trusted.
+fn holder_as_seen(announced: PeerAddr, from: &PeerAddr, config: &IndexServerConfig) -> PeerAddr {
+    if config.trust_announced_host || announced.host() == from.host() {
+        return announced;
+    }
+    let port = announced.as_str().rsplit_once(':').map_or("0", |(_, p)| p);
+    match PeerAddr::new(format!("{}:{port}", from.host())) {
+        Ok(seen) => {
+            log::info!("index: {from} announced {announced}; recording it as {seen}");
+            seen
+        }
+        Err(_) => announced,
+    }
+}
+
+/// Unregistering and renewing are for a holder's own host only (unless trusted).
+fn own_holder(
+    holder: &PeerAddr,
+    from: &PeerAddr,
+    config: &IndexServerConfig,
+    what: &str,
+) -> Result<(), IndexResponse> {
+    if config.trust_announced_host || holder.host() == from.host() {
+        return Ok(());
+    }
+    log::warn!("index: refused {from}'s request to {what} {holder}, a holder on another host");
+    Err(refuse(
+        ErrorCode::BadRequest,
+        format!(
+            "cannot {what} {holder}: requests from {} may only {what} holders on that host",
+            from.host()
+        ),
+    ))
 }
 
 fn quiet_reason(e: &ProtoError) -> String {
@@ -240,6 +306,7 @@ fn answer<S: Store>(
             }
         }
         IndexRequest::Register { holder, files } => {
+            let holder = holder_as_seen(holder, from, config);
             if let Err(refusal) = check_files(&files, config) {
                 log::info!("index: refused a registration of {holder} from {from}: {refusal}");
                 return IndexResponse::Error(refusal);
@@ -253,6 +320,9 @@ fn answer<S: Store>(
             }
         }
         IndexRequest::Unregister { holder, ids } => {
+            if let Err(refusal) = own_holder(&holder, from, config, "unregister") {
+                return refusal;
+            }
             if ids.len() > config.max_files_per_register {
                 return refuse(
                     ErrorCode::BadRequest,
@@ -276,7 +346,9 @@ fn answer<S: Store>(
                 Err(e) => store_failed(&e),
             }
         }
-        IndexRequest::Renew { holder } => match store.renew(&holder) {
+        IndexRequest::Renew { holder } => match own_holder(&holder, from, config, "renew")
+            .and_then(|()| store.renew(&holder).map_err(|e| store_failed(&e)))
+        {
             Ok(Some(files)) => {
                 log::debug!("index: {holder} renewed its lease ({files} registrations)");
                 IndexResponse::Renewed { files }
@@ -290,7 +362,7 @@ fn answer<S: Store>(
                     ),
                 )
             }
-            Err(e) => store_failed(&e),
+            Err(refusal) => refusal,
         },
         IndexRequest::Search { query, limit } => {
             let limit = limit.min(config.search_limit);

@@ -73,7 +73,8 @@ fn fresh_clients_against_the_real_server() {
     )
     .spawn(&addr("index:0"))
     .unwrap();
-    let fresh = || IndexClient::new(net.host("c"), vec![index.addr().clone()]);
+    // Host `p` registers its own holder `p:1`.
+    let fresh = || IndexClient::new(net.host("p"), vec![index.addr().clone()]);
     assert_eq!(fresh().register(&addr("p:1"), &[meta("a.txt")]).unwrap(), 1);
     let (file, holder) = fresh().locate(&FileKey::Name("a.txt".into())).unwrap();
     assert_eq!((file, holder), (meta("a.txt"), addr("p:1")));

@@ -262,7 +262,7 @@ fn client_reconnects_when_the_server_dropped_the_connection() {
     let net = MemNetwork::new();
     let index = start(&net);
     let mut setup = client(&net, "setup", &index);
-    setup.register(&addr("h:1"), &[meta("x", 1)]).unwrap();
+    setup.register(&addr("setup:1"), &[meta("x", 1)]).unwrap();
 
     // Each new connection to the index now closes after the handshake and one Located
     // answer, so the client's second request finds its connection dead.
@@ -270,7 +270,7 @@ fn client_reconnects_when_the_server_dropped_the_connection() {
     codec::encode_frame(
         &IndexResponse::Located {
             file: meta("x", 1),
-            holder: addr("h:1"),
+            holder: addr("setup:1"),
         },
         &mut located,
     )
@@ -279,8 +279,8 @@ fn client_reconnects_when_the_server_dropped_the_connection() {
     let before = net.stats(index.addr()).connections;
 
     let mut c = client(&net, "c", &index);
-    assert_eq!(c.locate(&name("x")).unwrap().1, addr("h:1"));
-    assert_eq!(c.locate(&name("x")).unwrap().1, addr("h:1"));
+    assert_eq!(c.locate(&name("x")).unwrap().1, addr("setup:1"));
+    assert_eq!(c.locate(&name("x")).unwrap().1, addr("setup:1"));
     assert_eq!(net.stats(index.addr()).connections, before + 2);
     net.heal(index.addr());
 }
@@ -391,4 +391,61 @@ fn heartbeats_keep_a_holder_and_the_server_sweeps_the_silent_one() {
     assert_eq!(a.holders(&name("song.ogg")).unwrap().1, vec![alice, bob]);
     // Stopping the server stops its sweeper (shutdown joins it).
     index.shutdown();
+}
+
+#[test]
+fn nobody_registers_or_drops_files_for_another_host() {
+    let net = MemNetwork::new();
+    let index = IndexServer::new(
+        net.host("index"),
+        MemoryStore::with_seed(1),
+        IndexServerConfig::default(),
+    )
+    .spawn(&addr("index:0"))
+    .unwrap();
+    let mut victim = IndexClient::new(net.host("victim"), vec![index.addr().clone()]);
+    victim
+        .register(&addr("victim:7000"), &[meta("a.txt", 1)])
+        .unwrap();
+    let mut mallory = IndexClient::new(net.host("mallory"), vec![index.addr().clone()]);
+    // A registration claiming the victim's host is recorded under mallory's own host.
+    mallory
+        .register(&addr("victim:7001"), &[meta("b.txt", 2)])
+        .unwrap();
+    let (_, holders) = mallory.holders(&FileKey::Name("b.txt".into())).unwrap();
+    assert_eq!(holders, vec![addr("mallory:7001")]);
+    // Dropping or renewing the victim's registrations is refused...
+    for result in [
+        mallory.unregister(&addr("victim:7000"), &[]).map(|_| ()),
+        mallory.renew(&addr("victim:7000")).map(|_| ()),
+    ] {
+        match result {
+            Err(IndexError::Refused(reply)) => assert!(
+                reply.message.contains("another host") || reply.message.contains("may only"),
+                "{reply}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // ...and the victim is still listed.
+    let (_, holders) = victim.holders(&FileKey::Name("a.txt".into())).unwrap();
+    assert_eq!(holders, vec![addr("victim:7000")]);
+
+    // Behind NAT or a proxy, announced hosts can be trusted explicitly.
+    let trusting = IndexServer::new(
+        net.host("index2"),
+        MemoryStore::with_seed(1),
+        IndexServerConfig {
+            trust_announced_host: true,
+            ..IndexServerConfig::default()
+        },
+    )
+    .spawn(&addr("index2:0"))
+    .unwrap();
+    let mut proxy = IndexClient::new(net.host("proxy"), vec![trusting.addr().clone()]);
+    proxy
+        .register(&addr("inside:7000"), &[meta("c.txt", 3)])
+        .unwrap();
+    let (_, holders) = proxy.holders(&FileKey::Name("c.txt".into())).unwrap();
+    assert_eq!(holders, vec![addr("inside:7000")]);
 }

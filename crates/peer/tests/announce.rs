@@ -215,7 +215,12 @@ impl World {
         let handle = IndexServer::new(
             self.net.host(at.host()),
             store,
-            IndexServerConfig::default(),
+            // These tests register holders on other peers' behalf (a stale or planted
+            // listing); the index must take announced hosts at their word for that.
+            IndexServerConfig {
+                trust_announced_host: true,
+                ..IndexServerConfig::default()
+            },
         )
         .spawn(&at)
         .unwrap();

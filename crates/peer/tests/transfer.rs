@@ -47,7 +47,12 @@ impl World {
         let index = IndexServer::new(
             net.host("index"),
             MemoryStore::with_seed(1),
-            IndexServerConfig::default(),
+            // These tests register holders on other peers' behalf (a stale or planted
+            // listing); the index must take announced hosts at their word for that.
+            IndexServerConfig {
+                trust_announced_host: true,
+                ..IndexServerConfig::default()
+            },
         )
         .spawn(&addr("index:0"))
         .unwrap();
