@@ -86,8 +86,6 @@ pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), String> {
         eprintln!("note: this is a debug build; numbers mean little (use cargo run --release)");
     }
     fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    // The index logs every registration at info: at these rates that would measure stderr.
-    let _quiet = QuietLog::new(log::LevelFilter::Warn);
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "shoal bench index --data {}: {cores} cores, data on {}, one fsync takes {}",
@@ -618,22 +616,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Caps the log level while alive.
-struct QuietLog(log::LevelFilter);
-
-impl QuietLog {
-    fn new(cap: log::LevelFilter) -> QuietLog {
-        let before = log::max_level();
-        log::set_max_level(before.min(cap));
-        QuietLog(before)
-    }
-}
-
-impl Drop for QuietLog {
-    fn drop(&mut self) {
-        log::set_max_level(self.0);
-    }
-}
 
 fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();

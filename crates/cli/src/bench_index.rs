@@ -104,6 +104,10 @@ pub(crate) struct IndexBenchArgs {
     #[arg(long, value_enum, value_delimiter = ',',
           default_values_t = [Which::Shoal, Which::NoOp, Which::Redis])]
     only: Vec<Which>,
+    /// With `--data DIR`: also registrations/s with durability on and off, and recovery
+    /// time and memory of an index of a million registrations.
+    #[command(flatten)]
+    pub(crate) durable: crate::bench_durable::DurableBenchArgs,
 }
 
 /// The servers the benchmark can measure.
@@ -129,9 +133,6 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
         eprintln!("note: this is a debug build; numbers mean little (use cargo run --release)");
     }
     let started = Instant::now();
-    // The index logs each registration at info and each lookup at debug: on a terminal that
-    // is noise here, and at debug it would measure the logger. Restored when `run` returns.
-    let _quiet = QuietLog::new(log::LevelFilter::Warn);
     let data = BenchData::new()?;
 
     // Contenders are kept alive (and killed) by these guards until the end of `run`.
@@ -278,22 +279,6 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Caps the global log level while it lives.
-struct QuietLog(log::LevelFilter);
-
-impl QuietLog {
-    fn new(cap: log::LevelFilter) -> QuietLog {
-        let before = log::max_level();
-        log::set_max_level(before.min(cap));
-        QuietLog(before)
-    }
-}
-
-impl Drop for QuietLog {
-    fn drop(&mut self) {
-        log::set_max_level(self.0);
-    }
-}
 
 /// The registry contents every contender is given.
 struct BenchData {

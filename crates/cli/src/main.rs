@@ -3,6 +3,7 @@
 //! Thin by design: it parses arguments, wires the TCP transport into the index and peer
 //! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`.
 
+mod bench_durable;
 mod bench_hostile;
 mod bench_index;
 mod bench_transfer;
@@ -112,7 +113,13 @@ fn main() -> ExitCode {
         Command::Search(args) => fetch::run_search(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(BenchCommand::Index(args)) => {
-            bench_index::run(&args).map_err(CliError::Bench)
+            bench_index::run(&args).map_err(CliError::Bench).and_then(|()| {
+                if args.durable.data.is_some() {
+                    bench_durable::run(&args.durable).map_err(CliError::Bench)
+                } else {
+                    Ok(())
+                }
+            })
         }
         Command::Bench(BenchCommand::Hostile(args)) => {
             bench_hostile::run(&args).map_err(CliError::Bench)
