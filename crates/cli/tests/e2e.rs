@@ -314,3 +314,50 @@ fn a_holder_killed_during_get_does_not_stop_the_download() {
         .sum();
     assert_eq!(served, bytes.len() as u64);
 }
+
+#[test]
+fn killing_one_of_two_indexes_stops_nothing() {
+    let shared = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let bytes = write_file(shared.path(), "survivor.bin", 200_000);
+    let (index_a, a) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let (_index_b, b) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let both = format!("{a},{b}");
+    // The peer announces to both indexes before it says it is listening.
+    let (_peer, _) = Server::start(&[
+        "peer",
+        "--dir",
+        shared.path().to_str().unwrap(),
+        "--index",
+        &both,
+        "--no-console",
+    ]);
+    let mut index_a = index_a;
+    index_a.child.kill().unwrap();
+    index_a.child.wait().unwrap();
+
+    let got = run(&[
+        "get",
+        "survivor.bin",
+        "--index",
+        &both,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("survivor.bin")).unwrap(),
+        bytes
+    );
+    let found = run(&["search", "survivor", "--index", &both, "--json"]);
+    assert!(found.status.success());
+    assert!(
+        String::from_utf8(found.stdout)
+            .unwrap()
+            .contains("\"holders\":1")
+    );
+}
