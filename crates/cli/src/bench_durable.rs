@@ -616,7 +616,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-
 fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {

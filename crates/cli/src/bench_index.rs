@@ -279,7 +279,6 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-
 /// The registry contents every contender is given.
 struct BenchData {
     bench: FileMeta,

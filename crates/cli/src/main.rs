@@ -112,15 +112,15 @@ fn main() -> ExitCode {
         Command::Get(args) => fetch::run_get(&args),
         Command::Search(args) => fetch::run_search(&args),
         Command::Demo(args) => demo::run(&args),
-        Command::Bench(BenchCommand::Index(args)) => {
-            bench_index::run(&args).map_err(CliError::Bench).and_then(|()| {
+        Command::Bench(BenchCommand::Index(args)) => bench_index::run(&args)
+            .map_err(CliError::Bench)
+            .and_then(|()| {
                 if args.durable.data.is_some() {
                     bench_durable::run(&args.durable).map_err(CliError::Bench)
                 } else {
                     Ok(())
                 }
-            })
-        }
+            }),
         Command::Bench(BenchCommand::Hostile(args)) => {
             bench_hostile::run(&args).map_err(CliError::Bench)
         }
