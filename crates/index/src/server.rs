@@ -195,18 +195,34 @@ fn serve_connection<C: Connection, S: Store>(
 
 /// The holder a registration is recorded under: the announced port on the host the request
 /// came from, unless announced hosts are trusted.
-fn holder_as_seen(announced: PeerAddr, from: &PeerAddr, config: &IndexServerConfig) -> PeerAddr {
+fn holder_as_seen(
+    announced: PeerAddr,
+    from: &PeerAddr,
+    config: &IndexServerConfig,
+) -> Result<PeerAddr, IndexResponse> {
     if config.trust_announced_host || announced.host() == from.host() {
-        return announced;
+        return Ok(announced);
     }
-    let port = announced.as_str().rsplit_once(':').map_or("0", |(_, p)| p);
-    match PeerAddr::new(format!("{}:{port}", from.host())) {
-        Ok(seen) => {
-            log::info!("index: {from} announced {announced}; recording it as {seen}");
-            seen
-        }
-        Err(_) => announced,
-    }
+    // The port is parsed, not copied: a padded port ("0000…7001") must not make the rebuilt
+    // address too long and so slip the announced host through.
+    let port = announced
+        .as_str()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("holder {announced} has no valid port"),
+            )
+        })?;
+    let seen = PeerAddr::new(format!("{}:{port}", from.host())).map_err(|e| {
+        refuse(
+            ErrorCode::BadRequest,
+            format!("cannot record {from}'s holder: {e}"),
+        )
+    })?;
+    log::info!("index: {from} announced {announced}; recording it as {seen}");
+    Ok(seen)
 }
 
 /// Unregistering and renewing are for a holder's own host only (unless trusted).
@@ -306,7 +322,10 @@ fn answer<S: Store>(
             }
         }
         IndexRequest::Register { holder, files } => {
-            let holder = holder_as_seen(holder, from, config);
+            let holder = match holder_as_seen(holder, from, config) {
+                Ok(holder) => holder,
+                Err(refusal) => return refusal,
+            };
             if let Err(refusal) = check_files(&files, config) {
                 log::info!("index: refused a registration of {holder} from {from}: {refusal}");
                 return IndexResponse::Error(refusal);
