@@ -118,6 +118,10 @@ struct SchedState {
     remaining: usize,
     active_sources: usize,
     verified_bytes: u64,
+    /// Chunks whose bytes a source is storing right now. In end-game two sources may carry
+    /// the same chunk; only one may write it at a time, and none once it is done, or a late
+    /// corrupt copy would overwrite verified bytes in the part file.
+    writing: HashSet<u32>,
 }
 
 /// The shared work queue.
@@ -164,6 +168,7 @@ impl Scheduler {
                 remaining: missing.len(),
                 active_sources: sources,
                 verified_bytes: 0,
+                writing: HashSet::new(),
             }),
             changed: Condvar::new(),
         }
@@ -233,9 +238,34 @@ impl Scheduler {
         s.remaining > 0
     }
 
-    /// Records a verified chunk; false if another source delivered it first.
+    /// The right to store chunk `index`: waits while another source stores it, and is false
+    /// once the chunk is done (nothing left to store). Ended by `complete` or `end_write`.
+    fn claim_write(&self, index: u32) -> bool {
+        let mut s = self.lock();
+        loop {
+            match s.chunks.get(index as usize) {
+                None | Some(ChunkState::Done) => return false,
+                Some(_) => {
+                    if s.writing.insert(index) {
+                        return true;
+                    }
+                }
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Gives up the right to store `index` without completing it.
+    fn end_write(&self, index: u32) {
+        self.lock().writing.remove(&index);
+        self.changed.notify_all();
+    }
+
+    /// Records a verified chunk (and ends its write claim); false if another source
+    /// delivered it first.
     fn complete(&self, index: u32, len: u64) -> bool {
         let mut s = self.lock();
+        s.writing.remove(&index);
         let first = matches!(
             s.chunks.get(index as usize),
             Some(ChunkState::InFlight(_) | ChunkState::Queued)
@@ -607,6 +637,11 @@ fn verify_loop(
             job.scheduler.release([index]);
             continue;
         }
+        if !job.scheduler.claim_write(index) {
+            // Another source's copy verified first (end-game): this one is not needed.
+            let _ = recycle.send(data);
+            continue;
+        }
         // Hash and store piece by piece while each piece is still in the CPU cache: every
         // byte crosses memory once instead of twice. Bytes land in the hidden part file
         // before the hash is known, but a chunk counts as done only once it verified, so an
@@ -627,6 +662,7 @@ fn verify_loop(
             *verdicts.failure.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(DropReason::Corrupt { chunk: index });
             verdicts.failed.store(true, Ordering::SeqCst);
+            job.scheduler.end_write(index);
             job.scheduler.release([index]);
             let _ = recycle.send(data);
             continue;
@@ -646,9 +682,59 @@ fn verify_loop(
                     DropReason::Failed(format!("cannot write chunk {index} locally: {e}")),
                 );
                 verdicts.failed.store(true, Ordering::SeqCst);
+                job.scheduler.end_write(index);
                 job.scheduler.release([index]);
             }
         }
         let _ = recycle.send(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_done_chunk_cannot_be_written_again() {
+        let scheduler = Scheduler::new(2, &[0, 1], 2, 1);
+        assert!(scheduler.claim_write(0));
+        assert!(scheduler.complete(0, 10));
+        // A late duplicate (perhaps corrupt) must not touch the verified bytes.
+        assert!(!scheduler.claim_write(0));
+        assert!(!scheduler.claim_write(7), "no such chunk");
+    }
+
+    #[test]
+    fn a_second_copy_waits_for_the_first_writer_and_takes_over_if_it_fails() {
+        let scheduler = Arc::new(Scheduler::new(1, &[0], 2, 1));
+        assert!(scheduler.claim_write(0));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let second = {
+            let scheduler = Arc::clone(&scheduler);
+            thread::spawn(move || {
+                let claimed = scheduler.claim_write(0);
+                let _ = tx.send(claimed);
+            })
+        };
+        // The second writer is blocked while the first holds the claim.
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        // The first copy failed its hash: the second may store its own.
+        scheduler.end_write(0);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        assert!(second.join().is_ok());
+        assert!(scheduler.complete(0, 10));
+    }
+
+    #[test]
+    fn a_waiting_copy_is_dropped_once_the_first_writer_completes() {
+        let scheduler = Arc::new(Scheduler::new(1, &[0], 2, 1));
+        assert!(scheduler.claim_write(0));
+        let second = {
+            let scheduler = Arc::clone(&scheduler);
+            thread::spawn(move || scheduler.claim_write(0))
+        };
+        assert!(scheduler.complete(0, 10));
+        assert_eq!(second.join().ok(), Some(false));
     }
 }

@@ -281,8 +281,15 @@ pub fn read_frame<R: Read, M: DeserializeOwned>(
 
 /// Decodes one frame body; the whole body must be consumed.
 pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtoError> {
-    let (msg, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let (msg, used) = bincode::serde::decode_from_slice(body, config()).map_err(|e| {
+        log::debug!("decoding a {}-byte body failed: {e:?}", body.len());
+        ProtoError::Malformed(format!(
+            "not a valid {} ({} bytes): {}",
+            short_type_name::<M>(),
+            body.len(),
+            describe_decode_error(&e)
+        ))
+    })?;
     if used != body.len() {
         return Err(ProtoError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -290,6 +297,37 @@ pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtoError> {
         )));
     }
     Ok(msg)
+}
+
+/// `shoal_proto::message::IndexRequest` -> `IndexRequest`: what a person reading the error
+/// knows the message by.
+fn short_type_name<M>() -> &'static str {
+    let full = std::any::type_name::<M>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// bincode 2 prints its errors with `Debug`; this says the same in words.
+fn describe_decode_error(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::UnexpectedEnd { additional } => {
+            format!("it ends early ({additional} more bytes were needed)")
+        }
+        E::LimitExceeded => "it claims more data than the frame limit allows".into(),
+        E::InvalidIntegerType { .. } | E::OutsideUsizeRange(_) => {
+            "it holds an integer out of range".into()
+        }
+        E::NonZeroTypeIsZero { .. } => "it holds a zero where zero is not allowed".into(),
+        E::UnexpectedVariant { found, .. } => format!("unknown variant tag {found}"),
+        E::Utf8 { .. } | E::InvalidCharEncoding(_) => "it holds text that is not UTF-8".into(),
+        E::InvalidBooleanValue(v) => format!("{v} is not a boolean"),
+        E::ArrayLengthMismatch { required, found } => {
+            format!("an array of {found} items where {required} are required")
+        }
+        E::OtherString(text) => text.clone(),
+        E::Other(text) => (*text).to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +498,20 @@ mod tests {
             };
             let err = client_handshake_with(&mut refused, Service::Index, &request).unwrap_err();
             assert_eq!(matches!(err, ProtoError::Busy), busy, "{err}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_read_as_sentences_not_debug_dumps() {
+        // Variant tag 200 does not exist; a body cut short ends early.
+        for (body, expect) in [
+            (&[200u8][..], "not a valid IndexRequest (1 bytes)"),
+            (&[][..], "ends early"),
+        ] {
+            let err = decode_body::<IndexRequest>(body).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(expect), "{text}");
+            assert!(!text.contains('{'), "Debug dump leaked: {text}");
         }
     }
 }

@@ -140,9 +140,10 @@ fn merge(hashes: &[ChunkHash]) -> ChunkHash {
     merge_subtrees_non_root(&merge(left), &merge(right), Mode::Hash)
 }
 
-/// Checks that a manifest is self-consistent and describes `file` (its id, size, name and
-/// chunk size): the chunk size is acceptable, the chunk count matches the size, and the
-/// chunk hashes merge to the id.
+/// Checks that a manifest describes `expected` (same id and size) and is self-consistent:
+/// its chunk size is acceptable, the chunk count matches the size, and the chunk hashes
+/// merge to the id. The name and chunk size are not compared: a holder may store the file
+/// under another name and split it at another chunk size, and the content is the same.
 pub fn verify_manifest(manifest: &Manifest, expected: &FileMeta) -> Result<(), ProtoError> {
     let file = &manifest.file;
     if file.id != expected.id || file.size != expected.size {
