@@ -361,3 +361,70 @@ fn killing_one_of_two_indexes_stops_nothing() {
             .contains("\"holders\":1")
     );
 }
+
+#[test]
+fn a_durable_index_restarted_under_running_peers_lists_their_files_at_once() {
+    let data = TempDir::new().unwrap();
+    let shared = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let bytes = write_file(shared.path(), "kept.bin", 300_000);
+    let data_dir = data.path().to_str().unwrap();
+    let index_args = |listen: &str| {
+        vec![
+            "index".to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--data".into(),
+            data_dir.to_string(),
+            "--lease".into(),
+            "3600".into(),
+        ]
+    };
+    let first_args = index_args("127.0.0.1:0");
+    let (mut index, addr) =
+        Server::start(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
+    // An hour's lease: the peer's next heartbeat is 20 minutes away, so whatever the
+    // restarted index lists, it read from its data folder, not from a new announcement.
+    let (_peer, _) = Server::start(&[
+        "peer",
+        "--dir",
+        shared.path().to_str().unwrap(),
+        "--index",
+        &addr,
+        "--lease",
+        "3600",
+        "--no-console",
+    ]);
+    index.child.kill().unwrap();
+    index.child.wait().unwrap();
+
+    // Same address, same data, and at once: the peer's file is listed and can be fetched.
+    let again_args = index_args(&addr);
+    let (_index, again) = Server::start(&again_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(again, addr);
+    let found = run(&["search", "kept", "--index", &addr, "--json"]);
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let listing = String::from_utf8(found.stdout).unwrap();
+    assert!(
+        listing.contains("\"name\":\"kept.bin\"") && listing.contains("\"holders\":1"),
+        "{listing}"
+    );
+    let got = run(&[
+        "get",
+        "kept.bin",
+        "--index",
+        &addr,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(std::fs::read(out.path().join("kept.bin")).unwrap(), bytes);
+}
