@@ -12,6 +12,8 @@
 //! - A record is a u32 big-endian length, a body of that length (one value encoded by
 //!   `shoal_proto::codec`, the wire encoding), and the first 8 bytes of the BLAKE3 hash of
 //!   length and body. A damaged length, body or checksum is caught by the checksum.
+//! - `LOCK`: empty, held with an OS file lock while a store has the folder open; a second
+//!   store on the same folder gets [`IndexError::DataInUse`].
 //!
 //! # Writing: group commit
 //!
@@ -81,6 +83,8 @@ const MAX_RECORD: usize = codec::MAX_FRAME_LEN;
 const SNAPSHOT_BATCH: usize = 4096;
 /// Buffer for reading logs and snapshots.
 const READ_BUFFER: usize = 1 << 20;
+/// Held locked while a store has the folder open.
+const LOCK_FILE: &str = "LOCK";
 
 /// How a [`DurableStore`] behaves.
 #[derive(Clone)]
@@ -193,6 +197,8 @@ pub struct DurableStore {
 
 struct Shared {
     dir: PathBuf,
+    /// `LOCK` in the data folder, held (an OS file lock) while the store is open.
+    _dir_lock: File,
     clock: Arc<dyn Clock>,
     compact_after: u64,
     state: Mutex<State>,
@@ -283,6 +289,7 @@ impl DurableStore {
         }
         let started = Instant::now();
         fs::create_dir_all(&dir).map_err(data_error("cannot create the data folder", &dir))?;
+        let dir_lock = lock_data_dir(&dir)?;
         let files = DataFiles::scan(&dir)?;
         let now = options.clock.now();
         let mut registry = Registry::with_lease(options.lease);
@@ -346,6 +353,7 @@ impl DurableStore {
         };
         let shared = Arc::new(Shared {
             dir,
+            _dir_lock: dir_lock,
             clock: options.clock,
             compact_after: options.compact_after,
             state: Mutex::new(State { registry, rng }),
@@ -1227,6 +1235,28 @@ struct DataFiles {
     temporaries: Vec<PathBuf>,
 }
 
+/// Takes `dir/LOCK` exclusively, so a second index on the same folder is refused instead of
+/// interleaving its log with ours. The OS drops the lock when the process dies (kill -9
+/// included), so a crash never leaves the folder locked.
+fn lock_data_dir(dir: &Path) -> Result<File, IndexError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(data_error("cannot open the lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(IndexError::DataInUse { path }),
+        Err(fs::TryLockError::Error(e)) => Err(IndexError::Data {
+            what: "cannot lock",
+            path,
+            source: e,
+        }),
+    }
+}
+
 impl DataFiles {
     fn scan(dir: &Path) -> Result<DataFiles, IndexError> {
         let mut files = DataFiles {
@@ -1294,6 +1324,21 @@ mod tests {
 
     fn addr(s: &str) -> PeerAddr {
         PeerAddr::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_second_store_on_an_open_folder_is_refused_until_the_first_closes() {
+        let dir = TestDir::new();
+        let clock = ManualClock::new();
+        let (first, _) = open(&dir, &clock);
+        match DurableStore::open(&dir.0, options(&clock)) {
+            Err(IndexError::DataInUse { path }) => assert_eq!(path, dir.0.join(LOCK_FILE)),
+            Err(other) => panic!("expected DataInUse, got {other}"),
+            Ok(_) => panic!("two stores opened the same folder"),
+        }
+        drop(first);
+        let (_again, recovery) = open(&dir, &clock);
+        assert_eq!(recovery.registrations, 0);
     }
 
     fn meta(n: u32) -> FileMeta {

@@ -60,6 +60,16 @@ pub enum IndexError {
         /// Why it failed.
         source: io::Error,
     },
+    /// Another process (or another store in this one) has the data folder open: two
+    /// writers would interleave their logs.
+    #[error(
+        "{} is in use by another index (its lock file is held); stop that one first",
+        path.display()
+    )]
+    DataInUse {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A data file is not what the durable store wrote (wrong magic, bad checksum in a
     /// snapshot, unknown version).
     #[error("{} is not usable index data: {reason}", path.display())]
