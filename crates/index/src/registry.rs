@@ -905,12 +905,12 @@ impl<T> Default for Slab<T> {
 impl<T> Slab<T> {
     /// `None` only when `MAX_SLOTS` entries are live (far beyond any memory this runs in).
     fn insert(&mut self, value: T) -> Option<u32> {
-        if let Some(slot) = self.free.pop() {
-            if let Some(entry) = self.entries.get_mut(slot as usize) {
-                *entry = Some(value);
-                self.len += 1;
-                return Some(slot);
-            }
+        if let Some(slot) = self.free.pop()
+            && let Some(entry) = self.entries.get_mut(slot as usize)
+        {
+            *entry = Some(value);
+            self.len += 1;
+            return Some(slot);
         }
         let slot = u32::try_from(self.entries.len())
             .ok()

@@ -205,15 +205,15 @@ impl<T: Transport> Downloader<T> {
             }
         }
         let (meta, holders) = self.lookup(key)?;
-        if let FileKey::Id(_) = key {
-            if let Some(present) = self.present(&meta.name)? {
-                if present.id == meta.id {
-                    return Ok(DownloadOutcome::AlreadyPresent(present));
-                }
-                return Err(PeerError::AlreadyExists {
-                    path: self.dir.join(&meta.name),
-                });
+        if let FileKey::Id(_) = key
+            && let Some(present) = self.present(&meta.name)?
+        {
+            if present.id == meta.id {
+                return Ok(DownloadOutcome::AlreadyPresent(present));
             }
+            return Err(PeerError::AlreadyExists {
+                path: self.dir.join(&meta.name),
+            });
         }
         let report = self.download(&meta, holders, Target::Folder, started)?;
         Ok(DownloadOutcome::Downloaded(report))
@@ -804,18 +804,18 @@ impl Drop for PartFile {
     fn drop(&mut self) {
         let record = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
         if record.keep {
-            if record.dirty {
-                if let Err(e) = record.state.save(&self.state_path) {
-                    log::warn!("cannot save {}: {e}", self.state_path.display());
-                }
+            if record.dirty
+                && let Err(e) = record.state.save(&self.state_path)
+            {
+                log::warn!("cannot save {}: {e}", self.state_path.display());
             }
             return;
         }
         for path in [&self.path, &self.state_path] {
-            if let Err(e) = fs::remove_file(path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("cannot remove {}: {e}", path.display());
-                }
+            if let Err(e) = fs::remove_file(path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                log::warn!("cannot remove {}: {e}", path.display());
             }
         }
     }

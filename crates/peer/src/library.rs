@@ -657,37 +657,38 @@ fn scan(
                 continue;
             }
         };
-        if let Some(old) = sources.memory.get(&name) {
-            if old.trusted && old.stamp == Some(stamp) {
-                let mut kept = old.clone();
-                kept.inserted = 0;
-                out.insert(name, kept);
-                report.cached += 1;
-                continue;
-            }
+        if let Some(old) = sources.memory.get(&name)
+            && old.trusted
+            && old.stamp == Some(stamp)
+        {
+            let mut kept = old.clone();
+            kept.inserted = 0;
+            out.insert(name, kept);
+            report.cached += 1;
+            continue;
         }
-        if let Some(cached) = sources.disk.remove(&name) {
-            if cached.vouches_for(&stamp, chunk_size) {
-                let file = SharedFile {
-                    meta: FileMeta {
-                        name: name.clone(),
-                        size: cached.size,
-                        chunk_size: cached.chunk_size,
-                        id: cached.id,
-                    },
-                    chunk_hashes: Arc::new(cached.chunk_hashes),
-                    path,
-                };
-                let entry = Entry {
-                    file,
-                    stamp: Some(stamp),
-                    trusted: true,
-                    inserted: 0,
-                };
-                out.insert(name, entry);
-                report.cached += 1;
-                continue;
-            }
+        if let Some(cached) = sources.disk.remove(&name)
+            && cached.vouches_for(&stamp, chunk_size)
+        {
+            let file = SharedFile {
+                meta: FileMeta {
+                    name: name.clone(),
+                    size: cached.size,
+                    chunk_size: cached.chunk_size,
+                    id: cached.id,
+                },
+                chunk_hashes: Arc::new(cached.chunk_hashes),
+                path,
+            };
+            let entry = Entry {
+                file,
+                stamp: Some(stamp),
+                trusted: true,
+                inserted: 0,
+            };
+            out.insert(name, entry);
+            report.cached += 1;
+            continue;
         }
         to_hash.push((name, path, stamp.size));
     }

@@ -149,10 +149,10 @@ impl FolderWatcher {
     fn halt(&mut self) {
         // Closing the channel is the stop signal.
         drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::warn!("the folder watcher stopped with a panic");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::warn!("the folder watcher stopped with a panic");
         }
     }
 }

@@ -47,16 +47,16 @@ impl<S> FrameDeadline<S> {
 
 impl<S: Read> Read for FrameDeadline<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(started) = self.started {
-            if started.elapsed() > self.budget {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "a frame took longer than {} ms to arrive",
-                        self.budget.as_millis()
-                    ),
-                ));
-            }
+        if let Some(started) = self.started
+            && started.elapsed() > self.budget
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "a frame took longer than {} ms to arrive",
+                    self.budget.as_millis()
+                ),
+            ));
         }
         let n = self.inner.read(buf)?;
         if n > 0 && self.started.is_none() {

@@ -373,10 +373,11 @@ impl Write for MemStream {
             }
         }
         let mut bytes = buf[..n].to_vec();
-        if let Some(at) = self.faults.corrupt_at {
-            if at >= start && at < start + n as u64 {
-                bytes[(at - start) as usize] ^= 0xff;
-            }
+        if let Some(at) = self.faults.corrupt_at
+            && at >= start
+            && at < start + n as u64
+        {
+            bytes[(at - start) as usize] ^= 0xff;
         }
         if let Some(stall) = self.faults.stall_after {
             // Bytes past the stall point are swallowed: the writer believes they left.
