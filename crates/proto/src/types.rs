@@ -200,6 +200,9 @@ pub fn validate_name(name: &str) -> Result<(), ProtoError> {
         Some("contains NUL")
     } else if name.chars().any(char::is_control) {
         Some("contains control characters")
+    } else if name.chars().any(is_bidi_control) {
+        // "invoice\u{202E}fdp.exe" lists as "invoiceexe.pdf": a name must read as it is.
+        Some("contains a text-direction control character")
     } else {
         None
     };
@@ -212,13 +215,30 @@ pub fn validate_name(name: &str) -> Result<(), ProtoError> {
     }
 }
 
+/// Unicode's explicit bidirectional formatting characters, which reorder how a name is
+/// displayed (the "Trojan Source" and right-to-left-override tricks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names() {
-        for ok in ["a", "song.ogg", "x y z.txt", "é.bin", &"a".repeat(255)] {
+        // Right-to-left scripts themselves are fine; only the override controls are not.
+        for ok in [
+            "a",
+            "song.ogg",
+            "x y z.txt",
+            "é.bin",
+            "שיר.ogg",
+            &"a".repeat(255),
+        ] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -232,6 +252,9 @@ mod tests {
             "x..y",
             "\n",
             &"a".repeat(256),
+            "invoice\u{202E}fdp.exe",
+            "a\u{2066}b",
+            "a\u{200F}b",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
