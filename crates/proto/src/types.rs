@@ -81,7 +81,7 @@ pub struct FileMeta {
 pub struct PeerAddr(String);
 
 impl PeerAddr {
-    /// Checks and wraps an address: non-empty, at most 255 bytes, printable, no spaces.
+    /// Checks and wraps an address: `HOST:PORT`, at most 255 bytes, printable, no spaces.
     pub fn new(addr: impl Into<String>) -> Result<Self, ProtoError> {
         let addr = addr.into();
         let reason = if addr.is_empty() {
@@ -90,6 +90,8 @@ impl PeerAddr {
             Some("longer than 255 bytes")
         } else if addr.chars().any(|c| c.is_control() || c.is_whitespace()) {
             Some("contains whitespace or control characters")
+        } else if !has_host_and_port(&addr) {
+            Some("is not HOST:PORT (a port from 0 to 65535, written plainly)")
         } else {
             None
         };
@@ -113,6 +115,19 @@ impl PeerAddr {
             Some((host, _)) => host,
             None => &self.0,
         }
+    }
+}
+
+/// `HOST:PORT` with a non-empty host and a port in its plain decimal form: no sign, no
+/// leading zeros (a padded port would make one endpoint look like many).
+fn has_host_and_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p.to_string() == port)
+        }
+        None => false,
     }
 }
 
@@ -279,7 +294,29 @@ mod tests {
     #[test]
     fn addrs() {
         assert_eq!(PeerAddr::new("127.0.0.1:80").unwrap().host(), "127.0.0.1");
-        assert!(PeerAddr::new("").is_err());
-        assert!(PeerAddr::new("a b").is_err());
+        assert_eq!(PeerAddr::new("[::1]:1024").unwrap().host(), "[::1]");
+        assert!(PeerAddr::new("peer.example:0").is_ok());
+        let padded = format!("victim:{:0>248}", 7002);
+        for bad in [
+            "",
+            "a b",
+            "victim",
+            "victim:",
+            ":7000",
+            "victim:http",
+            "victim:65536",
+            "victim:+80",
+            "victim:080",
+            &padded,
+        ] {
+            assert!(PeerAddr::new(bad).is_err(), "{bad:?}");
+            // Off the wire too: an address is checked as it is decoded.
+            let mut frame = Vec::new();
+            crate::codec::encode_frame(&bad.to_string(), &mut frame).unwrap();
+            assert!(
+                crate::codec::decode_body::<PeerAddr>(&frame[4..]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }
