@@ -20,7 +20,7 @@
 //! re-hashed from the part file before a resumed download counts them.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use shoal_proto::FileId;
@@ -64,11 +64,21 @@ impl ResumeState {
     /// Reads a sidecar. `Ok(None)`: there is none. `Err(reason)`: there is one but it is
     /// garbage or describes another file; the caller discards it with a warning.
     pub(crate) fn load(path: &Path, expected: Geometry) -> Result<Option<Self>, String> {
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
+        let file = match fs::File::open(path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read it: {e}")),
         };
+        // Read no more than a sidecar of this file can be: a huge file planted under the
+        // sidecar's name costs one bounded read, not memory.
+        let most = HEADER_LEN + expected.chunks().div_ceil(8) + CHECKSUM_LEN;
+        let mut bytes = Vec::new();
+        file.take(most as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if bytes.len() > most {
+            return Err(format!("too long for this file (over {most} bytes)"));
+        }
         Self::decode(&bytes, expected).map(Some)
     }
 
@@ -225,5 +235,53 @@ mod tests {
         assert!(ResumeState::load(&path, geometry()).is_err());
         fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(ResumeState::load(&path, geometry()).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any bytes, for any expected file: a verdict, never a panic; and whatever is
+        /// accepted describes exactly the expected file.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            seal in proptest::bool::ANY,
+            size in 0u64..100_000,
+            chunk_shift in 10u32..24,
+        ) {
+            let expected = Geometry { id: FileId([7; 32]), size, chunk_size: 1 << chunk_shift };
+            if seal {
+                // Past the checksum and the magic, into the field checks.
+                if bytes.len() >= 5 {
+                    bytes[..4].copy_from_slice(&MAGIC);
+                    bytes[4] = VERSION;
+                }
+                let checksum = blake3::hash(&bytes);
+                bytes.extend_from_slice(&checksum.as_bytes()[..CHECKSUM_LEN]);
+            }
+            if let Ok(state) = ResumeState::decode(&bytes, expected) {
+                proptest::prop_assert_eq!(state.geometry(), expected);
+            }
+        }
+
+        /// A valid sidecar with any one byte changed is refused.
+        #[test]
+        fn any_changed_byte_is_refused(at in 0usize..1000, xor in 1u8..=255, done in 0u32..11) {
+            let mut state = ResumeState::new(geometry());
+            state.set_done(done, true);
+            let mut bytes = state.encode();
+            let at = at % bytes.len();
+            bytes[at] ^= xor;
+            proptest::prop_assert!(ResumeState::decode(&bytes, geometry()).is_err());
+        }
+    }
+
+    #[test]
+    fn an_oversized_sidecar_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".f.shoal-state");
+        let mut bytes = ResumeState::new(geometry()).encode();
+        bytes.extend_from_slice(&[0; 4096]);
+        fs::write(&path, &bytes).unwrap();
+        let err = ResumeState::load(&path, geometry()).unwrap_err();
+        assert!(err.contains("too long"), "{err}");
     }
 }
