@@ -103,6 +103,24 @@ fn run(args: &[&str]) -> Output {
     shoal().args(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// `shoal get NAME --index INDEX --out OUT` must succeed; returns its stdout.
+fn get_ok(name: &str, index: &str, out: &Path) -> String {
+    let got = run(&[
+        "get",
+        name,
+        "--index",
+        index,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    String::from_utf8(got.stdout).unwrap()
+}
+
 fn write_file(dir: &Path, name: &str, len: usize) -> Vec<u8> {
     let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + name.len()) as u8).collect();
     std::fs::write(dir.join(name), &bytes).unwrap();
@@ -129,21 +147,9 @@ fn index_two_peers_get_search_and_console() {
     let (mut b, _) = Server::start(&["peer", "--dir", b_path, "--index", &index]);
 
     // One-shot get.
-    let got = run(&[
-        "get",
-        "alpha.bin",
-        "--index",
-        &index,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
+    let stdout = get_ok("alpha.bin", &index, out.path());
     assert_eq!(std::fs::read(out.path().join("alpha.bin")).unwrap(), alpha);
-    assert!(String::from_utf8_lossy(&got.stdout).contains("verified"));
+    assert!(stdout.contains("verified"), "{stdout}");
 
     // The console of peer B fetches alpha.bin into its folder and then serves it.
     b.type_line("alpha.bin");
@@ -336,19 +342,7 @@ fn killing_one_of_two_indexes_stops_nothing() {
     index_a.child.kill().unwrap();
     index_a.child.wait().unwrap();
 
-    let got = run(&[
-        "get",
-        "survivor.bin",
-        "--index",
-        &both,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
+    get_ok("survivor.bin", &both, out.path());
     assert_eq!(
         std::fs::read(out.path().join("survivor.bin")).unwrap(),
         bytes
@@ -413,18 +407,6 @@ fn a_durable_index_restarted_under_running_peers_lists_their_files_at_once() {
         listing.contains("\"name\":\"kept.bin\"") && listing.contains("\"holders\":1"),
         "{listing}"
     );
-    let got = run(&[
-        "get",
-        "kept.bin",
-        "--index",
-        &addr,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
+    get_ok("kept.bin", &addr, out.path());
     assert_eq!(std::fs::read(out.path().join("kept.bin")).unwrap(), bytes);
 }
