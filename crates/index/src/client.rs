@@ -195,7 +195,7 @@ impl<T: Transport> IndexClient<T> {
                 }
                 Err(e) => {
                     log::debug!("index at {addr} unavailable: {e}");
-                    failures.push(format!("{addr}: {e}"));
+                    failures.push((addr, e.to_string()));
                 }
             }
         }
@@ -206,10 +206,15 @@ impl<T: Transport> IndexClient<T> {
             } else {
                 addrs.join(", ")
             },
-            reason: if failures.is_empty() {
-                "no index address was given".to_string()
-            } else {
-                failures.join("; ")
+            reason: match failures.as_slice() {
+                [] => "no index address was given".to_string(),
+                // The address is already in the message.
+                [(_, only)] => only.clone(),
+                all => all
+                    .iter()
+                    .map(|(addr, e)| format!("{addr}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             },
         })
     }
@@ -284,6 +289,27 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "the index sent an unexpected response: expected Located, got Registered"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_index_is_named_once_with_a_readable_reason() {
+        let net = shoal_proto::mem::MemNetwork::new();
+        let addr = |s: &str| PeerAddr::new(s).unwrap();
+        let mut one = IndexClient::new(net.host("me"), vec![addr("gone:1024")]);
+        let err = one.search("", 10).unwrap_err().to_string();
+        assert_eq!(err.matches("gone:1024").count(), 1, "{err}");
+        assert!(err.contains("connection refused"), "{err}");
+        assert!(
+            !err.contains("os error") && !err.contains("i/o error"),
+            "{err}"
+        );
+
+        let mut two = IndexClient::new(net.host("me"), vec![addr("a:1"), addr("b:2")]);
+        let err = two.search("", 10).unwrap_err().to_string();
+        assert!(
+            err.contains("a:1: connection refused") && err.contains("b:2: connection refused"),
+            "{err}"
         );
     }
 }

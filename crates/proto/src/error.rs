@@ -5,7 +5,7 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     /// The underlying stream failed.
-    #[error("i/o error: {0}")]
+    #[error("{}", describe_io(.0))]
     Io(#[from] io::Error),
     /// The other side closed the connection cleanly between two frames.
     #[error("connection closed by the other side")]
@@ -69,6 +69,22 @@ pub enum ProtoError {
     /// A manifest that does not describe its file consistently.
     #[error("invalid manifest: {0}")]
     BadManifest(String),
+}
+
+/// An I/O error in words a user can act on; the OS text where it already is one.
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused (nothing listens there)".into(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            "timed out waiting for an answer".into()
+        }
+        io::ErrorKind::UnexpectedEof => "the connection closed in the middle of a message".into(),
+        io::ErrorKind::ConnectionReset => "the connection was reset by the other side".into(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+            "the other side closed the connection".into()
+        }
+        _ => e.to_string(),
+    }
 }
 
 impl ProtoError {
