@@ -101,12 +101,13 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo and benchmarks print tables; their servers' event lines would bury them.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
-    logger::init(if quiet {
-        log::LevelFilter::Warn
-    } else {
-        log::LevelFilter::Info
+    // Servers log one line per event. The demo and benchmarks print tables that their
+    // servers' event lines would bury. One-shot clients print their results, and on failure
+    // one error line that carries the details (`RUST_LOG=info` shows the events too).
+    logger::init(match cli.command {
+        Command::Index(_) | Command::Peer(_) => log::LevelFilter::Info,
+        Command::Demo(_) | Command::Bench(_) => log::LevelFilter::Warn,
+        Command::Get(_) | Command::Search(_) => log::LevelFilter::Error,
     });
     let result = match cli.command {
         Command::Index(args) => serve::run_index(&args),

@@ -410,3 +410,43 @@ fn a_durable_index_restarted_under_running_peers_lists_their_files_at_once() {
     get_ok("kept.bin", &addr, out.path());
     assert_eq!(std::fs::read(out.path().join("kept.bin")).unwrap(), bytes);
 }
+
+#[test]
+fn a_listed_holder_that_is_gone_gives_one_readable_line() {
+    let shared = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    write_file(shared.path(), "orphan.bin", 100_000);
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    // An hour's lease: the index keeps listing the holder after it is killed.
+    let (mut peer, peer_addr) = Server::start(&[
+        "peer",
+        "--dir",
+        shared.path().to_str().unwrap(),
+        "--index",
+        &index,
+        "--lease",
+        "3600",
+        "--no-console",
+    ]);
+    peer.child.kill().unwrap();
+    peer.child.wait().unwrap();
+
+    let failed = run(&[
+        "get",
+        "orphan.bin",
+        "--index",
+        &index,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8(failed.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no holder of orphan.bin") && stderr.contains(&peer_addr),
+        "{stderr}"
+    );
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}

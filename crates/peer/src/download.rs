@@ -19,6 +19,7 @@ use shoal_proto::{
     validate_name,
 };
 
+use crate::error::io_text;
 use crate::library::hash_file;
 use crate::resume::{Geometry, ResumeState};
 use crate::swarm::{self, ChunkSink, DropReason, SwarmConfig};
@@ -492,12 +493,12 @@ impl<T: Transport> Downloader<T> {
     }
 
     fn manifest_from(&self, holder: &PeerAddr, meta: &FileMeta) -> Result<Manifest, String> {
-        let mut stream = self.transport.connect(holder).map_err(|e| e.to_string())?;
+        let mut stream = self.transport.connect(holder).map_err(io_text)?;
         let timeout = Some(self.config.io_timeout);
         stream
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
-            .map_err(|e| e.to_string())?;
+            .map_err(io_text)?;
         codec::client_handshake(&mut stream, Service::Peer).map_err(|e| e.to_string())?;
         // Ask by id: the holder may have other content under the same name.
         let request = PeerRequest::Manifest {

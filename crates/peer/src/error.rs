@@ -157,3 +157,9 @@ impl PeerError {
         }
     }
 }
+
+/// An I/O error as a user reads it ("connection refused (nothing listens there)"), the same
+/// words the protocol layer uses.
+pub(crate) fn io_text(e: std::io::Error) -> String {
+    shoal_proto::ProtoError::from(e).to_string()
+}

@@ -25,6 +25,8 @@ use shoal_proto::content::{ChunkHasher, chunk_len, chunk_offset};
 use shoal_proto::message::{ErrorCode, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::{Connection, PeerAddr, ProtoError, Transport};
 
+use crate::error::io_text;
+
 /// Where chunks go: a part file, or nowhere (verify-only).
 pub(crate) trait ChunkSink: Send + Sync {
     /// Stores bytes at `offset`, before their chunk is verified (they are not final).
@@ -481,12 +483,12 @@ fn connect<T: Transport>(
 ) -> Result<BufReader<T::Stream>, DropReason> {
     let mut stream = transport
         .connect(addr)
-        .map_err(|e| DropReason::Unreachable(e.to_string()))?;
+        .map_err(|e| DropReason::Unreachable(io_text(e)))?;
     let timeout = Some(config.io_timeout);
     stream
         .set_read_timeout(timeout)
         .and_then(|()| stream.set_write_timeout(timeout))
-        .map_err(|e| DropReason::Unreachable(e.to_string()))?;
+        .map_err(|e| DropReason::Unreachable(io_text(e)))?;
     match codec::client_handshake(&mut stream, Service::Peer) {
         Ok(()) => Ok(BufReader::with_capacity(64 << 10, stream)),
         Err(ProtoError::Busy) => Err(DropReason::Busy),
@@ -533,7 +535,7 @@ fn read_loop<S: Connection>(
                         stream
                             .get_mut()
                             .write_all(&request)
-                            .map_err(|e| DropReason::Failed(e.to_string()))?;
+                            .map_err(|e| DropReason::Failed(io_text(e)))?;
                         report.requests += 1;
                         mine.extend(run.iter().copied());
                         in_flight.push_back(run);
@@ -567,7 +569,7 @@ fn read_loop<S: Connection>(
                             "stalled: nothing arrived for {} s",
                             job.config.io_timeout.as_secs()
                         )),
-                        ProtoError::Io(io) => DropReason::Failed(io.to_string()),
+                        io @ ProtoError::Io(_) => DropReason::Failed(io.to_string()),
                         other => DropReason::Protocol(other.to_string()),
                     }
                 })?;
@@ -600,7 +602,7 @@ fn read_loop<S: Connection>(
             data.resize(len as usize, 0);
             stream
                 .read_exact(&mut data)
-                .map_err(|e| DropReason::Failed(e.to_string()))?;
+                .map_err(|e| DropReason::Failed(io_text(e)))?;
             run.remove(0);
             if run.is_empty() {
                 in_flight.pop_front();
