@@ -588,6 +588,24 @@ fn state_path(part: &Path) -> PathBuf {
     part.with_file_name(name)
 }
 
+/// Takes the part file's OS lock (held until the file is closed), so two downloads of one
+/// file into one folder, from two `get`s or a `get` beside a peer's console, never write it
+/// at once. A file system without locks only loses this guard (the final inode check in
+/// `publish` still catches a swapped part file).
+fn lock_part(file: &File, path: &Path, meta: &FileMeta) -> Result<(), PeerError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => Err(PeerError::InProgress {
+            name: meta.name.clone(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }),
+        Err(fs::TryLockError::Error(e)) => {
+            log::debug!("cannot lock {}: {e}; going on unlocked", path.display());
+            Ok(())
+        }
+    }
+}
+
 /// How often the sidecar is rewritten while chunks arrive (it is also written when a
 /// download stops). A crash loses at most this much of the record, never data: chunks the
 /// sidecar does not list are simply fetched again.
@@ -625,6 +643,10 @@ impl PartFile {
         if let Some(part) = Self::resume(&path, &state_path, geometry, manifest)? {
             return Ok(part);
         }
+        // A part file without a usable sidecar is stale, unless a download holds it.
+        if let Ok(existing) = File::open(&path) {
+            lock_part(&existing, &path, meta)?;
+        }
         for stale in [&path, &state_path] {
             match fs::remove_file(stale) {
                 Ok(()) => log::debug!("removed the stale {}", stale.display()),
@@ -639,6 +661,7 @@ impl PartFile {
             .create_new(true)
             .open(&path)
             .map_err(|e| PeerError::io("create the part file", &path, e))?;
+        lock_part(&file, &path, meta)?;
         file.set_len(meta.size)
             .map_err(|e| PeerError::io("size the part file", &path, e))?;
         Ok(PartFile {
@@ -685,6 +708,7 @@ impl PartFile {
             .write(true)
             .open(path)
             .map_err(|e| PeerError::io("open the part file", path, e))?;
+        lock_part(&file, path, &manifest.file)?;
         let mut buf = Vec::new();
         let mut rejected = 0;
         for index in state.done_chunks() {
@@ -903,6 +927,32 @@ mod tests {
         assert_eq!(part.publish(&fresh).unwrap(), fresh);
         assert_eq!(fs::read(&fresh).unwrap(), [0, 0, 0]);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_part_file_in_use_is_neither_shared_nor_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+        let manifest = manifest_of("f", &bytes);
+        let first = PartFile::open(tmp.path(), &manifest).unwrap();
+        // A fresh part (no sidecar yet) and a resumable one (sidecar saved) alike.
+        for round in 0..2 {
+            match PartFile::open(tmp.path(), &manifest) {
+                Err(PeerError::InProgress { name, dir }) => {
+                    assert_eq!((name.as_str(), dir.as_path()), ("f", tmp.path()));
+                }
+                Err(e) => panic!("round {round}: expected InProgress, got {e}"),
+                Ok(_) => panic!("round {round}: two downloads shared one part file"),
+            }
+            assert!(part_path(tmp.path(), &manifest.file).exists());
+            first.write_piece(0, &bytes[..1024]).unwrap();
+            first.chunk_verified(0).unwrap();
+            first.lock().state.save(&first.state_path).unwrap();
+        }
+        first.keep_for_resume();
+        drop(first);
+        let again = PartFile::open(tmp.path(), &manifest).unwrap();
+        assert_eq!(again.missing(), vec![1, 2]);
     }
 
     #[test]

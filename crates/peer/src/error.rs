@@ -67,6 +67,15 @@ pub enum PeerError {
         /// The final path.
         path: PathBuf,
     },
+    /// Another download of the same file into the same folder is running (its part file is
+    /// locked): two writers would trip over each other.
+    #[error("{name} is already being downloaded into {} by another download; wait for it or stop it", dir.display())]
+    InProgress {
+        /// The file.
+        name: String,
+        /// The folder.
+        dir: PathBuf,
+    },
     /// A local file-system operation failed.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
