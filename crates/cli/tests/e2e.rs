@@ -121,6 +121,21 @@ fn get_ok(name: &str, index: &str, out: &Path) -> String {
     String::from_utf8(got.stdout).unwrap()
 }
 
+/// A peer serving `dir` (no console) with an hour's lease: its next heartbeat is 20 minutes
+/// away, so whatever an index lists meanwhile is not from a fresh announcement.
+fn start_long_lease_peer(dir: &Path, index: &str) -> (Server, String) {
+    Server::start(&[
+        "peer",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--index",
+        index,
+        "--lease",
+        "3600",
+        "--no-console",
+    ])
+}
+
 fn write_file(dir: &Path, name: &str, len: usize) -> Vec<u8> {
     let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + name.len()) as u8).collect();
     std::fs::write(dir.join(name), &bytes).unwrap();
@@ -363,38 +378,19 @@ fn a_durable_index_restarted_under_running_peers_lists_their_files_at_once() {
     let out = TempDir::new().unwrap();
     let bytes = write_file(shared.path(), "kept.bin", 300_000);
     let data_dir = data.path().to_str().unwrap();
-    let index_args = |listen: &str| {
-        vec![
-            "index".to_string(),
-            "--listen".into(),
-            listen.to_string(),
-            "--data".into(),
-            data_dir.to_string(),
-            "--lease".into(),
-            "3600".into(),
+    let index_args = |listen| {
+        [
+            "index", "--listen", listen, "--data", data_dir, "--lease", "3600",
         ]
     };
-    let first_args = index_args("127.0.0.1:0");
-    let (mut index, addr) =
-        Server::start(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
-    // An hour's lease: the peer's next heartbeat is 20 minutes away, so whatever the
-    // restarted index lists, it read from its data folder, not from a new announcement.
-    let (_peer, _) = Server::start(&[
-        "peer",
-        "--dir",
-        shared.path().to_str().unwrap(),
-        "--index",
-        &addr,
-        "--lease",
-        "3600",
-        "--no-console",
-    ]);
+    let (mut index, addr) = Server::start(&index_args("127.0.0.1:0"));
+    // Whatever the restarted index lists, it read from its data folder.
+    let (_peer, _) = start_long_lease_peer(shared.path(), &addr);
     index.child.kill().unwrap();
     index.child.wait().unwrap();
 
     // Same address, same data, and at once: the peer's file is listed and can be fetched.
-    let again_args = index_args(&addr);
-    let (_index, again) = Server::start(&again_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_index, again) = Server::start(&index_args(&addr));
     assert_eq!(again, addr);
     let found = run(&["search", "kept", "--index", &addr, "--json"]);
     assert!(
@@ -417,17 +413,8 @@ fn a_listed_holder_that_is_gone_gives_one_readable_line() {
     let out = TempDir::new().unwrap();
     write_file(shared.path(), "orphan.bin", 100_000);
     let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
-    // An hour's lease: the index keeps listing the holder after it is killed.
-    let (mut peer, peer_addr) = Server::start(&[
-        "peer",
-        "--dir",
-        shared.path().to_str().unwrap(),
-        "--index",
-        &index,
-        "--lease",
-        "3600",
-        "--no-console",
-    ]);
+    // The index keeps listing the holder after it is killed.
+    let (mut peer, peer_addr) = start_long_lease_peer(shared.path(), &index);
     peer.child.kill().unwrap();
     peer.child.wait().unwrap();
 

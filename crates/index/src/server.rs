@@ -203,19 +203,9 @@ fn holder_as_seen(
     if config.trust_announced_host || announced.host() == from.host() {
         return Ok(announced);
     }
-    // The port is parsed, not copied: a padded port ("0000…7001") must not make the rebuilt
-    // address too long and so slip the announced host through.
-    let port = announced
-        .as_str()
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .ok_or_else(|| {
-            refuse(
-                ErrorCode::BadRequest,
-                format!("holder {announced} has no valid port"),
-            )
-        })?;
-    let seen = PeerAddr::new(format!("{}:{port}", from.host())).map_err(|e| {
+    // The port is the parsed number, never the announced text: no padding can stretch the
+    // rebuilt address past the limit and so slip the announced host through.
+    let seen = PeerAddr::new(format!("{}:{}", from.host(), announced.port())).map_err(|e| {
         refuse(
             ErrorCode::BadRequest,
             format!("cannot record {from}'s holder: {e}"),

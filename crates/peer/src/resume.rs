@@ -43,6 +43,10 @@ impl Geometry {
     fn chunks(&self) -> usize {
         usize::try_from(chunk_count(self.size, self.chunk_size)).unwrap_or(usize::MAX)
     }
+
+    fn bitmap_len(&self) -> usize {
+        self.chunks().div_ceil(8)
+    }
 }
 
 /// The verified-chunk bitmap of one partial download.
@@ -57,7 +61,7 @@ impl ResumeState {
     pub(crate) fn new(geometry: Geometry) -> Self {
         ResumeState {
             geometry,
-            done: vec![0; geometry.chunks().div_ceil(8)],
+            done: vec![0; geometry.bitmap_len()],
         }
     }
 
@@ -71,7 +75,7 @@ impl ResumeState {
         };
         // Read no more than a sidecar of this file can be: a huge file planted under the
         // sidecar's name costs one bounded read, not memory.
-        let most = HEADER_LEN + expected.chunks().div_ceil(8) + CHECKSUM_LEN;
+        let most = HEADER_LEN + expected.bitmap_len() + CHECKSUM_LEN;
         let mut bytes = Vec::new();
         file.take(most as u64 + 1)
             .read_to_end(&mut bytes)
@@ -117,7 +121,7 @@ impl ResumeState {
             return Err("inconsistent chunk count".into());
         }
         let bitmap = &body[HEADER_LEN..];
-        if bitmap.len() != expected.chunks().div_ceil(8) {
+        if bitmap.len() != expected.bitmap_len() {
             return Err("bitmap length does not match the chunk count".into());
         }
         Ok(ResumeState {

@@ -76,7 +76,7 @@ fn describe_io(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused (nothing listens there)".into(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            "timed out waiting for an answer".into()
+            "timed out (the other side went quiet)".into()
         }
         io::ErrorKind::UnexpectedEof => "the connection closed in the middle of a message".into(),
         io::ErrorKind::ConnectionReset => "the connection was reset by the other side".into(),

@@ -109,12 +109,17 @@ impl PeerAddr {
         &self.0
     }
 
-    /// The host part (everything before the last `:`), or the whole address.
+    /// The host part (everything before the last `:`).
     pub fn host(&self) -> &str {
-        match self.0.rsplit_once(':') {
-            Some((host, _)) => host,
-            None => &self.0,
-        }
+        self.0.rsplit_once(':').map_or(&self.0, |(host, _)| host)
+    }
+
+    /// The port (checked when the address was made, so always there).
+    pub fn port(&self) -> u16 {
+        self.0
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -122,10 +127,9 @@ impl PeerAddr {
 /// leading zeros (a padded port would make one endpoint look like many).
 fn has_host_and_port(addr: &str) -> bool {
     match addr.rsplit_once(':') {
+        // Printed back, only the plain form reads the same ("+80" and "080" do not).
         Some((host, port)) => {
-            !host.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && port.parse::<u16>().is_ok_and(|p| p.to_string() == port)
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p.to_string() == port)
         }
         None => false,
     }
@@ -295,6 +299,7 @@ mod tests {
     fn addrs() {
         assert_eq!(PeerAddr::new("127.0.0.1:80").unwrap().host(), "127.0.0.1");
         assert_eq!(PeerAddr::new("[::1]:1024").unwrap().host(), "[::1]");
+        assert_eq!(PeerAddr::new("[::1]:1024").unwrap().port(), 1024);
         assert!(PeerAddr::new("peer.example:0").is_ok());
         let padded = format!("victim:{:0>248}", 7002);
         for bad in [
