@@ -1,12 +1,15 @@
 //! The one-shot client commands: `shoal get` and `shoal search`.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use shoal_index::IndexClient;
-use shoal_peer::{DownloadOutcome, Downloader, DownloaderConfig};
-use shoal_proto::FileKey;
+use shoal_peer::{DownloadOutcome, Downloader, DownloaderConfig, Library, Peer, PeerConfig};
+use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
+use shoal_proto::{FileKey, PeerAddr};
 
 use crate::error::CliError;
 use crate::progress::DownloadBar;
@@ -29,9 +32,24 @@ pub(crate) struct GetArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_sources: u16,
     /// One JSON object per file on stdout: name, id, size, seconds, bytes per holder,
-    /// holders dropped and why (and `error` if it failed).
+    /// bytes uploaded to other peers meanwhile, holders dropped and why (and `error` if it
+    /// failed).
     #[arg(long)]
     json: bool,
+    /// Share while downloading on this address: other peers fetch the chunks this download
+    /// has verified, so a crowd of `get`s swarms. Default: a free port on the address this
+    /// machine reaches the index from.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Do not share: no listening port, nothing registered with the index.
+    #[arg(long, conflicts_with_all = ["listen", "seed"])]
+    no_share: bool,
+    /// After the last download, keep serving what was downloaded for SECS seconds (Ctrl-C
+    /// ends it early). Default 0: exit at once. Either way, everything this `get` registered
+    /// is unregistered when it exits.
+    #[arg(long, value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    seed: u64,
 }
 
 /// `shoal search`
@@ -43,7 +61,9 @@ pub(crate) struct SearchArgs {
     /// Index server(s), comma-separated; the first that answers is used.
     #[arg(long, default_value = DEFAULT_INDEX)]
     index: String,
-    /// One JSON object per line: {"name", "size", "id", "holders"}.
+    /// One JSON object per line: {"name", "size", "id", "holders", "downloading"}
+    /// (`holders` hold the whole file; `downloading` are fetching it and serve what they
+    /// have).
     #[arg(long)]
     json: bool,
     /// At most this many results.
@@ -64,7 +84,16 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         max_sources: usize::from(args.max_sources),
         ..DownloaderConfig::default()
     };
-    let mut downloader = Downloader::new(TcpTransport::default(), index, &args.out, config);
+    let transport = TcpTransport::default();
+    let peer = if args.no_share {
+        None
+    } else {
+        share_peer(&transport, &index, args, config.clone())
+    };
+    let mut downloader = match &peer {
+        Some(peer) => peer.downloader(),
+        None => Downloader::new(transport, index, &args.out, config),
+    };
     let bar = DownloadBar::attach(&mut downloader);
     let mut failed = 0;
     let mut last_error = None;
@@ -72,6 +101,9 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         bar.start();
         let result = downloader.fetch(key);
         bar.finish();
+        if let (Ok(DownloadOutcome::Downloaded(report)), Some(peer)) = (&result, &peer) {
+            peer.announce_added(&report.file);
+        }
         match &result {
             Ok(outcome) if args.json => println!("{}", outcome_json(outcome)),
             Ok(outcome) => println!("{}", describe_outcome(outcome)),
@@ -93,6 +125,19 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
             last_error = Some(e);
         }
     }
+    if let Some(peer) = peer {
+        if args.seed > 0 && failed < keys.len() {
+            if let Some(addr) = peer.listen_addr() {
+                log::warn!("seeding on {addr} for {} s (Ctrl-C to stop)", args.seed);
+            }
+            wait_or_interrupt(Duration::from_secs(args.seed))?;
+        }
+        log::info!(
+            "served {} to other peers; unregistering",
+            units::bytes(peer.stats().bytes_served())
+        );
+        peer.shutdown();
+    }
     match (failed, last_error) {
         (0, _) => Ok(()),
         (_, Some(e)) if keys.len() == 1 => Err(e.into()),
@@ -101,6 +146,61 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
             total: keys.len(),
         }),
     }
+}
+
+/// A peer that shares this `get`'s downloads while they run (and while it seeds), or
+/// `None` (with a warning) if it cannot start: the download then goes on without sharing.
+fn share_peer(
+    transport: &TcpTransport,
+    index: &[PeerAddr],
+    args: &GetArgs,
+    downloader: DownloaderConfig,
+) -> Option<Peer<TcpTransport>> {
+    let listen = match &args.listen {
+        Some(addr) => PeerAddr::new(addr.as_str()).ok()?,
+        // Next to the address this machine reaches the index from, on a free port.
+        None => {
+            let seen = IndexClient::new(transport.clone(), index.to_vec())
+                .local_addr()
+                .ok()?;
+            let ip = seen.as_str().parse::<SocketAddr>().ok()?.ip();
+            PeerAddr::new(SocketAddr::new(ip, 0).to_string()).ok()?
+        }
+    };
+    let mut config = PeerConfig::new(index.to_vec(), listen);
+    config.downloader = downloader;
+    config.watch = None;
+    let library = Library::empty(&args.out, DEFAULT_CHUNK_SIZE);
+    match Peer::start(transport.clone(), library, config) {
+        Ok(peer) => {
+            if let Some(addr) = peer.listen_addr() {
+                log::info!("sharing downloads on {addr}");
+            }
+            Some(peer)
+        }
+        Err(e) => {
+            log::warn!("not sharing while downloading: {e}");
+            None
+        }
+    }
+}
+
+/// Sleeps for `period`, or until SIGINT/SIGTERM.
+fn wait_or_interrupt(period: Duration) -> Result<(), CliError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| CliError::Io {
+            what: "cannot install the Ctrl-C handler".into(),
+            source,
+        })?;
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        if signals.pending().next().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100).min(deadline - Instant::now()));
+    }
+    Ok(())
 }
 
 /// The `--json` record of one download.
@@ -134,6 +234,13 @@ fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
                 "status": "downloaded",
                 "seconds": report.elapsed.as_secs_f64(),
                 "resumed_bytes": report.resumed_bytes,
+                "uploaded": report.uploaded,
+                "from_partial_holders": report
+                    .holders
+                    .iter()
+                    .filter(|h| h.partial)
+                    .map(|h| h.bytes)
+                    .sum::<u64>(),
                 "bytes_per_holder": bytes_per_holder,
                 "dropped": dropped,
             })
@@ -202,6 +309,7 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
                 "size": hit.file.size,
                 "id": hit.file.id.to_hex(),
                 "holders": hit.holders,
+                "downloading": hit.downloading,
             });
             writeln!(out, "{line}").map_err(write_err)?;
         }
@@ -219,17 +327,18 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
         .max(4);
     writeln!(
         out,
-        "{:<width$}  {:>10}  {:>7}  ID",
-        "NAME", "SIZE", "HOLDERS"
+        "{:<width$}  {:>10}  {:>7}  {:>11}  ID",
+        "NAME", "SIZE", "HOLDERS", "DOWNLOADING"
     )
     .map_err(write_err)?;
     for hit in &hits {
         writeln!(
             out,
-            "{:<width$}  {:>10}  {:>7}  {}",
+            "{:<width$}  {:>10}  {:>7}  {:>11}  {}",
             hit.file.name,
             units::bytes(hit.file.size),
             hit.holders,
+            hit.downloading,
             hit.file.id
         )
         .map_err(write_err)?;

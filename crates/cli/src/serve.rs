@@ -1,15 +1,14 @@
 //! The long-running commands: `shoal index` and `shoal peer`.
 
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
+use shoal_index::{IndexServer, IndexServerConfig, MemoryStore};
 use shoal_peer::{
-    Announcer, AnnouncerConfig, Downloader, DownloaderConfig, FolderWatcher, IndexStatus, Library,
-    OpenOptions, PeerServer, PeerServerConfig, ScanProgress, WatchConfig,
+    AnnouncerConfig, Downloader, DownloaderConfig, IndexStatus, Library, OpenOptions, Peer,
+    PeerConfig, PeerServerConfig, ScanProgress, WatchConfig,
 };
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
@@ -170,51 +169,47 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         report.cached
     );
 
-    let config = PeerServerConfig {
+    let mut config = PeerConfig::new(index_addrs.clone(), listen);
+    config.advertise = args
+        .advertise
+        .as_deref()
+        .map(PeerAddr::new)
+        .transpose()?;
+    config.server = PeerServerConfig {
         max_connections: args.max_connections,
         max_uploads: args.max_uploads.max(1),
         frame_timeout: std::time::Duration::from_secs(args.frame_timeout),
         ..PeerServerConfig::default()
     };
-    let handle = PeerServer::new(transport.clone(), library.clone(), config).spawn(&listen)?;
-
-    let advertise = match &args.advertise {
-        Some(addr) => PeerAddr::new(addr.as_str())?,
-        None => advertised_addr(
-            handle.addr(),
-            &mut IndexClient::new(transport.clone(), index_addrs.clone()),
-        )?,
+    config.downloader = DownloaderConfig {
+        max_sources: args.max_sources.max(1),
+        ..DownloaderConfig::default()
     };
-    // Registers with every index; fails only if none accepts (the others are retried at
-    // each heartbeat).
-    let announce_config = AnnouncerConfig {
+    config.announcer = AnnouncerConfig {
         lease: Duration::from_secs(args.lease),
         ..AnnouncerConfig::default()
     };
-    let heartbeat = announce_config.heartbeat_interval();
-    let mut announcer = Announcer::start(
-        transport.clone(),
-        index_addrs.clone(),
-        advertise.clone(),
-        &library,
-        announce_config,
-    )?;
-    announcer.spawn_heartbeat()?;
-    let watch_config = WatchConfig {
+    config.watch = Some(WatchConfig {
         rescan_interval: Duration::from_secs(args.rescan),
         ..WatchConfig::default()
-    };
-    let watcher = FolderWatcher::start(library.clone(), watch_config, announcer.change_sink())?;
-    announce_listening(handle.addr());
-    let accepted: Vec<String> = announcer
-        .status()
+    });
+    let heartbeat = config.announcer.heartbeat_interval();
+    // Server, then registration with every index (fails only if none accepts; the others
+    // are retried at each heartbeat), then the folder watcher.
+    let peer = Peer::start(transport, library, config)?;
+    if let Some(addr) = peer.listen_addr() {
+        announce_listening(addr);
+    }
+    let advertise = peer.advertise().clone();
+    let accepted: Vec<String> = peer
+        .index_status()
         .into_iter()
         .filter(|(_, status)| matches!(status, IndexStatus::Registered { .. }))
         .map(|(addr, _)| addr.to_string())
         .collect();
     log::info!(
         "registered {} files with {} of {} indexes ({}) as {advertise}; heartbeat every {} s, \
-         watching the folder",
+         watching the folder; downloads are shared while they run",
         report.files,
         accepted.len(),
         index_addrs.len(),
@@ -223,16 +218,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     );
 
     if !args.no_console {
-        let downloader = Downloader::for_peer(
-            transport,
-            index_addrs,
-            library,
-            advertise.clone(),
-            DownloaderConfig {
-                max_sources: args.max_sources.max(1),
-                ..DownloaderConfig::default()
-            },
-        );
+        let downloader = peer.downloader();
         thread::Builder::new()
             .name("console".into())
             .spawn(move || run_console(downloader))
@@ -243,12 +229,11 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     }
 
     wait_for_interrupt()?;
-    log::info!("peer stopping: unregistering {advertise} from every index");
-    // The watcher first, so no change is announced after the goodbye; then a clean stop
-    // tells every index at once, so nobody is sent to a peer that is gone.
-    watcher.stop();
-    announcer.shutdown();
-    handle.shutdown();
+    log::info!(
+        "peer stopping: unregistering {advertise} from every index ({} served to others)",
+        crate::units::bytes(peer.stats().bytes_served())
+    );
+    peer.shutdown();
     Ok(())
 }
 
@@ -278,42 +263,15 @@ fn run_console(mut downloader: Downloader<TcpTransport>) {
     log::info!("console closed (end of input); still serving until interrupted");
 }
 
-/// What other peers should dial: the listen address, unless it is a wildcard address, in
-/// which case the host the index sees us as, with our listening port.
-fn advertised_addr(
-    listen: &PeerAddr,
-    index: &mut IndexClient<TcpTransport>,
-) -> Result<PeerAddr, CliError> {
-    let Ok(socket) = listen.as_str().parse::<SocketAddr>() else {
-        return Ok(listen.clone());
-    };
-    if !socket.ip().is_unspecified() {
-        return Ok(listen.clone());
-    }
-    let seen_as = index.local_addr()?;
-    let ip = seen_as
-        .as_str()
-        .parse::<SocketAddr>()
-        .map(|s| s.ip())
-        .map_err(|_| {
-            CliError::Usage(format!(
-                "cannot tell this machine's address from {seen_as}; pass --advertise"
-            ))
-        })?;
-    Ok(PeerAddr::new(
-        SocketAddr::new(ip, socket.port()).to_string(),
-    )?)
-}
-
 /// The line scripts and tests wait for.
-fn announce_listening(addr: &PeerAddr) {
+pub(crate) fn announce_listening(addr: &PeerAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
 }
 
 /// Blocks until SIGINT (Ctrl-C) or SIGTERM.
-fn wait_for_interrupt() -> Result<(), CliError> {
+pub(crate) fn wait_for_interrupt() -> Result<(), CliError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| CliError::Io {

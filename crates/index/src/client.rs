@@ -5,7 +5,7 @@ use shoal_proto::codec::{self, Service};
 use shoal_proto::message::{ErrorCode, IndexRequest, IndexResponse, SearchHit};
 use shoal_proto::{Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport};
 
-use crate::IndexError;
+use crate::{IndexError, Sources};
 
 /// Read/write timeout per request unless [`IndexClient::with_timeout`] says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +86,55 @@ impl<T: Transport> IndexClient<T> {
     /// removed.
     pub fn unregister(&mut self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
         let request = IndexRequest::Unregister {
+            holder: holder.clone(),
+            ids: ids.to_vec(),
+        };
+        match self.call(&request)? {
+            IndexResponse::Unregistered { removed } => Ok(removed),
+            other => Err(unexpected(other, None, "Unregistered")),
+        }
+    }
+
+    /// Every complete and partial holder of the file (a swarm download's sources).
+    pub fn sources(&mut self, key: &FileKey) -> Result<Sources, IndexError> {
+        match self.call(&IndexRequest::Sources { key: key.clone() })? {
+            IndexResponse::Sources {
+                file,
+                complete,
+                partial,
+            } => Ok(Sources {
+                file,
+                complete,
+                partial,
+            }),
+            other => Err(unexpected(other, Some(key), "Sources")),
+        }
+    }
+
+    /// Swarm: `holder` is downloading `files` and serves their verified chunks (sent again
+    /// to renew). Returns how many partial registrations are new.
+    pub fn register_partial(
+        &mut self,
+        holder: &PeerAddr,
+        files: &[FileMeta],
+    ) -> Result<u32, IndexError> {
+        let request = IndexRequest::RegisterPartial {
+            holder: holder.clone(),
+            files: files.to_vec(),
+        };
+        match self.call(&request)? {
+            IndexResponse::Registered { added } => Ok(added),
+            other => Err(unexpected(other, None, "Registered")),
+        }
+    }
+
+    /// `holder` stopped downloading `ids` (empty: all). Returns how many were removed.
+    pub fn unregister_partial(
+        &mut self,
+        holder: &PeerAddr,
+        ids: &[FileId],
+    ) -> Result<u32, IndexError> {
+        let request = IndexRequest::UnregisterPartial {
             holder: holder.clone(),
             ids: ids.to_vec(),
         };
@@ -261,6 +310,7 @@ fn variant_name(response: &IndexResponse) -> &'static str {
         IndexResponse::SearchResults { .. } => "SearchResults",
         IndexResponse::Error(_) => "Error",
         IndexResponse::Renewed { .. } => "Renewed",
+        IndexResponse::Sources { .. } => "Sources",
     }
 }
 

@@ -66,6 +66,7 @@ use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 use crate::registry::{DEFAULT_LEASE, ListingView};
+use crate::partial::{Partials, Sources};
 use crate::{Clock, IndexError, Registry, Store, SystemClock};
 
 /// The on-disk format version this build writes and reads.
@@ -193,6 +194,8 @@ struct SnapshotListingOut<'a> {
 pub struct DurableStore {
     shared: Arc<Shared>,
     compactor: Option<JoinHandle<()>>,
+    /// Downloads in progress: in memory only (see [`crate::Partials`]).
+    partials: Partials,
 }
 
 struct Shared {
@@ -382,6 +385,7 @@ impl DurableStore {
         let mut store = DurableStore {
             shared: Arc::clone(&shared),
             compactor: None,
+            partials: Partials::new(options.lease),
         };
         let compactor = thread::Builder::new()
             .name("index-compact".into())
@@ -507,6 +511,7 @@ impl Store for DurableStore {
             }
             Ok(added)
         })
+        .inspect(|_| self.partials.complete(holder, files))
     }
 
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
@@ -523,6 +528,9 @@ impl Store for DurableStore {
             }
             Ok(removed)
         })
+        .inspect(|_| {
+            self.partials.unregister(holder, ids);
+        })
     }
 
     fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
@@ -537,15 +545,19 @@ impl Store for DurableStore {
     }
 
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
-        Ok(self.read(|state, now| state.registry.search(query, limit, now)))
+        let (complete, now) = self.read(|state, now| (state.registry.search(query, limit, now), now));
+        Ok(self.partials.search(query, limit, complete, now))
     }
 
     fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
         // Leases are not durable: a renewal writes nothing.
-        Ok(self.read(|state, now| state.registry.renew(holder, now)))
+        let (renewed, now) = self.read(|state, now| (state.registry.renew(holder, now), now));
+        self.partials.renew(holder, now);
+        Ok(renewed)
     }
 
     fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+        self.partials.sweep(self.shared.clock.now());
         self.change(|registry, now, out| {
             let gone = registry.sweep(now);
             if !gone.is_empty() {
@@ -558,6 +570,21 @@ impl Store for DurableStore {
 
     fn lease(&self) -> Duration {
         lock(&self.shared.state).registry.lease()
+    }
+
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        Ok(self
+            .partials
+            .register(holder, files, self.shared.clock.now()))
+    }
+
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+        Ok(self.partials.unregister(holder, ids))
+    }
+
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+        let (complete, now) = self.read(|state, now| (state.registry.holders(key, now), now));
+        Ok(self.partials.sources(key, complete, now))
     }
 }
 

@@ -374,6 +374,7 @@ impl Registry {
             .map(|(l, count)| SearchHit {
                 file: l.meta(),
                 holders: u32::try_from(count).unwrap_or(u32::MAX),
+                downloading: 0,
             })
             .collect()
     }

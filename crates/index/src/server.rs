@@ -10,7 +10,9 @@ use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
 use shoal_proto::message::{ErrorCode, ErrorReply, IndexRequest, IndexResponse};
 use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
-use shoal_proto::{Connection, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name};
+use shoal_proto::{
+    Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
+};
 
 use crate::{IndexError, Store};
 
@@ -328,19 +330,67 @@ fn answer<S: Store>(
                 Err(e) => store_failed(&e),
             }
         }
+        IndexRequest::RegisterPartial { holder, files } => {
+            let holder = match holder_as_seen(holder, from, config) {
+                Ok(holder) => holder,
+                Err(refusal) => return refusal,
+            };
+            if let Err(refusal) = check_files(&files, config) {
+                log::info!("index: refused a partial registration of {holder}: {refusal}");
+                return IndexResponse::Error(refusal);
+            }
+            match store.register_partial(&holder, &files) {
+                Ok(added) => {
+                    if added > 0 {
+                        log::info!("{holder} is downloading {} files ({added} new)", files.len());
+                    }
+                    IndexResponse::Registered { added }
+                }
+                Err(e) => store_failed(&e),
+            }
+        }
+        IndexRequest::UnregisterPartial { holder, ids } => {
+            if let Err(refusal) = own_holder(&holder, from, config, "unregister") {
+                return refusal;
+            }
+            if let Err(refusal) = check_id_count(&ids, config) {
+                return refusal;
+            }
+            match store.unregister_partial(&holder, &ids) {
+                Ok(removed) => {
+                    log::info!("{holder} stopped {removed} downloads");
+                    IndexResponse::Unregistered { removed }
+                }
+                Err(e) => store_failed(&e),
+            }
+        }
+        IndexRequest::Sources { key } => {
+            if let Err(e) = key.validate() {
+                return refuse(ErrorCode::BadName, e.to_string());
+            }
+            match store.sources(&key) {
+                Ok(Some(sources)) => {
+                    log::debug!(
+                        "index: {from} asked for the sources of {key}: {} complete, {} partial",
+                        sources.complete.len(),
+                        sources.partial.len()
+                    );
+                    IndexResponse::Sources {
+                        file: sources.file,
+                        complete: sources.complete,
+                        partial: sources.partial,
+                    }
+                }
+                Ok(None) => not_found(&key),
+                Err(e) => store_failed(&e),
+            }
+        }
         IndexRequest::Unregister { holder, ids } => {
             if let Err(refusal) = own_holder(&holder, from, config, "unregister") {
                 return refusal;
             }
-            if ids.len() > config.max_files_per_register {
-                return refuse(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "unregister lists {} files; the limit is {}",
-                        ids.len(),
-                        config.max_files_per_register
-                    ),
-                );
+            if let Err(refusal) = check_id_count(&ids, config) {
+                return refusal;
             }
             match store.unregister(&holder, &ids) {
                 Ok(removed) => {
@@ -385,6 +435,21 @@ fn answer<S: Store>(
             }
         }
     }
+}
+
+/// The count limit of an unregistration.
+fn check_id_count(ids: &[FileId], config: &IndexServerConfig) -> Result<(), IndexResponse> {
+    if ids.len() > config.max_files_per_register {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "unregister lists {} files; the limit is {}",
+                ids.len(),
+                config.max_files_per_register
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a registration before it reaches the store: the count limit, then each file's

@@ -6,6 +6,7 @@ use rand::rngs::StdRng;
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
+use crate::partial::{Partials, Sources};
 use crate::{Clock, IndexError, Registry, SystemClock};
 
 /// Where registrations live.
@@ -44,6 +45,14 @@ pub trait Store: Send + Sync + 'static {
     fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError>;
     /// How long a registration lives without renewal.
     fn lease(&self) -> Duration;
+    /// Swarm: `holder` is downloading these files and serves their verified chunks. Returns
+    /// how many partial registrations are new; renews the holder's partial lease. A later
+    /// [`Store::register`] of a file by the same holder replaces its partial registration.
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError>;
+    /// `holder` stopped downloading these ids (empty: all); returns how many were removed.
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError>;
+    /// Every live complete and partial holder of the file, marked apart.
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError>;
 }
 
 /// A [`Registry`] and its random generator behind one mutex.
@@ -52,6 +61,7 @@ pub trait Store: Send + Sync + 'static {
 /// so contention stays negligible (the index benchmark measures it).
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    partials: Partials,
     clock: Arc<dyn Clock>,
 }
 
@@ -77,6 +87,7 @@ impl MemoryStore {
                 registry: Registry::new(),
                 rng,
             }),
+            partials: Partials::new(crate::DEFAULT_LEASE),
             clock: Arc::new(SystemClock::new()),
         }
     }
@@ -84,6 +95,7 @@ impl MemoryStore {
     /// Sets the lease (default 60 s); it applies from the next registration or renewal.
     pub fn with_lease(self, lease: Duration) -> Self {
         self.lock().registry.set_lease(lease);
+        self.partials.set_lease(lease);
         self
     }
 
@@ -110,11 +122,15 @@ impl Default for MemoryStore {
 impl Store for MemoryStore {
     fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
         let now = self.clock.now();
-        Ok(self.lock().registry.register(holder, files, now))
+        let added = self.lock().registry.register(holder, files, now);
+        self.partials.complete(holder, files);
+        Ok(added)
     }
 
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
-        Ok(self.lock().registry.unregister(holder, ids))
+        let removed = self.lock().registry.unregister(holder, ids);
+        self.partials.unregister(holder, ids);
+        Ok(removed)
     }
 
     fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
@@ -131,21 +147,38 @@ impl Store for MemoryStore {
 
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
         let now = self.clock.now();
-        Ok(self.lock().registry.search(query, limit, now))
+        let complete = self.lock().registry.search(query, limit, now);
+        Ok(self.partials.search(query, limit, complete, now))
     }
 
     fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
         let now = self.clock.now();
+        self.partials.renew(holder, now);
         Ok(self.lock().registry.renew(holder, now))
     }
 
     fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
         let now = self.clock.now();
+        self.partials.sweep(now);
         Ok(self.lock().registry.sweep(now))
     }
 
     fn lease(&self) -> Duration {
         self.lock().registry.lease()
+    }
+
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        Ok(self.partials.register(holder, files, self.clock.now()))
+    }
+
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+        Ok(self.partials.unregister(holder, ids))
+    }
+
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+        let now = self.clock.now();
+        let complete = self.lock().registry.holders(key, now);
+        Ok(self.partials.sources(key, complete, now))
     }
 }
 

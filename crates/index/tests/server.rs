@@ -348,6 +348,15 @@ impl Store for Watched {
     fn lease(&self) -> Duration {
         self.inner.lease()
     }
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.inner.register_partial(holder, files)
+    }
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+        self.inner.unregister_partial(holder, ids)
+    }
+    fn sources(&self, key: &FileKey) -> Result<Option<shoal_index::Sources>, IndexError> {
+        self.inner.sources(key)
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use shoal_index::IndexClient;
@@ -22,8 +22,14 @@ use shoal_proto::{
 use crate::error::io_text;
 use crate::library::hash_file;
 use crate::resume::{Geometry, ResumeState};
-use crate::swarm::{self, ChunkSink, DropReason, SwarmConfig};
+use crate::pieces::PickerConfig;
+use crate::share::PartialShare;
+use crate::swarm::{self, ChunkSink, DropReason, SourceSpec, SwarmConfig};
 use crate::{Library, PeerError, SharedFile};
+
+/// A sharing download renews its partial registration this often (a third of the default
+/// lease, as the announcer's heartbeat).
+const PARTIAL_RENEW: Duration = Duration::from_secs(20);
 
 /// How a [`Downloader`] runs.
 #[derive(Clone, Debug)]
@@ -38,8 +44,15 @@ pub struct DownloaderConfig {
     /// Holders fetched from at once (default 8).
     pub max_sources: usize,
     /// Bytes asked for per request (rounded to whole chunks; default 4 MiB). Three requests
-    /// are kept in flight per holder.
+    /// are kept in flight per holder. A sharing download asks one chunk at a time, two in
+    /// flight, so the chunks spread over the crowd instead of queueing at one holder.
     pub request_bytes: u64,
+    /// While a download runs, ask the index for new sources this often (default 1 s): a
+    /// crowd keeps arriving.
+    pub refresh: Duration,
+    /// Serve the verified chunks of a download while it runs and tell the index (a partial
+    /// holder; default on). Needs a library and an address ([`Downloader::for_peer`]).
+    pub share: bool,
 }
 
 impl Default for DownloaderConfig {
@@ -50,6 +63,8 @@ impl Default for DownloaderConfig {
             seed: None,
             max_sources: 8,
             request_bytes: 4 << 20,
+            refresh: Duration::from_secs(1),
+            share: true,
         }
     }
 }
@@ -72,6 +87,8 @@ pub struct HolderReport {
     pub bytes: u64,
     /// Chunk requests sent to it.
     pub requests: u32,
+    /// Whether it was still downloading the file (a partial holder) when first asked.
+    pub partial: bool,
     /// Why it was dropped before the end, if it was.
     pub dropped: Option<String>,
     /// The chunk it sent that failed verification, if it did.
@@ -95,6 +112,8 @@ pub struct DownloadReport {
     pub elapsed: Duration,
     /// Whether the new copy was registered with the index.
     pub registered: bool,
+    /// Bytes of this file served to other peers while it downloaded (a sharing download).
+    pub uploaded: u64,
     /// Every holder used, with its share and why it stopped early, if it did.
     pub holders: Vec<HolderReport>,
 }
@@ -229,20 +248,18 @@ impl<T: Transport> Downloader<T> {
         self.download(&meta, holders, Target::VerifyOnly, started)
     }
 
-    /// Asks the index for every holder, checks its answer, shuffles the holders.
-    fn lookup(&mut self, key: &FileKey) -> Result<(FileMeta, Vec<PeerAddr>), PeerError> {
-        let (meta, mut holders) = self.index.holders(key)?;
-        check_index_answer(key, &meta)?;
-        if let Some(me) = &self.advertise {
-            holders.retain(|h| h != me);
-        }
+    /// Asks the index for every complete and partial holder, checks its answer, shuffles
+    /// each kind (complete holders first).
+    fn lookup(&mut self, key: &FileKey) -> Result<(FileMeta, Vec<SourceSpec>), PeerError> {
+        let sources = self.index.sources(key)?;
+        check_index_answer(key, &sources.file)?;
+        let meta = sources.file.clone();
+        let holders = source_specs(sources, self.advertise.as_ref(), &mut self.rng);
         if holders.is_empty() {
             return Err(PeerError::NotFound {
                 key: key.to_string(),
             });
         }
-        // A random order spreads downloads over holders, as the seed's random *get* did.
-        holders.shuffle(&mut self.rng);
         Ok((meta, holders))
     }
 
@@ -273,16 +290,15 @@ impl<T: Transport> Downloader<T> {
     fn download(
         &mut self,
         meta: &FileMeta,
-        holders: Vec<PeerAddr>,
+        holders: Vec<SourceSpec>,
         target: Target,
         started: Instant,
     ) -> Result<DownloadReport, PeerError> {
-        let (manifest, mut sources, mut failures) = self.fetch_manifest(meta, holders)?;
-        sources.truncate(self.config.max_sources.max(1));
+        let (manifest, sources, mut failures) = self.fetch_manifest(meta, holders)?;
         let chunk_size = manifest.file.chunk_size;
         let total = manifest.chunk_hashes.len() as u32;
 
-        let part = match target {
+        let mut part = match target {
             Target::Folder => Some(PartFile::open(&self.dir, &manifest)?),
             Target::VerifyOnly => None,
         };
@@ -303,14 +319,41 @@ impl<T: Transport> Downloader<T> {
                 meta.size
             );
         }
-
+        // A sharing download serves what it has verified from the start, and says so.
+        let share = match (&mut part, &self.library, &self.advertise) {
+            (Some(part), Some(library), Some(advertise)) if self.config.share => {
+                let share = part.share(&manifest, &missing)?;
+                library.share_partial(Arc::clone(&share));
+                if let Err(e) = self
+                    .index
+                    .register_partial(advertise, std::slice::from_ref(&manifest.file))
+                {
+                    log::warn!("cannot tell the index that {} is downloading here: {e}", meta.name);
+                }
+                Some(share)
+            }
+            _ => None,
+        };
+        let swarming = share.is_some() || sources.iter().any(|s| !s.complete);
         let config = SwarmConfig {
             io_timeout: self.config.io_timeout,
             response_limit: self.config.response_limit,
-            batch_chunks: u32::try_from(self.config.request_bytes / u64::from(chunk_size))
-                .unwrap_or(u32::MAX)
-                .max(1),
-            pipeline: 3,
+            batch_chunks: if swarming {
+                1
+            } else {
+                u32::try_from(self.config.request_bytes / u64::from(chunk_size))
+                    .unwrap_or(u32::MAX)
+                    .max(1)
+            },
+            pipeline: if swarming { 2 } else { 3 },
+            refresh: Some(self.config.refresh),
+            max_sources: self.config.max_sources.max(1),
+            availability_wait: Duration::from_millis(500),
+            picker: PickerConfig {
+                random: swarming,
+                seed: self.rng.random(),
+                ..PickerConfig::default()
+            },
         };
         let progress = self.progress.clone();
         let name = meta.name.clone();
@@ -325,27 +368,58 @@ impl<T: Transport> Downloader<T> {
                 });
             }
         };
-        report_progress(0, sources.len());
-        let sink: &dyn ChunkSink = match &part {
-            Some(part) => part,
-            None => &DiscardSink,
-        };
+        report_progress(0, sources.len().min(config.max_sources));
         let result = if missing.is_empty() {
             swarm::SwarmResult {
                 sources: Vec::new(),
                 missing: Vec::new(),
             }
         } else {
+            let Downloader {
+                transport,
+                index,
+                advertise,
+                rng,
+                ..
+            } = self;
+            let id = manifest.file.id;
+            let file = manifest.file.clone();
+            let mut renewed = Instant::now();
+            let sharing = share.is_some();
+            let mut feed = || {
+                if let (true, Some(advertise)) = (sharing, advertise.as_ref())
+                    && renewed.elapsed() >= PARTIAL_RENEW
+                {
+                    renewed = Instant::now();
+                    if let Err(e) = index.register_partial(advertise, std::slice::from_ref(&file))
+                    {
+                        log::debug!("cannot renew the partial registration of {}: {e}", file.name);
+                    }
+                }
+                match index.sources(&FileKey::Id(id)) {
+                    Ok(sources) => source_specs(sources, advertise.as_ref(), rng),
+                    Err(e) => {
+                        log::debug!("cannot ask the index for more sources: {e}");
+                        Vec::new()
+                    }
+                }
+            };
+            let sink: &dyn ChunkSink = match &part {
+                Some(part) => part,
+                None => &DiscardSink,
+            };
             swarm::run_swarm(
-                &self.transport,
+                transport,
                 &manifest,
                 &missing,
-                &sources,
+                sources.clone(),
+                &mut feed,
                 sink,
                 &config,
                 &report_progress,
             )
         };
+        let uploaded = share.as_ref().map_or(0, |s| s.uploaded());
 
         let mut holders: Vec<HolderReport> = result
             .sources
@@ -354,6 +428,7 @@ impl<T: Transport> Downloader<T> {
                 holder: s.addr.clone(),
                 bytes: s.bytes,
                 requests: s.requests,
+                partial: !s.complete,
                 dropped: s.dropped.as_ref().map(ToString::to_string),
                 corrupt_chunk: match s.dropped {
                     Some(DropReason::Corrupt { chunk }) => Some(chunk),
@@ -362,6 +437,7 @@ impl<T: Transport> Downloader<T> {
             })
             .collect();
         if !result.missing.is_empty() {
+            self.withdraw(&manifest.file, share.is_some());
             failures.append(&mut holders);
             let missing_bytes = result
                 .missing
@@ -392,16 +468,25 @@ impl<T: Transport> Downloader<T> {
             // Every chunk matched the manifest and the manifest merges to the id, so the part
             // file's BLAKE3 is the id. No sync_all: the page cache serves it at once, and a
             // crash before writeback loses only a file that can be fetched again.
-            Some(part) => Some(part.publish(&self.dir.join(&meta.name))?),
+            Some(part) => match part.publish(&self.dir.join(&meta.name)) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    self.withdraw(&manifest.file, share.is_some());
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let registered = match (&path, &self.library) {
             (Some(path), Some(library)) => {
+                // The complete file first, then the partial share goes: no gap for readers.
                 library.insert(SharedFile {
                     meta: file.clone(),
                     chunk_hashes: Arc::new(manifest.chunk_hashes),
                     path: path.clone(),
                 });
+                library.withdraw_partial(&file.id);
+                // A complete registration replaces the partial one at the index.
                 self.register(&file)
             }
             _ => false,
@@ -412,7 +497,7 @@ impl<T: Transport> Downloader<T> {
             .filter(|h| h.bytes > 0)
             .max_by_key(|h| h.bytes)
             .map(|h| h.holder.clone())
-            .or_else(|| sources.first().cloned())
+            .or_else(|| sources.first().map(|s| s.addr.clone()))
             .ok_or_else(|| PeerError::NoReachableHolder {
                 name: meta.name.clone(),
                 tried: 0,
@@ -420,7 +505,7 @@ impl<T: Transport> Downloader<T> {
             })?;
         let elapsed = started.elapsed();
         log::info!(
-            "downloaded {} ({} B) from {} holders in {} ms",
+            "downloaded {} ({} B) from {} holders in {} ms; uploaded {uploaded} B of it to others meanwhile",
             file.name,
             file.size,
             holders.iter().filter(|h| h.bytes > 0).count(),
@@ -434,8 +519,24 @@ impl<T: Transport> Downloader<T> {
             path,
             elapsed,
             registered,
+            uploaded,
             holders,
         })
+    }
+
+    /// A failed or abandoned sharing download stops being served and leaves the index.
+    fn withdraw(&mut self, file: &FileMeta, shared: bool) {
+        if !shared {
+            return;
+        }
+        if let Some(library) = &self.library {
+            library.withdraw_partial(&file.id);
+        }
+        if let Some(advertise) = &self.advertise
+            && let Err(e) = self.index.unregister_partial(advertise, &[file.id])
+        {
+            log::debug!("cannot withdraw the partial registration of {}: {e}", file.name);
+        }
     }
 
     /// Tells the index about the new copy; a failure here is not a download failure.
@@ -459,11 +560,12 @@ impl<T: Transport> Downloader<T> {
     fn fetch_manifest(
         &self,
         meta: &FileMeta,
-        holders: Vec<PeerAddr>,
-    ) -> Result<(Manifest, Vec<PeerAddr>, Vec<HolderReport>), PeerError> {
+        holders: Vec<SourceSpec>,
+    ) -> Result<(Manifest, Vec<SourceSpec>, Vec<HolderReport>), PeerError> {
         let mut failures = Vec::new();
         let tried = holders.len();
-        for (i, holder) in holders.iter().enumerate() {
+        for (i, spec) in holders.iter().enumerate() {
+            let holder = &spec.addr;
             match self.manifest_from(holder, meta) {
                 Ok(manifest) => {
                     // Holders that failed to give a manifest are not asked for chunks either.
@@ -476,6 +578,7 @@ impl<T: Transport> Downloader<T> {
                         holder: holder.clone(),
                         bytes: 0,
                         requests: 0,
+                        partial: !spec.complete,
                         dropped: Some(reason),
                         corrupt_chunk: None,
                     });
@@ -512,14 +615,39 @@ impl<T: Transport> Downloader<T> {
         let manifest = match response {
             PeerResponse::Manifest(manifest) => manifest,
             PeerResponse::Error(reply) => return Err(format!("refused: {reply}")),
-            PeerResponse::Chunk { .. } => {
-                return Err("broke the protocol: sent a chunk instead of the manifest".into());
+            PeerResponse::Chunk { .. } | PeerResponse::Availability { .. } => {
+                return Err("broke the protocol: sent something else than the manifest".into());
             }
         };
         content::verify_manifest(&manifest, meta)
             .map_err(|e| format!("sent a bad manifest: {e}"))?;
         Ok(manifest)
     }
+}
+
+/// The index's answer as sources: complete holders first, each kind in random order (which
+/// spreads downloads over holders, as the seed's random *get* did), never this peer itself.
+fn source_specs(
+    sources: shoal_index::Sources,
+    me: Option<&PeerAddr>,
+    rng: &mut StdRng,
+) -> Vec<SourceSpec> {
+    let mut complete = sources.complete;
+    let mut partial = sources.partial;
+    complete.shuffle(rng);
+    partial.shuffle(rng);
+    complete
+        .into_iter()
+        .map(|addr| SourceSpec {
+            addr,
+            complete: true,
+        })
+        .chain(partial.into_iter().map(|addr| SourceSpec {
+            addr,
+            complete: false,
+        }))
+        .filter(|s| Some(&s.addr) != me)
+        .collect()
 }
 
 /// Verify-only downloads drop the bytes.
@@ -618,6 +746,8 @@ struct PartFile {
     state_path: PathBuf,
     file: File,
     record: Mutex<Record>,
+    /// Told of each verified chunk, when the download is shared.
+    share: Option<Arc<PartialShare>>,
 }
 
 struct Record {
@@ -674,6 +804,7 @@ impl PartFile {
                 dirty: true,
                 keep: false,
             }),
+            share: None,
         })
     }
 
@@ -746,6 +877,7 @@ impl PartFile {
                 dirty: rejected > 0,
                 keep: false,
             }),
+            share: None,
         }))
     }
 
@@ -760,6 +892,25 @@ impl PartFile {
         (0..total as u32)
             .filter(|&i| !record.state.is_done(i))
             .collect()
+    }
+
+    /// Shares this part file's verified chunks (`missing` are the others) from now on.
+    fn share(
+        &mut self,
+        manifest: &Manifest,
+        missing: &[u32],
+    ) -> Result<Arc<PartialShare>, PeerError> {
+        let handle = self
+            .file
+            .try_clone()
+            .map_err(|e| PeerError::io("open the part file", &self.path, e))?;
+        let missing: std::collections::HashSet<u32> = missing.iter().copied().collect();
+        let verified: Vec<u32> = (0..manifest.chunk_hashes.len() as u32)
+            .filter(|i| !missing.contains(i))
+            .collect();
+        let share = Arc::new(PartialShare::new(manifest, handle, &verified));
+        self.share = Some(Arc::clone(&share));
+        Ok(share)
     }
 
     /// The download stopped short: leave the part file and an up-to-date sidecar behind.
@@ -820,6 +971,11 @@ impl ChunkSink for PartFile {
             record.state.save(&self.state_path)?;
             record.last_save = Instant::now();
             record.dirty = false;
+        }
+        drop(record);
+        // Stored and verified: other peers may have it now.
+        if let Some(share) = &self.share {
+            share.add(index);
         }
         Ok(())
     }

@@ -110,6 +110,13 @@ pub enum PeerError {
         /// Why it failed.
         source: io::Error,
     },
+    /// Listening on a wildcard address, and the index's view of this host is not an IP
+    /// address to advertise.
+    #[error("cannot tell this machine's address from {seen_as}; pass an advertise address")]
+    NoAdvertiseAddr {
+        /// How the index saw this host.
+        seen_as: PeerAddr,
+    },
     /// The peer server could not start listening.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

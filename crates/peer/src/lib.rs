@@ -72,8 +72,11 @@ mod download;
 mod error;
 mod hash_cache;
 mod library;
+mod peer;
 mod resume;
+mod pieces;
 mod server;
+mod share;
 mod swarm;
 mod watch;
 
@@ -86,6 +89,8 @@ pub use error::PeerError;
 pub use library::{
     ChangedFile, Library, LibraryChange, OpenOptions, ScanProgress, ScanReport, SharedFile,
 };
-pub use server::{PeerServer, PeerServerConfig};
+pub use peer::{Peer, PeerConfig};
+pub use server::{PeerServer, PeerServerConfig, ServerStats};
+pub use share::PartialShare;
 pub use shoal_proto::server::ServerHandle;
 pub use watch::{FolderWatcher, WatchConfig};

@@ -18,6 +18,7 @@ use shoal_proto::message::ChunkHash;
 use shoal_proto::{FileId, FileKey, FileMeta, content, validate_name};
 
 use crate::PeerError;
+use crate::share::PartialShare;
 use crate::hash_cache::{self, CachedFile};
 
 /// One file of the shared folder, with everything needed to serve it.
@@ -264,6 +265,8 @@ struct Inner {
     cache_writer: Mutex<()>,
     /// An insert happened since the cache was last written.
     cache_dirty: AtomicBool,
+    /// Downloads in progress whose verified chunks are served, by id.
+    partials: Mutex<HashMap<FileId, Arc<PartialShare>>>,
 }
 
 /// The shared folder. Cheap to clone (an `Arc` inside) and safe to share between the server
@@ -338,6 +341,7 @@ impl Library {
                 state: RwLock::new(state),
                 cache_writer: Mutex::new(()),
                 cache_dirty: AtomicBool::new(false),
+                partials: Mutex::new(HashMap::new()),
             }),
         };
         // Rewritten when it would differ: new hashes, or entries of files now gone.
@@ -346,6 +350,22 @@ impl Library {
         }
         report.elapsed = started.elapsed();
         Ok((library, report))
+    }
+
+    /// A library of `dir` that lists nothing yet (no scan): for a peer that shares only what
+    /// it downloads, such as `shoal get`. Files come in through [`Library::insert`].
+    pub fn empty(dir: &Path, chunk_size: u32) -> Library {
+        Library {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                chunk_size,
+                hash_cache: false,
+                state: RwLock::new(State::default()),
+                cache_writer: Mutex::new(()),
+                cache_dirty: AtomicBool::new(false),
+                partials: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// The shared folder.
@@ -370,6 +390,36 @@ impl Library {
             FileKey::Id(id) => state.by_id.get(id)?,
         };
         state.by_name.get(name).map(|e| e.file.clone())
+    }
+
+    /// Serves the verified chunks of a download in progress (a partial holder), until
+    /// [`Library::withdraw_partial`]. A complete file of the same id is preferred.
+    pub(crate) fn share_partial(&self, share: Arc<PartialShare>) {
+        self.partials().insert(share.meta().id, share);
+    }
+
+    /// Stops serving a download in progress (it finished, failed or was abandoned).
+    pub(crate) fn withdraw_partial(&self, id: &FileId) {
+        if let Some(share) = self.partials().remove(id) {
+            share.close();
+        }
+    }
+
+    /// The download in progress of this id, if its chunks are served.
+    pub(crate) fn partial(&self, id: &FileId) -> Option<Arc<PartialShare>> {
+        self.partials().get(id).cloned()
+    }
+
+    /// Downloads in progress whose verified chunks are served now.
+    pub fn downloads(&self) -> Vec<Arc<PartialShare>> {
+        self.partials().values().cloned().collect()
+    }
+
+    fn partials(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, Arc<PartialShare>>> {
+        self.inner
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// True if a file of this name is shared.

@@ -1,18 +1,20 @@
 //! The peer server: serves the manifests and chunks of the library's files.
 
+use std::collections::VecDeque;
 use std::io::{BufReader, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
 use shoal_proto::deadline::FrameDeadline;
-use shoal_proto::message::{ErrorCode, ErrorReply, Manifest, PeerRequest, PeerResponse};
+use shoal_proto::message::{ErrorCode, ErrorReply, Have, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
 use shoal_proto::{Connection, FileId, FileKey, PeerAddr, ProtoError, Transport, content};
 
 use crate::library::open_regular;
+use crate::share::{Availability, PartialShare};
 use crate::{Library, PeerError};
 
 /// Read buffer for requests (they are a few dozen bytes each).
@@ -32,9 +34,12 @@ pub struct PeerServerConfig {
     pub io_timeout: Duration,
     /// Largest request frame accepted, in bytes.
     pub request_limit: u32,
-    /// Transfers (`ReadChunks` answers) served at once; the next gets a typed busy reply so
-    /// the downloader moves to other holders (default 16).
+    /// Transfers (`ReadChunks` answers) served at once (default 16). Requests beyond it
+    /// queue in arrival order, so every downloader gets its turn; one that waits longer
+    /// than `upload_queue_wait` gets a typed busy reply and tries other holders.
     pub max_uploads: usize,
+    /// Longest a `ReadChunks` request waits for an upload slot (default 5 s).
+    pub upload_queue_wait: Duration,
 }
 
 impl Default for PeerServerConfig {
@@ -46,6 +51,7 @@ impl Default for PeerServerConfig {
             io_timeout: Duration::from_secs(30),
             request_limit: codec::DEFAULT_REQUEST_LIMIT,
             max_uploads: 16,
+            upload_queue_wait: Duration::from_secs(5),
         }
     }
 }
@@ -56,6 +62,102 @@ pub struct PeerServer<T: Transport> {
     transport: T,
     library: Library,
     config: PeerServerConfig,
+    stats: Arc<ServerStats>,
+}
+
+/// What a [`PeerServer`] has served, readable while it runs ([`PeerServer::stats`]).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    bytes: AtomicU64,
+    partial_bytes: AtomicU64,
+    chunks: AtomicU64,
+}
+
+impl ServerStats {
+    fn count(&self, bytes: u64, partial: bool) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        if partial {
+            self.partial_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Chunk bytes sent to other peers.
+    pub fn bytes_served(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Of those, bytes sent from downloads still in progress.
+    pub fn partial_bytes_served(&self) -> u64 {
+        self.partial_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Chunks sent to other peers.
+    pub fn chunks_served(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
+    }
+}
+
+/// Upload slots, handed out in the order requests arrive (no downloader starves).
+struct UploadSlots {
+    max: usize,
+    state: Mutex<SlotState>,
+    freed: Condvar,
+}
+
+struct SlotState {
+    active: usize,
+    next_ticket: u64,
+    queue: VecDeque<u64>,
+}
+
+impl UploadSlots {
+    fn new(max: usize) -> Self {
+        UploadSlots {
+            max: max.max(1),
+            state: Mutex::new(SlotState {
+                active: 0,
+                next_ticket: 0,
+                queue: VecDeque::new(),
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// A slot, waiting at most `wait` behind earlier requests; false if none came.
+    fn acquire(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = s.next_ticket;
+        s.next_ticket += 1;
+        s.queue.push_back(ticket);
+        loop {
+            if s.queue.front() == Some(&ticket) && s.active < self.max {
+                s.queue.pop_front();
+                s.active += 1;
+                // The next in line may fit too.
+                self.freed.notify_all();
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                s.queue.retain(|&t| t != ticket);
+                self.freed.notify_all();
+                return false;
+            }
+            s = self
+                .freed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn release(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.active = s.active.saturating_sub(1);
+        self.freed.notify_all();
+    }
 }
 
 impl<T: Transport> PeerServer<T> {
@@ -65,7 +167,13 @@ impl<T: Transport> PeerServer<T> {
             transport,
             library,
             config,
+            stats: Arc::new(ServerStats::default()),
         }
+    }
+
+    /// What the server has served so far (shared with the running server).
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Listens on `addr` (port 0 picks a free port, see [`ServerHandle::addr`]) and serves
@@ -82,13 +190,23 @@ impl<T: Transport> PeerServer<T> {
             transport,
             library,
             config,
+            stats,
         } = self;
-        let uploads = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            uploads: UploadSlots::new(config.max_uploads),
+            stats,
+        });
         spawn_accept_loop(&transport, listener, accept, move |stream, from| {
-            serve(stream, from, &library, &config, &uploads);
+            serve(stream, from, &library, &config, &shared);
         })
         .map_err(bind_error)
     }
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    uploads: UploadSlots,
+    stats: Arc<ServerStats>,
 }
 
 /// One connection: the handshake, then requests until the client leaves.
@@ -97,7 +215,7 @@ fn serve<S: Connection>(
     from: PeerAddr,
     library: &Library,
     config: &PeerServerConfig,
-    uploads: &AtomicUsize,
+    shared: &Shared,
 ) {
     // Reads wait at most one frame budget; quiet time between requests is added up against
     // the idle timeout in `Session::run`.
@@ -121,7 +239,7 @@ fn serve<S: Connection>(
         from,
         library,
         config,
-        uploads,
+        shared,
         frame: Vec::new(),
         out: Vec::with_capacity(64),
         chunk: Vec::new(),
@@ -134,8 +252,8 @@ struct Session<'a, S> {
     from: PeerAddr,
     library: &'a Library,
     config: &'a PeerServerConfig,
-    /// Transfers in progress on the whole server.
-    uploads: &'a AtomicUsize,
+    /// Upload slots and counters of the whole server.
+    shared: &'a Shared,
     /// Request body scratch.
     frame: Vec<u8>,
     /// Encoded response scratch.
@@ -170,6 +288,12 @@ impl<S: Connection> Session<'_, S> {
                     first,
                     count,
                 }) => self.read_chunks_limited(id, chunk_size, first, count),
+                Ok(PeerRequest::Availability {
+                    id,
+                    chunk_size,
+                    since,
+                    wait_ms,
+                }) => self.availability(id, chunk_size, since, wait_ms),
                 Err(ProtoError::Closed) => {
                     log::debug!("{} closed the connection", self.from);
                     return;
@@ -210,13 +334,62 @@ impl<S: Connection> Session<'_, S> {
             return self.refuse(ErrorCode::BadName, e.to_string());
         }
         log::info!("{} requested {key} manifest", self.from);
-        let Some(file) = self.library.get(key) else {
-            return self.refuse(ErrorCode::NotFound, format!("no file {key} here"));
+        if let Some(file) = self.library.get(key) {
+            return self.send(&PeerResponse::Manifest(Manifest {
+                file: file.meta,
+                chunk_hashes: file.chunk_hashes.to_vec(),
+            }));
+        }
+        // A download in progress has a verified manifest too (asked by id only: a name
+        // here is a complete file's).
+        if let FileKey::Id(id) = key
+            && let Some(share) = self.library.partial(id)
+        {
+            return self.send(&PeerResponse::Manifest(share.manifest()));
+        }
+        self.refuse(ErrorCode::NotFound, format!("no file {key} here"))
+    }
+
+    /// Which chunks of `id` this peer has: all of a complete file, the verified ones of a
+    /// download in progress (waiting up to `wait_ms` for news after `since`).
+    fn availability(
+        &mut self,
+        id: FileId,
+        chunk_size: u32,
+        since: u32,
+        wait_ms: u32,
+    ) -> Result<(), ProtoError> {
+        if let Err(e) = content::validate_chunk_size(chunk_size) {
+            return self.refuse(ErrorCode::BadRequest, e.to_string());
+        }
+        if self.library.get(&FileKey::Id(id)).is_some() {
+            return self.send(&PeerResponse::Availability {
+                seq: 0,
+                have: Have::All,
+            });
+        }
+        let Some(share) = self.library.partial(&id) else {
+            return self.refuse(ErrorCode::NotFound, format!("no file {id} here"));
         };
-        self.send(&PeerResponse::Manifest(Manifest {
-            file: file.meta,
-            chunk_hashes: file.chunk_hashes.to_vec(),
-        }))
+        let wait = Duration::from_millis(u64::from(wait_ms));
+        match share.availability(chunk_size, since, wait) {
+            Availability::Answer { seq, have } => {
+                // The download may have finished while we waited: say so.
+                let have = if self.library.get(&FileKey::Id(id)).is_some() {
+                    Have::All
+                } else {
+                    have
+                };
+                self.send(&PeerResponse::Availability { seq, have })
+            }
+            Availability::OtherGrid { chunk_size: ours } => self.refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is being downloaded here in chunks of {ours} bytes, not {chunk_size}",
+                    share.meta().name
+                ),
+            ),
+        }
     }
 
     /// `read_chunks` within the server's upload limit.
@@ -228,21 +401,21 @@ impl<S: Connection> Session<'_, S> {
         count: u32,
     ) -> Result<(), ProtoError> {
         let max = self.config.max_uploads;
-        if self
-            .uploads
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
+        if !self.shared.uploads.acquire(self.config.upload_queue_wait) {
             log::info!("refused {}: {max} uploads already in progress", self.from);
             return self.refuse(
                 ErrorCode::Busy,
                 format!("{max} uploads already in progress; try another holder"),
             );
         }
-        let result = self.read_chunks(id, chunk_size, first, count);
-        self.uploads.fetch_sub(1, Ordering::SeqCst);
+        let result = match self.library.get(&FileKey::Id(id)) {
+            Some(_) => self.read_chunks(id, chunk_size, first, count),
+            None => match self.library.partial(&id) {
+                Some(share) => self.read_partial_chunks(&share, chunk_size, first, count),
+                None => self.refuse(ErrorCode::NotFound, format!("no file {id} here")),
+            },
+        };
+        self.shared.uploads.release();
         result
     }
 
@@ -332,6 +505,7 @@ impl<S: Connection> Session<'_, S> {
             stream.write_all(&self.out)?;
             stream.write_all(body)?;
             bytes += len as u64;
+            self.shared.stats.count(len as u64, false);
         }
         log::info!(
             "served {} chunks {first}..{end} ({bytes} B) to {} in {} ms",
@@ -339,6 +513,88 @@ impl<S: Connection> Session<'_, S> {
             self.from,
             started.elapsed().as_millis()
         );
+        Ok(())
+    }
+
+    /// Chunks of a download in progress: only verified ones, in this download's own grid.
+    /// A chunk not verified yet ends the answer with a typed `Unavailable` (the connection
+    /// stays usable; the requester asks elsewhere).
+    fn read_partial_chunks(
+        &mut self,
+        share: &PartialShare,
+        chunk_size: u32,
+        first: u32,
+        count: u32,
+    ) -> Result<(), ProtoError> {
+        let meta = share.meta().clone();
+        if chunk_size != meta.chunk_size {
+            return self.refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is being downloaded here in chunks of {} bytes, not {chunk_size}",
+                    meta.name, meta.chunk_size
+                ),
+            );
+        }
+        let total = content::chunk_count(meta.size, chunk_size);
+        let end = u64::from(first) + u64::from(count);
+        if end > total {
+            return self.refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "chunks {first}..{end} are past the end of {} ({total} chunks)",
+                    meta.name
+                ),
+            );
+        }
+        let mut bytes = 0u64;
+        for index in first..first.saturating_add(count) {
+            let mut body = std::mem::take(&mut self.chunk);
+            let read = share.read_chunk(index, &mut body);
+            let result = match read {
+                Ok(true) => self.send_chunk(index, &body),
+                Ok(false) => {
+                    self.chunk = body;
+                    return self.refuse(
+                        ErrorCode::Unavailable,
+                        format!("chunk {index} of {} is not verified here yet", meta.name),
+                    );
+                }
+                Err(e) => {
+                    self.chunk = body;
+                    log::warn!("cannot read the download of {}: {e}", meta.name);
+                    return self.refuse(
+                        ErrorCode::Internal,
+                        format!("{} cannot be read here", meta.name),
+                    );
+                }
+            };
+            bytes += body.len() as u64;
+            self.shared.stats.count(body.len() as u64, true);
+            self.chunk = body;
+            result?;
+        }
+        log::info!(
+            "served {} chunks {first}..{end} ({bytes} B, downloading) to {}",
+            meta.name,
+            self.from
+        );
+        Ok(())
+    }
+
+    /// One `Chunk` frame and its body.
+    fn send_chunk(&mut self, index: u32, body: &[u8]) -> Result<(), ProtoError> {
+        self.out.clear();
+        codec::encode_frame(
+            &PeerResponse::Chunk {
+                index,
+                len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            },
+            &mut self.out,
+        )?;
+        let stream = self.conn.get_mut();
+        stream.write_all(&self.out)?;
+        stream.write_all(body)?;
         Ok(())
     }
 }

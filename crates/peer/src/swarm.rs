@@ -1,31 +1,41 @@
-//! The multi-source download engine: every holder at once, verified chunks, failover.
+//! The swarm download engine: every source at once, verified chunks, failover.
 //!
-//! One [`Scheduler`] holds the chunks still to fetch. Each source (a holder) gets a reader
-//! thread that keeps up to `pipeline` `ReadChunks` requests in flight on one connection and
-//! reads chunk bodies into recycled buffers, and a verifier thread that hashes each chunk
-//! against the manifest and writes it at its offset; so hashing never stalls the socket.
-//! Faster sources come back for work sooner and so serve more chunks.
+//! Sources are complete holders and partial ones (peers still downloading, which serve the
+//! chunks they have verified). The piece-selection policy is [`crate::pieces::Picker`], plain
+//! data behind the one mutex of [`Scheduler`]. Each source gets a reader thread that keeps up
+//! to `pipeline` requests in flight on one connection and reads chunk bodies into recycled
+//! buffers, and a verifier thread that hashes each chunk against the manifest and writes it
+//! at its offset; so hashing never stalls the socket. Faster sources come back for work
+//! sooner and so serve more chunks.
 //!
-//! A source that cannot connect, answers busy, stalls past the I/O timeout, breaks the
+//! A partial source is asked what it has (`Availability`, a bitmap), then, on the same
+//! connection, what it added since (one question beside each chunk request, or a bounded
+//! wait when it has nothing we want): the downloader learns new chunks without asking the
+//! index. A chunk it lacks after all (`Unavailable`) goes back to the queue and is asked
+//! elsewhere; the connection stays. While the download runs, the caller's feed is asked for
+//! new sources every `refresh` (a crowd keeps arriving).
+//!
+//! A source that cannot connect, stays busy, stalls past the I/O timeout, breaks the
 //! protocol or sends a chunk that fails its hash is dropped (with the reason, for the report)
-//! and its unfinished chunks go back to the queue. When the queue is empty but chunks are
+//! and its unfinished chunks go back to the queue. When nothing is queued but chunks are
 //! still in flight, idle sources fetch those too (end-game): the first verified copy wins,
 //! so one slow holder cannot leave a download stuck at 99%.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{ChunkHasher, chunk_len, chunk_offset};
-use shoal_proto::message::{ErrorCode, Manifest, PeerRequest, PeerResponse};
+use shoal_proto::message::{ErrorCode, Have, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::{Connection, PeerAddr, ProtoError, Transport};
 
 use crate::error::io_text;
+use crate::pieces::{Bitset, Claim, Picker, PickerConfig, SourceId, Work};
 
 /// Where chunks go: a part file, or nowhere (verify-only).
 pub(crate) trait ChunkSink: Send + Sync {
@@ -50,6 +60,22 @@ pub(crate) struct SwarmConfig {
     pub(crate) batch_chunks: u32,
     /// Requests kept in flight per connection, so a round trip never idles the pipe.
     pub(crate) pipeline: usize,
+    /// How often the feed is asked for new sources (`None`: never).
+    pub(crate) refresh: Option<Duration>,
+    /// Most sources fetched from at once.
+    pub(crate) max_sources: usize,
+    /// Longest a partial source is asked to hold an availability answer for news.
+    pub(crate) availability_wait: Duration,
+    /// Piece-selection settings (seed included).
+    pub(crate) picker: PickerConfig,
+}
+
+/// A source to fetch from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SourceSpec {
+    pub(crate) addr: PeerAddr,
+    /// Holds the whole file (else: a partial holder).
+    pub(crate) complete: bool,
 }
 
 /// Why a source stopped serving this download early.
@@ -65,6 +91,8 @@ pub(crate) enum DropReason {
     Corrupt { chunk: u32 },
     /// It broke the protocol or refused a request.
     Protocol(String),
+    /// The local disk could not store a chunk (not the holder's fault).
+    LocalWrite(String),
 }
 
 impl std::fmt::Display for DropReason {
@@ -77,6 +105,7 @@ impl std::fmt::Display for DropReason {
                 write!(f, "sent chunk {chunk} that failed verification")
             }
             DropReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            DropReason::LocalWrite(e) => write!(f, "cannot store its chunks here: {e}"),
         }
     }
 }
@@ -85,6 +114,8 @@ impl std::fmt::Display for DropReason {
 #[derive(Clone, Debug)]
 pub(crate) struct SourceReport {
     pub(crate) addr: PeerAddr,
+    /// Whether the index listed it as a complete holder.
+    pub(crate) complete: bool,
     /// Verified bytes it contributed (first copies only).
     pub(crate) bytes: u64,
     /// `ReadChunks` requests sent to it.
@@ -103,74 +134,26 @@ pub(crate) struct SwarmResult {
 /// Progress callback: verified bytes so far (this run), sources still active.
 pub(crate) type ProgressFn<'a> = &'a (dyn Fn(u64, usize) + Sync);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ChunkState {
-    Done,
-    Queued,
-    /// Being fetched by this many sources.
-    InFlight(u8),
-}
 
 struct SchedState {
-    chunks: Vec<ChunkState>,
-    queued: BTreeSet<u32>,
-    /// Each source's first run, set aside at the start so every holder begins with work
-    /// (and shows its speed) even if the others are quicker to connect.
-    reserved: Vec<Vec<u32>>,
-    remaining: usize,
+    picker: Picker,
     active_sources: usize,
     verified_bytes: u64,
-    /// Chunks whose bytes a source is storing right now. In end-game two sources may carry
-    /// the same chunk; only one may write it at a time, and none once it is done, or a late
-    /// corrupt copy would overwrite verified bytes in the part file.
-    writing: HashSet<u32>,
 }
 
-/// The shared work queue.
+/// The picker behind one lock, and the waits around it.
 struct Scheduler {
     state: Mutex<SchedState>,
     changed: Condvar,
 }
 
-enum Work {
-    Chunks(Vec<u32>),
-    /// Nothing for this source right now, but chunks are in flight elsewhere.
-    Wait,
-    Finished,
-}
-
 impl Scheduler {
-    fn new(total: u32, missing: &[u32], sources: usize, batch: u32) -> Self {
-        let mut chunks = vec![ChunkState::Done; total as usize];
-        for &i in missing {
-            if let Some(c) = chunks.get_mut(i as usize) {
-                *c = ChunkState::Queued;
-            }
-        }
-        let mut queued: BTreeSet<u32> = missing.iter().copied().collect();
-        // Reserve only when there is enough work for every source to get a whole run.
-        let reserve = missing.len() >= sources * batch as usize * 2;
-        let reserved = (0..sources)
-            .map(|_| {
-                if !reserve {
-                    return Vec::new();
-                }
-                let run = take_run(&mut queued, batch);
-                for &i in &run {
-                    chunks[i as usize] = ChunkState::InFlight(1);
-                }
-                run
-            })
-            .collect();
+    fn new(total: u32, missing: &[u32], config: PickerConfig) -> Self {
         Scheduler {
             state: Mutex::new(SchedState {
-                chunks,
-                queued,
-                reserved,
-                remaining: missing.len(),
-                active_sources: sources,
+                picker: Picker::new(total, missing, config),
+                active_sources: 0,
                 verified_bytes: 0,
-                writing: HashSet::new(),
             }),
             changed: Condvar::new(),
         }
@@ -180,135 +163,101 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remaining(&self) -> usize {
-        self.lock().remaining
+    fn with<R>(&self, f: impl FnOnce(&mut Picker) -> R) -> R {
+        let result = f(&mut self.lock().picker);
+        self.changed.notify_all();
+        result
     }
 
-    /// Source `source`'s reserved run first, then up to `max` consecutive queued chunks; in
-    /// end-game, one chunk in flight elsewhere.
-    fn take(&self, source: usize, max: u32, mine: &HashSet<u32>) -> Work {
+    fn add_source(&self, complete: bool) -> SourceId {
         let mut s = self.lock();
-        if s.remaining == 0 {
-            return Work::Finished;
-        }
-        if let Some(reserved) = s.reserved.get_mut(source) {
-            let run: Vec<u32> = std::mem::take(reserved)
-                .into_iter()
-                .filter(|&i| s.chunks[i as usize] != ChunkState::Done)
-                .collect();
-            if !run.is_empty() {
-                return Work::Chunks(run);
-            }
-        }
-        let run = take_run(&mut s.queued, max);
-        if !run.is_empty() {
-            for &i in &run {
-                s.chunks[i as usize] = ChunkState::InFlight(1);
-            }
-            return Work::Chunks(run);
-        }
-        // End-game: duplicate the least-duplicated chunk someone else is still fetching.
-        let candidate = s
-            .chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| match c {
-                ChunkState::InFlight(n) if !mine.contains(&(i as u32)) => Some((*n, i as u32)),
-                _ => None,
-            })
-            .min();
-        match candidate {
-            Some((n, i)) if n < 3 => {
-                s.chunks[i as usize] = ChunkState::InFlight(n + 1);
-                Work::Chunks(vec![i])
-            }
-            _ => Work::Wait,
+        s.active_sources += 1;
+        if complete {
+            s.picker.add_complete()
+        } else {
+            s.picker.add_partial()
         }
     }
 
-    /// Blocks until the queue changes; false once the download is finished.
-    fn wait_for_change(&self) -> bool {
+    fn remaining(&self) -> usize {
+        self.lock().picker.remaining()
+    }
+
+    fn take(&self, source: SourceId, max: u32) -> Work {
+        self.lock().picker.take(source, max)
+    }
+
+    /// Blocks until the queue changes or `timeout` passes; false once the download is done.
+    fn wait_for_change(&self, timeout: Duration) -> bool {
         let s = self.lock();
-        if s.remaining == 0 {
+        if s.picker.remaining() == 0 {
             return false;
         }
-        // Woken by every completion and release; the timeout is only a safety net.
         let (s, _) = self
             .changed
-            .wait_timeout(s, Duration::from_millis(200))
+            .wait_timeout(s, timeout)
             .unwrap_or_else(|e| e.into_inner());
-        s.remaining > 0
+        s.picker.remaining() > 0
     }
 
-    /// The right to store chunk `index`: waits while another source stores it, and is false
-    /// once the chunk is done (nothing left to store). Ended by `complete` or `end_write`.
+    /// Blocks until the download is done, no source is active, or `timeout` passes.
+    fn wait_done_or_idle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.picker.remaining() > 0 && s.active_sources > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The right to store chunk `index`: waits while another source stores it; false once
+    /// the chunk is done. Ended by `complete` or `end_write`.
     fn claim_write(&self, index: u32) -> bool {
         let mut s = self.lock();
         loop {
-            match s.chunks.get(index as usize) {
-                None | Some(ChunkState::Done) => return false,
-                Some(_) => {
-                    if s.writing.insert(index) {
-                        return true;
-                    }
-                }
+            match s.picker.claim_write(index) {
+                Claim::Granted => return true,
+                Claim::Done => return false,
+                Claim::Taken => {}
             }
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// Gives up the right to store `index` without completing it.
     fn end_write(&self, index: u32) {
-        self.lock().writing.remove(&index);
-        self.changed.notify_all();
+        self.with(|p| p.end_write(index));
     }
 
-    /// Records a verified chunk (and ends its write claim); false if another source
-    /// delivered it first.
+    /// Records a verified chunk; false if another source delivered it first.
     fn complete(&self, index: u32, len: u64) -> bool {
         let mut s = self.lock();
-        s.writing.remove(&index);
-        let first = matches!(
-            s.chunks.get(index as usize),
-            Some(ChunkState::InFlight(_) | ChunkState::Queued)
-        );
+        let first = s.picker.complete(index);
         if first {
-            s.chunks[index as usize] = ChunkState::Done;
-            s.queued.remove(&index);
-            s.remaining -= 1;
             s.verified_bytes += len;
-            self.changed.notify_all();
         }
+        drop(s);
+        self.changed.notify_all();
         first
     }
 
-    /// A source gives chunks back unfinished.
     fn release(&self, indices: impl IntoIterator<Item = u32>) {
-        let mut s = self.lock();
-        for i in indices {
-            if let Some(ChunkState::InFlight(n)) = s.chunks.get(i as usize).copied() {
-                if n > 1 {
-                    s.chunks[i as usize] = ChunkState::InFlight(n - 1);
-                } else {
-                    s.chunks[i as usize] = ChunkState::Queued;
-                    s.queued.insert(i);
-                }
-            }
-        }
-        self.changed.notify_all();
+        self.with(|p| p.release(indices));
     }
 
-    /// A source is done; anything still reserved for it goes back to the queue.
-    fn source_finished(&self, source: usize) {
-        let unclaimed = {
-            let mut s = self.lock();
-            s.active_sources = s.active_sources.saturating_sub(1);
-            s.reserved
-                .get_mut(source)
-                .map(std::mem::take)
-                .unwrap_or_default()
-        };
-        self.release(unclaimed);
+    /// A source is done: it no longer counts, and is asked for nothing.
+    fn source_finished(&self, source: SourceId) {
+        let mut s = self.lock();
+        s.active_sources = s.active_sources.saturating_sub(1);
+        s.picker.remove_source(source);
+        drop(s);
+        self.changed.notify_all();
     }
 
     fn progress(&self) -> (u64, usize) {
@@ -317,27 +266,8 @@ impl Scheduler {
     }
 
     fn missing(&self) -> Vec<u32> {
-        let s = self.lock();
-        (0..s.chunks.len() as u32)
-            .filter(|&i| s.chunks[i as usize] != ChunkState::Done)
-            .collect()
+        self.lock().picker.missing()
     }
-}
-
-/// Removes and returns up to `max` consecutive chunks from the front of `queued`.
-fn take_run(queued: &mut BTreeSet<u32>, max: u32) -> Vec<u32> {
-    let Some(first) = queued.pop_first() else {
-        return Vec::new();
-    };
-    let mut run = vec![first];
-    while (run.len() as u32) < max {
-        let next = run[run.len() - 1] + 1;
-        if !queued.remove(&next) {
-            break;
-        }
-        run.push(next);
-    }
-    run
 }
 
 /// Everything a source's threads share for one download.
@@ -349,18 +279,22 @@ struct Job<'a> {
     progress: ProgressFn<'a>,
 }
 
-/// Fetches the `missing` chunks of `manifest` from `sources` in parallel into `sink`.
+/// Fetches the `missing` chunks of `manifest` into `sink` from `sources` and from whatever
+/// `feed` adds while the download runs (asked every `config.refresh`, and once more when
+/// every source has stopped), at most `config.max_sources` at once. Returns when every
+/// chunk is verified, or when no source is left and the feed has none to add.
 pub(crate) fn run_swarm<T: Transport>(
     transport: &T,
     manifest: &Manifest,
     missing: &[u32],
-    sources: &[PeerAddr],
+    sources: Vec<SourceSpec>,
+    feed: &mut dyn FnMut() -> Vec<SourceSpec>,
     sink: &dyn ChunkSink,
     config: &SwarmConfig,
     progress: ProgressFn<'_>,
 ) -> SwarmResult {
     let total = manifest.chunk_hashes.len() as u32;
-    let scheduler = Scheduler::new(total, missing, sources.len(), config.batch_chunks);
+    let scheduler = Scheduler::new(total, missing, config.picker);
     let job = Job {
         manifest,
         sink,
@@ -369,26 +303,57 @@ pub(crate) fn run_swarm<T: Transport>(
         progress,
     };
     let reports = thread::scope(|scope| {
-        let handles: Vec<_> = sources
-            .iter()
-            .enumerate()
-            .map(|(n, addr)| {
+        let mut known: HashSet<PeerAddr> = HashSet::new();
+        let mut handles = Vec::new();
+        let mut start = |specs: Vec<SourceSpec>, handles: &mut Vec<_>| {
+            for spec in specs {
+                if job.scheduler.progress().1 >= config.max_sources.max(1)
+                    || !known.insert(spec.addr.clone())
+                {
+                    continue;
+                }
+                let id = job.scheduler.add_source(spec.complete);
                 let job = &job;
-                scope.spawn(move || {
-                    let report = fetch_from(transport, addr, n, job);
-                    job.scheduler.source_finished(n);
+                let handle = scope.spawn(move || {
+                    let report = fetch_from(transport, &spec, id, job);
+                    job.scheduler.source_finished(id);
                     let (bytes, active) = job.scheduler.progress();
                     (job.progress)(bytes, active);
                     report
-                })
-            })
-            .collect();
+                });
+                handles.push(handle);
+            }
+        };
+        start(sources, &mut handles);
+        let mut last_refresh = Instant::now();
+        while job.scheduler.remaining() > 0 {
+            let wait = config
+                .refresh
+                .map(|r| r.saturating_sub(last_refresh.elapsed()))
+                .unwrap_or(Duration::from_secs(3600));
+            job.scheduler.wait_done_or_idle(wait);
+            if job.scheduler.remaining() == 0 {
+                break;
+            }
+            let idle = job.scheduler.progress().1 == 0;
+            let due = config
+                .refresh
+                .is_some_and(|r| last_refresh.elapsed() >= r);
+            if idle || due {
+                last_refresh = Instant::now();
+                let before = handles.len();
+                start(feed(), &mut handles);
+                if idle && handles.len() == before {
+                    break; // nobody left to ask
+                }
+            }
+        }
         handles
             .into_iter()
-            .zip(sources)
-            .map(|(h, addr)| {
+            .map(|h| {
                 h.join().unwrap_or_else(|_| SourceReport {
-                    addr: addr.clone(),
+                    addr: PeerAddr::new("unknown:0").unwrap_or_else(|_| unreachable_addr()),
+                    complete: false,
                     bytes: 0,
                     requests: 0,
                     dropped: Some(DropReason::Failed("its thread panicked".into())),
@@ -400,6 +365,11 @@ pub(crate) fn run_swarm<T: Transport>(
         sources: reports,
         missing: scheduler.missing(),
     }
+}
+
+/// Only for a report of a panicked thread, which never happens by design.
+fn unreachable_addr() -> PeerAddr {
+    PeerAddr::new("0.0.0.0:0").unwrap_or_else(|_| unreachable_addr())
 }
 
 /// A chunk read off the wire, on its way to the verifier.
@@ -418,12 +388,14 @@ struct VerifyState {
 
 fn fetch_from<T: Transport>(
     transport: &T,
-    addr: &PeerAddr,
-    source: usize,
+    spec: &SourceSpec,
+    source: SourceId,
     job: &Job<'_>,
 ) -> SourceReport {
+    let addr = &spec.addr;
     let mut report = SourceReport {
         addr: addr.clone(),
+        complete: spec.complete,
         bytes: 0,
         requests: 0,
         dropped: None,
@@ -436,27 +408,36 @@ fn fetch_from<T: Transport>(
         }
     };
     let chunk_size = job.manifest.file.chunk_size as usize;
-    // Buffers circulate reader -> verifier -> reader: about 8 MiB per source (3 to 8 chunks),
-    // enough that the reader never waits for the verifier on a fast link (measured: 3 buffers
-    // held verify-only downloads near 2.2 GB/s, 8 reached 3.0 GB/s).
-    let pool = ((8 << 20) / chunk_size.max(1)).clamp(3, 8);
+    // Buffers circulate reader -> verifier -> reader: enough for what is in flight plus one
+    // being verified, at most about 8 MiB per source (measured: 3 buffers held verify-only
+    // downloads near 2.2 GB/s, 8 reached 3.0 GB/s). Allocated on first use.
+    let in_flight = job.config.pipeline * job.config.batch_chunks as usize + 1;
+    let pool = ((8 << 20) / chunk_size.max(1)).clamp(3, 8).min(in_flight.max(3));
     let (to_verify, verify_rx) = bounded::<Arrived>(pool);
     let (recycle, free) = bounded::<Vec<u8>>(pool);
     for _ in 0..pool {
-        let _ = recycle.send(Vec::with_capacity(chunk_size));
+        let _ = recycle.send(Vec::new());
     }
     let verdicts = VerifyState::default();
     let outcome = thread::scope(|scope| {
         let verifier = scope.spawn(|| verify_loop(verify_rx, &recycle, job, &verdicts));
-        let outcome = read_loop(
-            &mut stream,
+        let mut reader = Reader {
+            stream: &mut stream,
             source,
             job,
             to_verify,
-            &free,
-            &verdicts,
-            &mut report,
-        );
+            free: &free,
+            verdicts: &verdicts,
+            report: &mut report,
+            frame: Vec::new(),
+            request: Vec::new(),
+            pending: VecDeque::new(),
+            since: 0,
+            asking: false,
+            busy_since: None,
+        };
+        let outcome = reader.run();
+        drop(reader);
         let _ = verifier.join();
         outcome
     });
@@ -496,134 +477,307 @@ fn connect<T: Transport>(
     }
 }
 
-/// Sends requests (keeping `pipeline` in flight) and reads chunk bodies off the wire.
-fn read_loop<S: Connection>(
-    stream: &mut BufReader<S>,
-    source: usize,
-    job: &Job<'_>,
+
+/// A request whose answer is still to be read, in the order they were sent.
+enum Pending {
+    Chunks(Vec<u32>),
+    Availability,
+}
+
+/// One source's reader: sends requests (keeping `pipeline` chunk requests in flight, and
+/// for a partial source one availability question) and reads the answers.
+struct Reader<'j, 'a, S: Connection> {
+    stream: &'j mut BufReader<S>,
+    source: SourceId,
+    job: &'j Job<'a>,
     to_verify: Sender<Arrived>,
-    free: &Receiver<Vec<u8>>,
-    verdicts: &VerifyState,
-    report: &mut SourceReport,
-) -> Result<(), DropReason> {
-    let file = &job.manifest.file;
-    let mut in_flight: std::collections::VecDeque<Vec<u32>> = Default::default();
-    // Every chunk this holder was ever asked for: end-game only duplicates other holders' work.
-    let mut mine: HashSet<u32> = HashSet::new();
-    let mut frame = Vec::new();
-    let mut request = Vec::new();
-    let result = (|| {
+    free: &'j Receiver<Vec<u8>>,
+    verdicts: &'j VerifyState,
+    report: &'j mut SourceReport,
+    frame: Vec<u8>,
+    request: Vec<u8>,
+    pending: VecDeque<Pending>,
+    /// The `seq` of the last availability answer.
+    since: u32,
+    /// An availability question is in flight.
+    asking: bool,
+    /// When the source started answering busy (reset by a delivered chunk).
+    busy_since: Option<Instant>,
+}
+
+impl<S: Connection> Reader<'_, '_, S> {
+    fn run(&mut self) -> Result<(), DropReason> {
+        let result = self.exchange();
+        // Whatever this source still owed goes back to the queue for the others.
+        let owed: Vec<u32> = self
+            .pending
+            .drain(..)
+            .filter_map(|p| match p {
+                Pending::Chunks(run) => Some(run),
+                Pending::Availability => None,
+            })
+            .flatten()
+            .collect();
+        self.job.scheduler.release(owed);
+        result
+    }
+
+    fn partial(&self) -> bool {
+        !self
+            .job
+            .scheduler
+            .with(|p| p.holds_all(self.source))
+    }
+
+    fn chunks_in_flight(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Chunks(_)))
+            .count()
+    }
+
+    fn exchange(&mut self) -> Result<(), DropReason> {
+        let file = &self.job.manifest.file;
+        if self.partial() {
+            // What it has, before asking for anything.
+            self.ask_availability(Duration::ZERO)?;
+        }
         loop {
-            if verdicts.failed.load(Ordering::SeqCst) {
+            if self.verdicts.failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
             // Top up the pipeline.
-            while in_flight.len() < job.config.pipeline {
-                match job.scheduler.take(source, job.config.batch_chunks, &mine) {
+            while self.chunks_in_flight() < self.job.config.pipeline {
+                match self.job.scheduler.take(self.source, self.job.config.batch_chunks) {
                     Work::Chunks(run) => {
-                        request.clear();
-                        codec::encode_frame(
-                            &PeerRequest::ReadChunks {
-                                id: file.id,
-                                chunk_size: file.chunk_size,
-                                first: run[0],
-                                count: run.len() as u32,
-                            },
-                            &mut request,
-                        )
-                        .map_err(|e| DropReason::Protocol(e.to_string()))?;
-                        stream
-                            .get_mut()
-                            .write_all(&request)
-                            .map_err(|e| DropReason::Failed(io_text(e)))?;
-                        report.requests += 1;
-                        mine.extend(run.iter().copied());
-                        in_flight.push_back(run);
+                        let request = PeerRequest::ReadChunks {
+                            id: file.id,
+                            chunk_size: file.chunk_size,
+                            first: run[0],
+                            count: run.len() as u32,
+                        };
+                        if let Err(e) = self.send(&request) {
+                            self.job.scheduler.release(run);
+                            return Err(e);
+                        }
+                        self.report.requests += 1;
+                        self.pending.push_back(Pending::Chunks(run));
+                        // Beside each chunk request, what it verified since the last answer.
+                        if self.partial() && !self.asking {
+                            self.ask_availability(Duration::ZERO)?;
+                        }
                     }
-                    Work::Wait if in_flight.is_empty() => {
-                        if !job.scheduler.wait_for_change() {
+                    Work::Wait if self.pending.is_empty() => {
+                        if self.partial() {
+                            // It has nothing we want yet: wait on it for news, not on a timer.
+                            self.ask_availability(self.job.config.availability_wait)?;
+                            break;
+                        }
+                        if !self.job.scheduler.wait_for_change(Duration::from_millis(200)) {
                             return Ok(());
                         }
                     }
                     Work::Wait => break,
                     Work::Finished => {
-                        if in_flight.is_empty() {
+                        if self.pending.is_empty() {
                             return Ok(());
                         }
                         break;
                     }
                 }
             }
-            let Some(run) = in_flight.front_mut() else {
+            if self.pending.is_empty() {
                 continue;
-            };
-            if job.scheduler.remaining() == 0 {
+            }
+            if self.job.scheduler.remaining() == 0 {
                 return Ok(());
             }
-            let expected = run[0];
-            let header: PeerResponse =
-                codec::read_frame(stream, job.config.response_limit, &mut frame).map_err(|e| {
-                    match e {
-                        e if e.is_disconnect() => DropReason::Failed(e.to_string()),
-                        ProtoError::Idle => DropReason::Failed(format!(
-                            "stalled: nothing arrived for {} s",
-                            job.config.io_timeout.as_secs()
-                        )),
-                        io @ ProtoError::Io(_) => DropReason::Failed(io.to_string()),
-                        other => DropReason::Protocol(other.to_string()),
-                    }
-                })?;
-            let len = match header {
-                PeerResponse::Chunk { index, len } if index == expected => len,
-                PeerResponse::Chunk { index, .. } => {
-                    return Err(DropReason::Protocol(format!(
-                        "sent chunk {index} where chunk {expected} was due"
-                    )));
-                }
-                PeerResponse::Error(reply) if reply.code == ErrorCode::Busy => {
-                    return Err(DropReason::Busy);
-                }
-                PeerResponse::Error(reply) => return Err(DropReason::Protocol(reply.to_string())),
-                PeerResponse::Manifest(_) => {
-                    return Err(DropReason::Protocol(
-                        "sent a manifest instead of a chunk".into(),
-                    ));
-                }
-            };
-            if Some(len) != chunk_len(file.size, file.chunk_size, expected) {
+            self.read_answer()?;
+        }
+    }
+
+    fn send(&mut self, request: &PeerRequest) -> Result<(), DropReason> {
+        self.request.clear();
+        codec::encode_frame(request, &mut self.request)
+            .map_err(|e| DropReason::Protocol(e.to_string()))?;
+        self.stream
+            .get_mut()
+            .write_all(&self.request)
+            .map_err(|e| DropReason::Failed(io_text(e)))
+    }
+
+    fn ask_availability(&mut self, wait: Duration) -> Result<(), DropReason> {
+        let file = &self.job.manifest.file;
+        let request = PeerRequest::Availability {
+            id: file.id,
+            chunk_size: file.chunk_size,
+            since: self.since,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.send(&request)?;
+        self.asking = true;
+        self.pending.push_back(Pending::Availability);
+        Ok(())
+    }
+
+    fn read_header(&mut self) -> Result<PeerResponse, DropReason> {
+        let io_timeout = self.job.config.io_timeout;
+        codec::read_frame(
+            self.stream,
+            self.job.config.response_limit,
+            &mut self.frame,
+        )
+        .map_err(|e| match e {
+            e if e.is_disconnect() => DropReason::Failed(e.to_string()),
+            ProtoError::Idle => DropReason::Failed(format!(
+                "stalled: nothing arrived for {} s",
+                io_timeout.as_secs()
+            )),
+            io @ ProtoError::Io(_) => DropReason::Failed(io.to_string()),
+            other => DropReason::Protocol(other.to_string()),
+        })
+    }
+
+    /// Reads the answer to the oldest request in flight (one chunk of it, or all of an
+    /// availability answer).
+    fn read_answer(&mut self) -> Result<(), DropReason> {
+        let header = self.read_header()?;
+        let Some(front) = self.pending.front_mut() else {
+            return Err(DropReason::Protocol("answered a request never sent".into()));
+        };
+        let run = match front {
+            Pending::Availability => {
+                self.pending.pop_front();
+                self.asking = false;
+                return self.apply_availability(header);
+            }
+            Pending::Chunks(run) => run,
+        };
+        let file = &self.job.manifest.file;
+        let expected = run[0];
+        let len = match header {
+            PeerResponse::Chunk { index, len } if index == expected => len,
+            PeerResponse::Chunk { index, .. } => {
                 return Err(DropReason::Protocol(format!(
-                    "announced {len} bytes for chunk {expected}"
+                    "sent chunk {index} where chunk {expected} was due"
                 )));
             }
-            // A buffer comes back as soon as the verifier is done with one.
-            let mut data = free
-                .recv()
-                .map_err(|_| DropReason::Failed("verifier stopped".into()))?;
-            data.resize(len as usize, 0);
-            stream
-                .read_exact(&mut data)
-                .map_err(|e| DropReason::Failed(io_text(e)))?;
-            run.remove(0);
-            if run.is_empty() {
-                in_flight.pop_front();
-            }
-            // `expected` stays in `mine`: until the verifier completes it, it is still in flight,
-            // and end-game must not ask this same holder for it again.
-            if to_verify
-                .send(Arrived {
-                    index: expected,
-                    data,
-                })
-                .is_err()
-            {
+            PeerResponse::Error(reply) if reply.code == ErrorCode::Unavailable => {
+                // A partial holder lacks it after all: ask elsewhere, keep the connection.
+                let lacks_all = self.job.scheduler.with(|p| {
+                    let complete = p.holds_all(self.source);
+                    p.lacks(self.source, expected);
+                    complete
+                });
+                if lacks_all {
+                    return Err(DropReason::Protocol(format!(
+                        "listed as a complete holder but lacks chunk {expected}"
+                    )));
+                }
+                if let Some(Pending::Chunks(run)) = self.pending.pop_front() {
+                    self.job.scheduler.release(run);
+                }
                 return Ok(());
             }
+            PeerResponse::Error(reply) if reply.code == ErrorCode::Busy => {
+                // At its upload limit for longer than its queue holds a request: try again
+                // shortly, and give up only after the I/O timeout of being busy.
+                if let Some(Pending::Chunks(run)) = self.pending.pop_front() {
+                    self.job.scheduler.release(run);
+                }
+                let since = *self.busy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.job.config.io_timeout {
+                    return Err(DropReason::Busy);
+                }
+                self.job
+                    .scheduler
+                    .wait_for_change(Duration::from_millis(100));
+                return Ok(());
+            }
+            PeerResponse::Error(reply) => return Err(DropReason::Protocol(reply.to_string())),
+            PeerResponse::Manifest(_) | PeerResponse::Availability { .. } => {
+                return Err(DropReason::Protocol(format!(
+                    "sent something else where chunk {expected} was due"
+                )));
+            }
+        };
+        if Some(len) != chunk_len(file.size, file.chunk_size, expected) {
+            return Err(DropReason::Protocol(format!(
+                "announced {len} bytes for chunk {expected}"
+            )));
         }
-    })();
-    // Whatever this source still owed goes back to the queue for the others.
-    job.scheduler.release(in_flight.into_iter().flatten());
-    drop(to_verify);
-    result
+        // A buffer comes back as soon as the verifier is done with one.
+        let mut data = self
+            .free
+            .recv()
+            .map_err(|_| DropReason::Failed("verifier stopped".into()))?;
+        data.resize(len as usize, 0);
+        self.stream
+            .read_exact(&mut data)
+            .map_err(|e| DropReason::Failed(io_text(e)))?;
+        self.busy_since = None;
+        run.remove(0);
+        if run.is_empty() {
+            self.pending.pop_front();
+        }
+        // Until the verifier completes it, the chunk is still in flight: end-game will not
+        // ask this same holder for it again (the picker remembers what it was asked).
+        if self
+            .to_verify
+            .send(Arrived {
+                index: expected,
+                data,
+            })
+            .is_err()
+        {
+            return Err(DropReason::Failed("verifier stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn apply_availability(&mut self, header: PeerResponse) -> Result<(), DropReason> {
+        let total = self.job.manifest.chunk_hashes.len() as u32;
+        let (seq, have) = match header {
+            PeerResponse::Availability { seq, have } => (seq, have),
+            PeerResponse::Error(reply) => {
+                return Err(DropReason::Protocol(format!(
+                    "refused to say what it has: {reply}"
+                )));
+            }
+            _ => {
+                return Err(DropReason::Protocol(
+                    "sent something else where its availability was due".into(),
+                ));
+            }
+        };
+        let source = self.source;
+        match have {
+            Have::All => self.job.scheduler.with(|p| p.set_all(source)),
+            Have::Bitmap(bytes) => {
+                let bits = Bitset::from_wire(&bytes, total).ok_or_else(|| {
+                    DropReason::Protocol(format!(
+                        "sent a {}-byte bitmap for {total} chunks",
+                        bytes.len()
+                    ))
+                })?;
+                self.job.scheduler.with(|p| p.set_have(source, &bits));
+            }
+            Have::Added(chunks) => {
+                if let Some(bad) = chunks.iter().find(|&&i| i >= total) {
+                    return Err(DropReason::Protocol(format!(
+                        "claims chunk {bad} of {total}"
+                    )));
+                }
+                self.job.scheduler.with(|p| {
+                    for &i in &chunks {
+                        p.add_have(source, i);
+                    }
+                });
+            }
+        }
+        self.since = seq;
+        Ok(())
+    }
 }
 
 /// Hashes each arrived chunk against the manifest, writes it, and marks it done.
@@ -681,7 +835,7 @@ fn verify_loop(
                 // A local disk error is not the holder's fault, but nobody can store the
                 // chunk either: stop this source and leave the chunk missing.
                 *verdicts.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(
-                    DropReason::Failed(format!("cannot write chunk {index} locally: {e}")),
+                    DropReason::LocalWrite(format!("cannot write chunk {index}: {e}")),
                 );
                 verdicts.failed.store(true, Ordering::SeqCst);
                 job.scheduler.end_write(index);
@@ -692,51 +846,3 @@ fn verify_loop(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn a_done_chunk_cannot_be_written_again() {
-        let scheduler = Scheduler::new(2, &[0, 1], 2, 1);
-        assert!(scheduler.claim_write(0));
-        assert!(scheduler.complete(0, 10));
-        // A late duplicate (perhaps corrupt) must not touch the verified bytes.
-        assert!(!scheduler.claim_write(0));
-        assert!(!scheduler.claim_write(7), "no such chunk");
-    }
-
-    #[test]
-    fn a_second_copy_waits_for_the_first_writer_and_takes_over_if_it_fails() {
-        let scheduler = Arc::new(Scheduler::new(1, &[0], 2, 1));
-        assert!(scheduler.claim_write(0));
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let second = {
-            let scheduler = Arc::clone(&scheduler);
-            thread::spawn(move || {
-                let claimed = scheduler.claim_write(0);
-                let _ = tx.send(claimed);
-            })
-        };
-        // The second writer is blocked while the first holds the claim.
-        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
-        // The first copy failed its hash: the second may store its own.
-        scheduler.end_write(0);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
-        assert!(second.join().is_ok());
-        assert!(scheduler.complete(0, 10));
-    }
-
-    #[test]
-    fn a_waiting_copy_is_dropped_once_the_first_writer_completes() {
-        let scheduler = Arc::new(Scheduler::new(1, &[0], 2, 1));
-        assert!(scheduler.claim_write(0));
-        let second = {
-            let scheduler = Arc::clone(&scheduler);
-            thread::spawn(move || scheduler.claim_write(0))
-        };
-        assert!(scheduler.complete(0, 10));
-        assert_eq!(second.join().ok(), Some(false));
-    }
-}

@@ -13,6 +13,10 @@
 //!   (the reader's timeout fires);
 //! - [`MemNetwork::heal`]: removes all faults.
 //!
+//! [`MemNetwork::limit_upload`] gives a host an upload rate shared by every connection it
+//! writes to (a link of that speed), so a crowd test means something: writes wait for their
+//! turn on the host's link. Nothing else in this network waits on time.
+//!
 //! ```
 //! use std::io::{Read, Write};
 //! use shoal_proto::mem::MemNetwork;
@@ -34,7 +38,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
@@ -75,7 +79,34 @@ struct NetState {
     listeners: HashMap<PeerAddr, Sender<MemStream>>,
     faults: HashMap<PeerAddr, Faults>,
     counters: HashMap<PeerAddr, Arc<Counters>>,
+    /// Upload links by host name.
+    links: HashMap<String, Arc<Link>>,
     next_port: u32,
+}
+
+/// A host's upload link: every write of the host reserves its transmission time on it.
+struct Link {
+    bytes_per_sec: u64,
+    /// When the link is free again.
+    free_at: Mutex<Instant>,
+}
+
+impl Link {
+    /// Waits until `n` bytes would have left at the link's rate after everything queued
+    /// before them.
+    fn send(&self, n: usize) {
+        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec.max(1) as f64);
+        let done = {
+            let mut free_at = self.free_at.lock().unwrap_or_else(PoisonError::into_inner);
+            let start = (*free_at).max(Instant::now());
+            *free_at = start + cost;
+            *free_at
+        };
+        let wait = done.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 /// An in-process network of named endpoints. Cheap to clone; clones share the network.
@@ -125,6 +156,18 @@ impl MemNetwork {
     /// `addr` stops delivering after `n` bytes on each new connection, without closing it.
     pub fn stall_after(&self, addr: &PeerAddr, n: u64) {
         self.update_faults(addr, |f| f.stall_after = Some(n));
+    }
+
+    /// Limits what `host` sends, over all its connections together, to `bytes_per_sec`
+    /// (its upload link); applies to connections opened after the call.
+    pub fn limit_upload(&self, host: &str, bytes_per_sec: u64) {
+        self.lock().links.insert(
+            host.to_string(),
+            Arc::new(Link {
+                bytes_per_sec,
+                free_at: Mutex::new(Instant::now()),
+            }),
+        );
     }
 
     /// Removes every fault of `addr`.
@@ -210,6 +253,8 @@ impl Transport for MemTransport {
             return Err(refused());
         }
         let listener = state.listeners.get(addr).cloned().ok_or_else(refused)?;
+        let client_link = state.links.get(&self.host).cloned();
+        let server_link = state.links.get(addr.host()).cloned();
         state.next_port += 1;
         let from = PeerAddr::new(format!("{}:{}", self.host, 40_000 + state.next_port))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -217,9 +262,11 @@ impl Transport for MemTransport {
 
         let (to_server, server_rx) = bounded(PIPE_DEPTH);
         let (to_client, client_rx) = bounded(PIPE_DEPTH);
-        let client = MemStream::new(from.clone(), addr.clone(), client_rx, to_server, None);
+        let mut client = MemStream::new(from.clone(), addr.clone(), client_rx, to_server, None);
+        client.link = client_link;
         let mut server = MemStream::new(addr.clone(), from, server_rx, to_client, counters);
         server.faults = faults;
+        server.link = server_link;
         listener.send(server).map_err(|_| refused())?;
         Ok(client)
     }
@@ -288,6 +335,8 @@ pub struct MemStream {
     faults: Faults,
     sent: u64,
     counters: Option<Arc<Counters>>,
+    /// The sending host's upload link, if limited.
+    link: Option<Arc<Link>>,
 }
 
 impl MemStream {
@@ -309,6 +358,7 @@ impl MemStream {
             faults: Faults::default(),
             sent: 0,
             counters,
+            link: None,
         }
     }
 
@@ -385,6 +435,9 @@ impl Write for MemStream {
             bytes.truncate(keep.min(bytes.len()));
         }
         let delivered = bytes.len();
+        if let Some(link) = &self.link {
+            link.send(delivered);
+        }
         if delivered > 0 && tx.send(bytes).is_err() {
             self.tx = None;
             return Err(io::Error::new(

@@ -58,6 +58,31 @@ pub enum IndexRequest {
         /// The holder whose lease to renew.
         holder: PeerAddr,
     },
+    /// Swarm: `holder` is downloading these files and serves the chunks it has verified
+    /// (a *partial* holder). Kept apart from complete registrations, under its own lease,
+    /// which this request renews; a later `Register` of the same file by the same holder
+    /// makes the registration complete.
+    RegisterPartial {
+        /// Where the verified chunks can be fetched.
+        holder: PeerAddr,
+        /// The files it is downloading (with the chunk size of the manifest it uses).
+        #[serde(deserialize_with = "grow_only::deserialize")]
+        files: Vec<FileMeta>,
+    },
+    /// `holder` stopped downloading these files (failed or abandoned); empty: all of them.
+    UnregisterPartial {
+        /// The partial holder.
+        holder: PeerAddr,
+        /// The downloads it dropped (empty: all).
+        #[serde(deserialize_with = "grow_only::deserialize")]
+        ids: Vec<FileId>,
+    },
+    /// Every complete and every partial holder of the file, marked apart (what a swarm
+    /// download asks for, at its start and again while it runs).
+    Sources {
+        /// Which file.
+        key: FileKey,
+    },
 }
 
 /// The index server's answer to one [`IndexRequest`].
@@ -103,6 +128,17 @@ pub enum IndexResponse {
         /// Registrations the renewed lease covers.
         files: u32,
     },
+    /// Answer to `Sources`.
+    Sources {
+        /// The file.
+        file: FileMeta,
+        /// Holders of the whole file, sorted.
+        #[serde(deserialize_with = "grow_only::deserialize")]
+        complete: Vec<PeerAddr>,
+        /// Holders still downloading it (they serve the chunks they have verified), sorted.
+        #[serde(deserialize_with = "grow_only::deserialize")]
+        partial: Vec<PeerAddr>,
+    },
 }
 
 /// One search result.
@@ -110,8 +146,10 @@ pub enum IndexResponse {
 pub struct SearchHit {
     /// The file.
     pub file: FileMeta,
-    /// How many peers hold it.
+    /// How many peers hold all of it.
     pub holders: u32,
+    /// How many peers are downloading it (partial holders).
+    pub downloading: u32,
 }
 
 /// A request to a peer.
@@ -135,6 +173,22 @@ pub enum PeerRequest {
         /// Number of chunks.
         count: u32,
     },
+    /// Which chunks of file `id` (in the grid of `chunk_size`) the peer has verified. A
+    /// complete holder answers `Have::All`. With `since` = 0 the answer is the whole bitmap;
+    /// with the `seq` of an earlier answer, only the chunks added after it. If nothing was
+    /// added since `since`, the peer waits up to `wait_ms` (capped by the peer, see
+    /// `docs/PROTOCOL.md`) for a new chunk before it answers, so a downloader learns of new
+    /// chunks as they arrive without polling the index.
+    Availability {
+        /// Which file.
+        id: FileId,
+        /// Chunk size of the requester's manifest.
+        chunk_size: u32,
+        /// The `seq` of the last answer seen on this connection, or 0.
+        since: u32,
+        /// Longest wait for news, in milliseconds (0: answer at once).
+        wait_ms: u32,
+    },
 }
 
 /// A peer's answer to one [`PeerRequest`].
@@ -151,6 +205,26 @@ pub enum PeerResponse {
     },
     /// The request was refused or failed (also ends a `ReadChunks` answer early).
     Error(ErrorReply),
+    /// Answer to `Availability`.
+    Availability {
+        /// How many chunks the peer has verified so far (grows by one per chunk); the next
+        /// request's `since`.
+        seq: u32,
+        /// What it has.
+        have: Have,
+    },
+}
+
+/// A peer's verified chunks of one file, in an [`PeerResponse::Availability`] answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Have {
+    /// Every chunk: the peer holds the whole file.
+    All,
+    /// One bit per chunk, chunk `i` in byte `i / 8`, bit `i % 8` (least significant first);
+    /// exactly `ceil(chunks / 8)` bytes.
+    Bitmap(#[serde(deserialize_with = "grow_only::deserialize")] Vec<u8>),
+    /// The chunks verified after the request's `since`, in the order they were verified.
+    Added(#[serde(deserialize_with = "grow_only::deserialize")] Vec<u32>),
 }
 
 /// A file's metadata and the chaining value of every chunk, in order.
@@ -196,6 +270,9 @@ pub enum ErrorCode {
     Busy,
     /// The server failed internally (disk error, ...).
     Internal,
+    /// A partial holder does not have (has not verified) the chunk asked for; ask another
+    /// holder. The connection stays usable.
+    Unavailable,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -206,6 +283,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::BadRequest => "bad request",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal error",
+            ErrorCode::Unavailable => "chunk not available here",
         })
     }
 }
