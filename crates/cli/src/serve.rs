@@ -170,11 +170,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     );
 
     let mut config = PeerConfig::new(index_addrs.clone(), listen);
-    config.advertise = args
-        .advertise
-        .as_deref()
-        .map(PeerAddr::new)
-        .transpose()?;
+    config.advertise = args.advertise.as_deref().map(PeerAddr::new).transpose()?;
     config.server = PeerServerConfig {
         max_connections: args.max_connections,
         max_uploads: args.max_uploads.max(1),

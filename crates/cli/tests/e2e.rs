@@ -437,3 +437,60 @@ fn a_listed_holder_that_is_gone_gives_one_readable_line() {
     assert!(!stderr.contains("os error"), "{stderr}");
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn six_console_peers_asking_at_once_swarm_and_upload_to_each_other() {
+    let root = tempfile::tempdir().unwrap();
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let seed_dir = root.path().join("seeder");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let file = write_file(&seed_dir, "release.bin", 24 << 20);
+    // One upload slot: the seeder is the bottleneck, as on a real uplink.
+    let (_seeder, _) = Server::start(&[
+        "peer",
+        "--dir",
+        seed_dir.to_str().unwrap(),
+        "--index",
+        &index,
+        "--no-console",
+        "--max-uploads",
+        "1",
+    ]);
+    let mut crowd: Vec<(Server, std::path::PathBuf)> = (0..6)
+        .map(|n| {
+            let dir = root.path().join(format!("peer{n}"));
+            let (server, _) = Server::start_with(
+                &["peer", "--dir", dir.to_str().unwrap(), "--index", &index],
+                &[("RUST_LOG", "shoal_peer::download=info,warn")],
+                true,
+            );
+            (server, dir)
+        })
+        .collect();
+    for (peer, _) in &mut crowd {
+        peer.type_line("release.bin");
+    }
+    let mut uploaded = 0u64;
+    for (peer, dir) in &mut crowd {
+        let line = peer.next_line();
+        assert!(line.starts_with("ok      release.bin"), "{line}");
+        assert!(std::fs::read(dir.join("release.bin")).unwrap() == file);
+        let log = peer.log.as_ref().unwrap();
+        let done = log
+            .iter()
+            .find(|l| l.contains("downloaded release.bin"))
+            .unwrap();
+        let bytes: u64 = done
+            .split("uploaded ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no upload count in {done:?}"));
+        uploaded += bytes;
+    }
+    // The consoles served each other at least one copy's worth while downloading.
+    assert!(
+        uploaded >= file.len() as u64,
+        "peers uploaded only {uploaded} B to each other"
+    );
+}

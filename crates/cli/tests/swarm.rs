@@ -169,7 +169,10 @@ fn the_crowd_completes_after_the_seeder_leaves() {
             if covered {
                 break;
             }
-            assert!(Instant::now() < deadline, "the crowd never covered the file");
+            assert!(
+                Instant::now() < deadline,
+                "the crowd never covered the file"
+            );
             thread::sleep(Duration::from_millis(1));
         }
         let sent = swarm.sent_by(&seeder);
@@ -199,6 +202,7 @@ fn liar(swarm: &Swarm, name: &str, manifest: Manifest, how: Liar) -> PeerAddr {
         .bind(&PeerAddr::new(format!("{name}:7000")).unwrap())
         .unwrap();
     let addr = listener.local_addr().unwrap();
+    let meta = manifest.file.clone();
     thread::spawn(move || {
         while let Ok((mut stream, _)) = listener.accept() {
             let manifest = manifest.clone();
@@ -265,7 +269,7 @@ fn liar(swarm: &Swarm, name: &str, manifest: Manifest, how: Liar) -> PeerAddr {
         }
     });
     IndexClient::new(swarm.net.host(name), vec![swarm.index.addr().clone()])
-        .register_partial(&addr, std::slice::from_ref(&manifest.file))
+        .register_partial(&addr, std::slice::from_ref(&meta))
         .unwrap();
     addr
 }
@@ -283,7 +287,12 @@ fn a_partial_holder_that_sends_a_corrupt_chunk_is_dropped_and_named() {
     let swarm = Swarm::new();
     let file = content(256 << 10, 3);
     let seeder = swarm.peer("seeder", &[("f.bin", &file)], RATE / 4);
-    let bad = liar(&swarm, "mallory", manifest_of(&seeder, "f.bin"), Liar::Corrupt);
+    let bad = liar(
+        &swarm,
+        "mallory",
+        manifest_of(&seeder, "f.bin"),
+        Liar::Corrupt,
+    );
     let downloader = swarm.peer("bob", &[], RATE);
     let reports = fetch_at_once(std::slice::from_ref(&downloader), "f.bin");
     assert_exact(std::slice::from_ref(&downloader), "f.bin", &file);

@@ -65,8 +65,8 @@ use shoal_proto::codec;
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
-use crate::registry::{DEFAULT_LEASE, ListingView};
 use crate::partial::{Partials, Sources};
+use crate::registry::{DEFAULT_LEASE, ListingView};
 use crate::{Clock, IndexError, Registry, Store, SystemClock};
 
 /// The on-disk format version this build writes and reads.
@@ -545,7 +545,8 @@ impl Store for DurableStore {
     }
 
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
-        let (complete, now) = self.read(|state, now| (state.registry.search(query, limit, now), now));
+        let (complete, now) =
+            self.read(|state, now| (state.registry.search(query, limit, now), now));
         Ok(self.partials.search(query, limit, complete, now))
     }
 

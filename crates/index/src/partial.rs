@@ -125,7 +125,10 @@ impl Partials {
         }
         let key = |h: &SearchHit| (h.file.name.clone(), h.file.id);
         let mut merged: Vec<SearchHit> = Vec::with_capacity(complete.len() + partial.len());
-        let (mut a, mut b) = (complete.into_iter().peekable(), partial.into_iter().peekable());
+        let (mut a, mut b) = (
+            complete.into_iter().peekable(),
+            partial.into_iter().peekable(),
+        );
         loop {
             let next = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) => match key(x).cmp(&key(y)) {
@@ -214,8 +217,16 @@ mod tests {
         partials.register(&addr("a:1"), &[meta("f", 1)], Duration::ZERO);
         partials.renew(&addr("a:1"), Duration::from_secs(8));
         let key = FileKey::Id(FileId([1; 32]));
-        assert!(partials.sources(&key, None, Duration::from_secs(15)).is_some());
-        assert!(partials.sources(&key, None, Duration::from_secs(18)).is_none());
+        assert!(
+            partials
+                .sources(&key, None, Duration::from_secs(15))
+                .is_some()
+        );
+        assert!(
+            partials
+                .sources(&key, None, Duration::from_secs(18))
+                .is_none()
+        );
         partials.sweep(Duration::from_secs(18));
         assert_eq!(partials.registration_count(), 0);
     }

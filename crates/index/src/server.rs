@@ -342,7 +342,10 @@ fn answer<S: Store>(
             match store.register_partial(&holder, &files) {
                 Ok(added) => {
                     if added > 0 {
-                        log::info!("{holder} is downloading {} files ({added} new)", files.len());
+                        log::info!(
+                            "{holder} is downloading {} files ({added} new)",
+                            files.len()
+                        );
                     }
                     IndexResponse::Registered { added }
                 }

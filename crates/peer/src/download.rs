@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use shoal_index::IndexClient;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::message::{Manifest, PeerRequest, PeerResponse};
@@ -21,8 +21,8 @@ use shoal_proto::{
 
 use crate::error::io_text;
 use crate::library::hash_file;
-use crate::resume::{Geometry, ResumeState};
 use crate::pieces::PickerConfig;
+use crate::resume::{Geometry, ResumeState};
 use crate::share::PartialShare;
 use crate::swarm::{self, ChunkSink, DropReason, SourceSpec, SwarmConfig};
 use crate::{Library, PeerError, SharedFile};
@@ -328,7 +328,10 @@ impl<T: Transport> Downloader<T> {
                     .index
                     .register_partial(advertise, std::slice::from_ref(&manifest.file))
                 {
-                    log::warn!("cannot tell the index that {} is downloading here: {e}", meta.name);
+                    log::warn!(
+                        "cannot tell the index that {} is downloading here: {e}",
+                        meta.name
+                    );
                 }
                 Some(share)
             }
@@ -391,9 +394,11 @@ impl<T: Transport> Downloader<T> {
                     && renewed.elapsed() >= PARTIAL_RENEW
                 {
                     renewed = Instant::now();
-                    if let Err(e) = index.register_partial(advertise, std::slice::from_ref(&file))
-                    {
-                        log::debug!("cannot renew the partial registration of {}: {e}", file.name);
+                    if let Err(e) = index.register_partial(advertise, std::slice::from_ref(&file)) {
+                        log::debug!(
+                            "cannot renew the partial registration of {}: {e}",
+                            file.name
+                        );
                     }
                 }
                 match index.sources(&FileKey::Id(id)) {
@@ -535,7 +540,10 @@ impl<T: Transport> Downloader<T> {
         if let Some(advertise) = &self.advertise
             && let Err(e) = self.index.unregister_partial(advertise, &[file.id])
         {
-            log::debug!("cannot withdraw the partial registration of {}: {e}", file.name);
+            log::debug!(
+                "cannot withdraw the partial registration of {}: {e}",
+                file.name
+            );
         }
     }
 

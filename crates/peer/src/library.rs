@@ -18,8 +18,8 @@ use shoal_proto::message::ChunkHash;
 use shoal_proto::{FileId, FileKey, FileMeta, content, validate_name};
 
 use crate::PeerError;
-use crate::share::PartialShare;
 use crate::hash_cache::{self, CachedFile};
+use crate::share::PartialShare;
 
 /// One file of the shared folder, with everything needed to serve it.
 #[derive(Clone, Debug)]

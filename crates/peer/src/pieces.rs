@@ -216,6 +216,8 @@ pub(crate) struct Picker {
     sources: Vec<Source>,
     writing: HashSet<u32>,
     picked: usize,
+    /// `lacks` is turning a full holding back into a bitmap.
+    converting: bool,
     config: PickerConfig,
     rng: StdRng,
 }
@@ -238,6 +240,7 @@ impl Picker {
             sources: Vec::new(),
             writing: HashSet::new(),
             picked: 0,
+            converting: false,
             config,
             rng: StdRng::seed_from_u64(config.seed),
         }
@@ -307,7 +310,7 @@ impl Picker {
             && let Some(a) = self.availability.get_mut(i as usize)
         {
             *a = a.saturating_add(1);
-            if bits.is_full() {
+            if bits.is_full() && !self.converting {
                 self.set_all(source);
             }
         }
@@ -335,8 +338,21 @@ impl Picker {
         }
     }
 
-    /// `source` said it lacks chunk `i`: it is not asked for it again.
+    /// `source` said it lacks chunk `i`: it is not asked for it again. A partial source that
+    /// had claimed every chunk goes back to a bitmap of all but `i`.
     pub(crate) fn lacks(&mut self, source: SourceId, i: u32) {
+        let total = self.total();
+        if let Some(s) = self.sources.get_mut(source)
+            && s.holding == Holding::All
+            && s.active
+        {
+            s.holding = Holding::Some(Bitset::new(total));
+            self.converting = true;
+            for c in 0..total {
+                self.add_have(source, c);
+            }
+            self.converting = false;
+        }
         if let Some(Source {
             holding: Holding::Some(bits),
             ..

@@ -145,12 +145,7 @@ impl PartialShare {
 
     /// The answer to an availability request: what was added after `since` (waiting up to
     /// `wait`, capped at [`MAX_AVAILABILITY_WAIT`], if nothing was), or the whole bitmap.
-    pub(crate) fn availability(
-        &self,
-        chunk_size: u32,
-        since: u32,
-        wait: Duration,
-    ) -> Availability {
+    pub(crate) fn availability(&self, chunk_size: u32, since: u32, wait: Duration) -> Availability {
         if chunk_size != self.meta.chunk_size {
             return Availability::OtherGrid {
                 chunk_size: self.meta.chunk_size,
@@ -208,22 +203,19 @@ mod tests {
     #[test]
     fn availability_is_a_bitmap_then_what_was_added() {
         let share = share(10, &[2]);
-        let Availability::Answer { seq, have } = share.availability(1024, 0, Duration::ZERO)
-        else {
+        let Availability::Answer { seq, have } = share.availability(1024, 0, Duration::ZERO) else {
             panic!("same grid");
         };
         assert_eq!((seq, have), (1, Have::Bitmap(vec![0b100, 0])));
         share.add(5);
         share.add(5);
         share.add(7);
-        let Availability::Answer { seq, have } = share.availability(1024, 1, Duration::ZERO)
-        else {
+        let Availability::Answer { seq, have } = share.availability(1024, 1, Duration::ZERO) else {
             panic!("same grid");
         };
         assert_eq!((seq, have), (3, Have::Added(vec![5, 7])));
         // Nothing new and no wait asked: an empty answer at once.
-        let Availability::Answer { have, .. } = share.availability(1024, 3, Duration::ZERO)
-        else {
+        let Availability::Answer { have, .. } = share.availability(1024, 3, Duration::ZERO) else {
             panic!("same grid");
         };
         assert_eq!(have, Have::Added(vec![]));
@@ -253,13 +245,15 @@ mod tests {
         share.close();
         assert!(waiter.join().is_ok());
         let mut buf = Vec::new();
-        assert!(!share.read_chunk(1, &mut buf).unwrap(), "chunk 1 is not verified");
+        assert!(
+            !share.read_chunk(1, &mut buf).unwrap(),
+            "chunk 1 is not verified"
+        );
         assert!(share.read_chunk(3, &mut buf).unwrap());
         assert_eq!((buf.len(), share.uploaded()), (1024, 1024));
         share.add(1);
         share.add(2);
-        let Availability::Answer { have, .. } = share.availability(1024, 0, Duration::ZERO)
-        else {
+        let Availability::Answer { have, .. } = share.availability(1024, 0, Duration::ZERO) else {
             panic!("same grid");
         };
         assert_eq!(have, Have::All);

@@ -80,7 +80,11 @@ fn index_response() -> impl Strategy<Value = IndexResponse> {
             IndexResponse::SearchResults {
                 hits: hits
                     .into_iter()
-                    .map(|(file, holders)| SearchHit { file, holders, downloading: holders / 2 })
+                    .map(|(file, holders)| SearchHit {
+                        file,
+                        holders,
+                        downloading: holders / 2,
+                    })
                     .collect(),
             }
         }),
