@@ -18,6 +18,7 @@
 //! every contender alike, so no run starts with more free page cache than another.
 
 mod net;
+mod report;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 
 use net::{Host, Net, Procs, Rates};
+use report::median;
 
 /// The shared file's name.
 const FILE_NAME: &str = "payload.bin";
@@ -145,16 +147,14 @@ pub(crate) enum SwarmBenchError {
         detail: String,
     },
     /// A server or seeder did not get ready.
-    #[error("{what} did not {event} within {secs} s{detail} (log: {log})")]
+    #[error("{what} did not {event}: {why} (log: {log})")]
     NotReady {
         /// Which process.
         what: String,
         /// What it did not do.
         event: &'static str,
-        /// The wait.
-        secs: u64,
-        /// Why, if known (it exited, its last line).
-        detail: String,
+        /// It exited (how, and its telling line), or the wait ran out.
+        why: String,
         /// Its log file.
         log: String,
     },
@@ -197,6 +197,11 @@ impl Contender {
             Contender::Bt => format!("libtorrent + opentracker, {n} peers"),
             Contender::Bt1 => "libtorrent, one peer alone".into(),
         }
+    }
+
+    /// Its name on the command line.
+    fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
     }
 
     fn peers(self, n: usize) -> usize {
@@ -307,6 +312,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         bound,
         timeout: args.timeout.map(Duration::from_secs),
         get_args: args.get_args.clone(),
+        keep_logs: !temporary,
         stop,
         torrent: None,
     };
@@ -384,6 +390,10 @@ enum Finish {
     File,
     /// The process exits; success is a complete copy.
     Exit,
+    /// `shoal get --json`: its record for the file says `downloaded`, or it exits with
+    /// success (whichever comes first: a `--seed` linger is not download time); an `error`
+    /// record or a failed exit is a failure.
+    Record,
     /// The process prints this line (libtorrent's node: `complete`).
     Line(&'static str),
 }
@@ -393,12 +403,26 @@ struct Member {
     host: Host,
     dir: PathBuf,
     log: PathBuf,
+    /// Where its `--json` records go (`shoal get`).
+    json: Option<PathBuf>,
     slot: usize,
     done: Option<f64>,
     failed: Option<String>,
 }
 
 impl Member {
+    fn new(host: &Host, dir: PathBuf, log: PathBuf, slot: usize) -> Member {
+        Member {
+            host: host.clone(),
+            dir,
+            log,
+            json: None,
+            slot,
+            done: None,
+            failed: None,
+        }
+    }
+
     fn finished(&self) -> bool {
         self.done.is_some() || self.failed.is_some()
     }
@@ -477,6 +501,8 @@ struct Bench {
     bound: f64,
     timeout: Option<Duration>,
     get_args: String,
+    /// The work folder (and its logs) outlives the bench (`--dir`).
+    keep_logs: bool,
     stop: Arc<AtomicBool>,
     /// The torrent and tracker whitelist, made at the first BitTorrent run.
     torrent: Option<PathBuf>,
@@ -509,7 +535,7 @@ impl Bench {
         let logs = self
             .work
             .join("logs")
-            .join(format!("run{rep}-{c:?}").to_lowercase());
+            .join(format!("run{rep}-{}", c.name()));
         let data = self.work.join("data");
         let _ = fs::remove_dir_all(&data);
         for d in [&logs, &data] {
@@ -539,28 +565,24 @@ impl Bench {
     ) -> Result<RunResult> {
         let index = self.index_addr();
         let index_log = logs.join("index.log");
-        let slot = procs.spawn(
-            "shoal index",
-            self.shoal_cmd(
-                &self.net.index,
-                &["index".into(), "--listen".into(), index.clone()],
-                &index_log,
-            )?
-            .stdout(log_file(&index_log)?)
-            .stderr(log_file_append(&index_log)?),
+        let mut cmd = self.shoal_cmd(
+            &self.net.index,
+            &strs(&["index", "--listen", &index]),
+            &index_log,
         )?;
+        let slot = procs.spawn("shoal index", &mut cmd)?;
         self.wait_line(procs, slot, "the index", &index_log, "listening on")?;
         let seed_log = logs.join("seeder.log");
-        let seed_args = vec![
-            "peer".into(),
-            "--dir".into(),
-            path_arg(&self.seed_dir),
-            "--index".into(),
-            index.clone(),
-            "--listen".into(),
-            format!("{}:{PEER_PORT}", self.net.seeder.ip),
-            "--no-console".into(),
-        ];
+        let seed_args = strs(&[
+            "peer",
+            "--dir",
+            &path_arg(&self.seed_dir),
+            "--index",
+            &index,
+            "--listen",
+            &format!("{}:{PEER_PORT}", self.net.seeder.ip),
+            "--no-console",
+        ]);
         let slot = procs.spawn(
             "the shoal seeder",
             &mut self.shoal_cmd(&self.net.seeder, &seed_args, &seed_log)?,
@@ -576,28 +598,21 @@ impl Bench {
                 fs::create_dir_all(&dir)
                     .map_err(io_err(format!("cannot create {}", dir.display())))?;
                 let log = logs.join(format!("p{i}.log"));
-                let args = vec![
-                    "peer".into(),
-                    "--dir".into(),
-                    path_arg(&dir),
-                    "--index".into(),
-                    index.clone(),
-                    "--listen".into(),
-                    format!("{}:{PEER_PORT}", host.ip),
-                ];
+                let args = strs(&[
+                    "peer",
+                    "--dir",
+                    &path_arg(&dir),
+                    "--index",
+                    &index,
+                    "--listen",
+                    &format!("{}:{PEER_PORT}", host.ip),
+                ]);
                 let mut cmd = self.shoal_cmd(host, &args, &log)?;
                 let slot = procs.spawn("a shoal peer console", cmd.stdin(Stdio::piped()))?;
                 if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
                     stdins.push(stdin);
                 }
-                members.push(Member {
-                    host: host.clone(),
-                    dir,
-                    log,
-                    slot,
-                    done: None,
-                    failed: None,
-                });
+                members.push(Member::new(host, dir, log, slot));
             }
             for m in &members {
                 self.wait_line(procs, m.slot, "a peer console", &m.log, "listening on")?;
@@ -617,21 +632,20 @@ impl Bench {
                 let dir = data.join(format!("p{i}"));
                 let log = logs.join(format!("p{i}.log"));
                 let json = logs.join(format!("p{i}.json"));
-                let args = self.get_command(host, &index, &dir);
+                let args = self.get_command(&host.ip.to_string(), &index, &dir);
                 let mut cmd = net::command_in(host, &self.shoal, &args);
                 cmd.stdout(log_file(&json)?).stderr(log_file(&log)?);
                 let slot = procs.spawn("shoal get", &mut cmd)?;
-                members.push(Member {
-                    host: host.clone(),
-                    dir,
-                    log,
-                    slot,
-                    done: None,
-                    failed: None,
-                });
+                let mut member = Member::new(host, dir, log, slot);
+                member.json = Some(json);
+                members.push(member);
             }
         }
-        let finish = if consoles { Finish::File } else { Finish::Exit };
+        let finish = if consoles {
+            Finish::File
+        } else {
+            Finish::Record
+        };
         let timed_out = self.wait_crowd(procs, &mut members, &finish, t0, self.run_timeout(n))?;
         let after = self.counters(n)?;
         drop(stdins);
@@ -644,21 +658,20 @@ impl Bench {
     }
 
     /// The argv of one `shoal get` of the `get` contender.
-    fn get_command(&self, host: &Host, index: &str, dir: &Path) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "get".into(),
-            FILE_NAME.into(),
-            "--index".into(),
-            index.into(),
-            "--out".into(),
-            path_arg(dir),
-            "--json".into(),
-        ];
-        let ip = host.ip.to_string();
+    fn get_command(&self, ip: &str, index: &str, dir: &Path) -> Vec<String> {
+        let mut args = strs(&[
+            "get",
+            FILE_NAME,
+            "--index",
+            index,
+            "--out",
+            &path_arg(dir),
+            "--json",
+        ]);
         args.extend(
             self.get_args
                 .split_whitespace()
-                .map(|a| a.replace("{ip}", &ip)),
+                .map(|a| a.replace("{ip}", ip)),
         );
         args
     }
@@ -685,12 +698,7 @@ impl Bench {
             root = path_arg(&self.seed_dir),
         );
         fs::write(&conf, text).map_err(io_err(format!("cannot write {}", conf.display())))?;
-        let args = vec![
-            "-c".into(),
-            path_arg(&conf),
-            "-e".into(),
-            path_arg(&err_log),
-        ];
+        let args = strs(&["-c", &path_arg(&conf), "-e", &path_arg(&err_log)]);
         let mut cmd = net::command_in(seed, Path::new("nginx"), &args);
         cmd.stdout(log_file(&logs.join("nginx.out"))?)
             .stderr(log_file(&logs.join("nginx.stderr"))?);
@@ -706,24 +714,12 @@ impl Bench {
             let dir = data.join(format!("p{i}"));
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
             let log = logs.join(format!("p{i}.log"));
-            let args = vec![
-                "-sS".into(),
-                "--fail".into(),
-                "-o".into(),
-                path_arg(&dir.join(FILE_NAME)),
-                url.clone(),
-            ];
+            let out = path_arg(&dir.join(FILE_NAME));
+            let args = strs(&["-sS", "--fail", "-o", &out, &url]);
             let mut cmd = net::command_in(host, Path::new("curl"), &args);
             cmd.stdout(log_file(&log)?).stderr(log_file_append(&log)?);
             let slot = procs.spawn("curl", &mut cmd)?;
-            members.push(Member {
-                host: host.clone(),
-                dir,
-                log,
-                slot,
-                done: None,
-                failed: None,
-            });
+            members.push(Member::new(host, dir, log, slot));
         }
         let timed_out =
             self.wait_crowd(procs, &mut members, &Finish::Exit, t0, self.run_timeout(n))?;
@@ -752,18 +748,21 @@ impl Bench {
             }
         };
         let idx = &self.net.index;
-        let tracker_args = vec![
-            "-i".into(),
-            idx.ip.to_string(),
-            "-p".into(),
-            TRACKER_PORT.to_string(),
-            "-P".into(),
-            TRACKER_PORT.to_string(),
-            "-d".into(),
-            path_arg(&bt_dir),
-            "-w".into(),
-            "whitelist".into(),
-        ];
+        // It chroots into -d and reads its whitelist there: a relative name works both
+        // before and after.
+        let port = TRACKER_PORT.to_string();
+        let tracker_args = strs(&[
+            "-i",
+            &idx.ip.to_string(),
+            "-p",
+            &port,
+            "-P",
+            &port,
+            "-d",
+            &path_arg(&bt_dir),
+            "-w",
+            "whitelist",
+        ]);
         let tracker_log = logs.join("opentracker.log");
         let mut cmd = net::command_in(idx, Path::new("opentracker"), &tracker_args);
         cmd.current_dir(&bt_dir)
@@ -801,14 +800,7 @@ impl Bench {
             let mut cmd = net::command_in(host, python, &node_run(&dir, host));
             cmd.stdout(log_file(&log)?).stderr(log_file_append(&log)?);
             let slot = procs.spawn("a libtorrent peer", &mut cmd)?;
-            members.push(Member {
-                host: host.clone(),
-                dir,
-                log,
-                slot,
-                done: None,
-                failed: None,
-            });
+            members.push(Member::new(host, dir, log, slot));
         }
         let finish = Finish::Line("complete");
         let timed_out = self.wait_crowd(procs, &mut members, &finish, t0, self.run_timeout(n))?;
@@ -869,10 +861,7 @@ impl Bench {
                 return Err(SwarmBenchError::NotReady {
                     what: what.into(),
                     event: "start",
-                    secs: STARTUP.as_secs(),
-                    detail: exited.map_or_else(String::new, |status| {
-                        format!(" ({status}: {})", last_line(log))
-                    }),
+                    why: not_ready_why(exited, log),
                     log: log.display().to_string(),
                 });
             }
@@ -906,10 +895,7 @@ impl Bench {
                 return Err(SwarmBenchError::NotReady {
                     what: what.into(),
                     event: "listen",
-                    secs: STARTUP.as_secs(),
-                    detail: exited.map_or_else(String::new, |status| {
-                        format!(" ({status}: {})", last_line(log))
-                    }),
+                    why: not_ready_why(exited, log),
                     log: log.display().to_string(),
                 });
             }
@@ -921,13 +907,7 @@ impl Bench {
     /// before the seeder is registered.
     fn wait_registered(&self, index: &str) -> Result<()> {
         let end = Instant::now() + STARTUP;
-        let args = vec![
-            "search".into(),
-            FILE_NAME.into(),
-            "--index".into(),
-            index.into(),
-            "--json".into(),
-        ];
+        let args = strs(&["search", FILE_NAME, "--index", index, "--json"]);
         loop {
             self.check_stop()?;
             let out = net::command_in(&self.net.index, &self.shoal, &args)
@@ -945,8 +925,7 @@ impl Bench {
                 return Err(SwarmBenchError::NotReady {
                     what: "the seeder's file".into(),
                     event: "show in `shoal search`",
-                    secs: STARTUP.as_secs(),
-                    detail: String::new(),
+                    why: format!("not registered after {} s", STARTUP.as_secs()),
                     log: "seeder.log".into(),
                 });
             }
@@ -980,21 +959,33 @@ impl Bench {
                         {
                             m.failed = Some(line.to_string());
                         } else if let Some(status) = exited {
-                            m.failed = Some(format!("exited ({status}): {}", last_line(&m.log)));
+                            m.failed = Some(format!("exited ({status}): {}", telling_line(&m.log)));
                         }
                     }
                     Finish::Exit => match exited {
                         Some(status) if status.success() => m.done = Some(now),
                         Some(status) => {
-                            m.failed = Some(format!("{status}: {}", last_line(&m.log)));
+                            m.failed = Some(format!("{status}: {}", telling_line(&m.log)));
                         }
                         None => {}
                     },
+                    Finish::Record => {
+                        let record = m.json.as_deref().and_then(get_record);
+                        match (record, exited) {
+                            (Some(Ok(())), _) => m.done = Some(now),
+                            (Some(Err(e)), _) => m.failed = Some(e),
+                            (None, Some(status)) if status.success() => m.done = Some(now),
+                            (None, Some(status)) => {
+                                m.failed = Some(format!("{status}: {}", telling_line(&m.log)));
+                            }
+                            (None, None) => {}
+                        }
+                    }
                     Finish::Line(needle) => {
                         if read_lossy(&m.log).contains(needle) {
                             m.done = Some(now);
                         } else if let Some(status) = exited {
-                            m.failed = Some(format!("exited ({status}): {}", last_line(&m.log)));
+                            m.failed = Some(format!("exited ({status}): {}", telling_line(&m.log)));
                         }
                     }
                 }
@@ -1081,312 +1072,6 @@ impl Bench {
         }
         drop(file);
         fs::remove_file(&path).map_err(io_err(format!("cannot remove {}", path.display())))
-    }
-
-    fn print_header(
-        &self,
-        args: &SwarmBenchArgs,
-        seeder_mbit: u32,
-        contenders: &[Contender],
-        skipped: &[(Contender, String)],
-    ) {
-        let version = Command::new(&self.shoal)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        println!(
-            "## shoal bench swarm: 1 seeder, {} peers, {} MiB, links {} Mbit/s each way (seeder {} \
-             Mbit/s), tc tbf\n",
-            self.peers, args.size_mib, args.rate_mbit, seeder_mbit
-        );
-        println!(
-            "bound SIZE/RATE = {:.2} s; shoal: {} ({version}); {} reps, contenders alternating; \
-             timeout per run {}",
-            self.bound,
-            self.shoal.display(),
-            args.reps,
-            self.timeout.map_or_else(
-                || "1.5 x peers x SIZE/RATE + 30 s".into(),
-                |t| format!("{} s", t.as_secs())
-            ),
-        );
-        let idx = self.index_addr();
-        let p = &self
-            .net
-            .peers
-            .first()
-            .map_or_else(String::new, |h| h.ip.to_string());
-        for c in contenders {
-            let line = match c {
-                Contender::T1 | Contender::Consoles => format!(
-                    "{}: shoal peer --dir DIR --index {idx} --listen {p}:{PEER_PORT} \
-                     (then `{FILE_NAME}` on its stdin)",
-                    c.label(c.peers(self.peers))
-                ),
-                Contender::Get => format!(
-                    "{}: shoal {}",
-                    c.label(self.peers),
-                    self.get_command(&self.net.peers[0], &idx, Path::new("DIR"))
-                        .join(" ")
-                ),
-                Contender::Http => format!(
-                    "{}: curl -sS --fail -o DIR/{FILE_NAME} http://{}:{HTTP_PORT}/{FILE_NAME}",
-                    c.label(self.peers),
-                    self.net.seeder.ip
-                ),
-                Contender::Bt | Contender::Bt1 => format!(
-                    "{}: python3-libtorrent {}, v1 torrent, 256 KiB pieces, opentracker -w",
-                    c.label(c.peers(self.peers)),
-                    libtorrent_version()
-                ),
-            };
-            println!("- {line}");
-        }
-        if contenders
-            .iter()
-            .any(|c| matches!(c, Contender::T1 | Contender::Consoles | Contender::Get))
-        {
-            println!(
-                "- shoal servers: shoal index --listen {idx}; shoal peer --dir SEED --index {idx} \
-                 --listen {}:{PEER_PORT} --no-console",
-                self.net.seeder.ip
-            );
-        }
-        for (c, why) in skipped {
-            println!("- skipped {c:?}: {why}");
-        }
-    }
-
-    fn print_run(&self, results: &[RunResult]) {
-        let t1 = results
-            .iter()
-            .find(|r| r.contender == Contender::T1)
-            .and_then(RunResult::last);
-        println!(
-            "| contender | done | last | median | seeder upload | peers upload | last / T1 | \
-             last / bound |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-        for r in results {
-            let last = match (r.last(), r.timed_out, &r.error) {
-                (Some(l), _, _) => format!("{l:.2} s"),
-                (None, _, Some(_)) => "failed".into(),
-                (None, Some(t), None) => format!("timed out ({t:.0} s)"),
-                (None, None, None) => "failed".into(),
-            };
-            println!(
-                "| {} | {}/{} | {last} | {} | {} | {} | {} | {} |",
-                r.contender.label(r.peers),
-                r.finished(),
-                r.peers,
-                r.median()
-                    .map_or_else(|| "-".into(), |m| format!("{m:.2} s")),
-                self.copies(r.seeder_sent),
-                self.copies(r.peers_sent),
-                ratio(r.last(), t1),
-                ratio(r.last(), Some(self.bound)),
-            );
-        }
-        println!();
-        for r in results {
-            if let Some(e) = &r.error {
-                println!("- {}: could not run: {e}", r.contender.label(r.peers));
-            }
-            for f in r.failures.iter().take(3) {
-                println!("- {}: {f}", r.contender.label(r.peers));
-            }
-            if r.failures.len() > 3 {
-                println!(
-                    "- {}: ... and {} more",
-                    r.contender.label(r.peers),
-                    r.failures.len() - 3
-                );
-            }
-            if let Some(up) = r.reported_upload {
-                println!(
-                    "- {}: the peers report {} uploaded to others (`get --json` `uploaded`)",
-                    r.contender.label(r.peers),
-                    crate::units::bytes(up)
-                );
-            }
-        }
-        let bt = results
-            .iter()
-            .find(|r| r.contender == Contender::Bt)
-            .and_then(RunResult::last);
-        let bt_ran = results.iter().any(|r| r.contender == Contender::Bt);
-        for r in results.iter().filter(|r| r.contender.is_shoal_crowd()) {
-            let copies = r.seeder_sent.map(|b| b as f64 / self.size as f64);
-            println!(
-                "- targets, {}: {}; seeder uploads <= {TARGET_SEEDER_COPIES} copies: {}; faster \
-                 than libtorrent in the same run: {}",
-                r.contender.label(r.peers),
-                self.t1_target(r.peers, r.last().zip(t1).map(|(l, t)| l / t)),
-                verdict(copies.map(|c| c <= TARGET_SEEDER_COPIES), copies, " copies"),
-                match (bt_ran, r.last(), bt) {
-                    (false, _, _) => "n/a (libtorrent not run)".into(),
-                    (true, Some(l), Some(b)) => verdict(Some(l < b), Some(l / b), "x libtorrent"),
-                    (true, None, _) => "missed (shoal did not finish)".into(),
-                    (true, Some(_), None) => "n/a (libtorrent did not finish)".into(),
-                },
-            );
-        }
-    }
-
-    /// `12 peers within 1.3x T1: met (1.12x)`.
-    fn t1_target(&self, peers: usize, ratio: Option<f64>) -> String {
-        let target = if peers <= 12 {
-            TARGET_12
-        } else if peers <= 32 {
-            TARGET_32
-        } else {
-            return format!("no T1 target for {peers} peers (issue 8 sets 12 and 32)");
-        };
-        format!(
-            "{peers} peers within {target}x T1: {}",
-            verdict(ratio.map(|r| r <= target), ratio, "x")
-        )
-    }
-
-    fn print_summary(&self, contenders: &[Contender], all: &[Vec<RunResult>]) {
-        println!("\n### all {} runs: median (min-max)\n", all.len());
-        println!(
-            "| contender | complete runs | last | median | seeder upload | last / T1 | last / \
-             bound |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        let mut t1_ratio_medians: Vec<(Contender, Option<f64>)> = Vec::new();
-        for &c in contenders {
-            let runs: Vec<(&RunResult, Option<f64>)> = all
-                .iter()
-                .filter_map(|rep| {
-                    let t1 = rep
-                        .iter()
-                        .find(|r| r.contender == Contender::T1)
-                        .and_then(RunResult::last);
-                    rep.iter().find(|r| r.contender == c).map(|r| (r, t1))
-                })
-                .collect();
-            let peers = runs.first().map_or(0, |(r, _)| r.peers);
-            let complete: Vec<&(&RunResult, Option<f64>)> =
-                runs.iter().filter(|(r, _)| r.last().is_some()).collect();
-            let lasts: Vec<f64> = complete.iter().filter_map(|(r, _)| r.last()).collect();
-            let medians: Vec<f64> = complete.iter().filter_map(|(r, _)| r.median()).collect();
-            let copies: Vec<f64> = runs
-                .iter()
-                .filter_map(|(r, _)| r.seeder_sent)
-                .map(|b| b as f64 / self.size as f64)
-                .collect();
-            let t1s: Vec<f64> = complete
-                .iter()
-                .filter_map(|(r, t1)| r.last().zip(*t1).map(|(l, t)| l / t))
-                .collect();
-            let bounds: Vec<f64> = lasts.iter().map(|l| l / self.bound).collect();
-            t1_ratio_medians.push((c, median(&mut t1s.clone())));
-            println!(
-                "| {} | {}/{} | {} | {} | {} | {} | {} |",
-                c.label(peers),
-                complete.len(),
-                runs.len(),
-                spread(&lasts, " s"),
-                spread(&medians, " s"),
-                spread(&copies, ""),
-                spread(&t1s, "x"),
-                spread(&bounds, "x"),
-            );
-        }
-        println!();
-        let bt_lasts: Vec<Option<f64>> = all
-            .iter()
-            .map(|rep| {
-                rep.iter()
-                    .find(|r| r.contender == Contender::Bt)
-                    .and_then(RunResult::last)
-            })
-            .collect();
-        let bt_ran = contenders.contains(&Contender::Bt);
-        for (c, t1_ratio) in t1_ratio_medians.iter().filter(|(c, _)| c.is_shoal_crowd()) {
-            let runs: Vec<&RunResult> = all
-                .iter()
-                .filter_map(|rep| rep.iter().find(|r| r.contender == *c))
-                .collect();
-            let mut copies: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.seeder_sent)
-                .map(|b| b as f64 / self.size as f64)
-                .collect();
-            let copies = median(&mut copies);
-            let faster = runs
-                .iter()
-                .zip(&bt_lasts)
-                .filter(|(r, bt)| r.last().zip(**bt).is_some_and(|(l, b)| l < b))
-                .count();
-            println!(
-                "- targets, {} (medians): {}; seeder uploads <= {TARGET_SEEDER_COPIES} copies: \
-                 {}; faster than libtorrent in the same run: {}",
-                c.label(self.peers),
-                self.t1_target(self.peers, *t1_ratio),
-                verdict(copies.map(|c| c <= TARGET_SEEDER_COPIES), copies, " copies"),
-                if bt_ran {
-                    let word = if faster == runs.len() {
-                        "met"
-                    } else {
-                        "missed"
-                    };
-                    format!("{word} ({faster} of {} runs)", runs.len())
-                } else {
-                    "n/a (libtorrent not run)".into()
-                },
-            );
-        }
-    }
-
-    fn copies(&self, bytes: Option<u64>) -> String {
-        bytes.map_or_else(
-            || "-".into(),
-            |b| format!("{:.2} copies", b as f64 / self.size as f64),
-        )
-    }
-}
-
-/// `met (1.12x)` / `missed (3.40x)` / `n/a`.
-fn verdict(ok: Option<bool>, value: Option<f64>, unit: &str) -> String {
-    match (ok, value) {
-        (Some(ok), Some(v)) => format!("{} ({v:.2}{unit})", if ok { "met" } else { "missed" }),
-        _ => "n/a".into(),
-    }
-}
-
-fn ratio(value: Option<f64>, base: Option<f64>) -> String {
-    match (value, base) {
-        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
-        _ => "-".into(),
-    }
-}
-
-/// `5.61 s (5.50-5.80)`, or `-` when there is nothing.
-fn spread(values: &[f64], unit: &str) -> String {
-    let mut v = values.to_vec();
-    let Some(m) = median(&mut v) else {
-        return "-".into();
-    };
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{m:.2}{unit} ({lo:.2}-{hi:.2})")
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values.get(mid).copied()
-    } else {
-        Some((values[mid - 1] + values[mid]) / 2.0)
     }
 }
 
@@ -1480,14 +1165,41 @@ fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn last_line(path: &Path) -> String {
-    read_lossy(path)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
+/// The line of a log that says what went wrong: the first that starts with `error` or
+/// `shoal:` (clap's and shoal's error lines), else the last one.
+fn telling_line(path: &Path) -> String {
+    let text = read_lossy(path);
+    let lines = || text.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines()
+        .find(|l| l.starts_with("error") || l.starts_with("shoal:"))
+        .or_else(|| lines().next_back())
         .unwrap_or("(no output)")
-        .trim()
         .to_string()
+}
+
+/// Why a server is not ready: how it exited and its telling line, or the wait ran out.
+fn not_ready_why(exited: Option<std::process::ExitStatus>, log: &Path) -> String {
+    match exited {
+        Some(status) => format!("it exited ({status}): {}", telling_line(log)),
+        None => format!("not within {} s", STARTUP.as_secs()),
+    }
+}
+
+/// The outcome in a `shoal get --json` file so far: `Ok` once a record says the file was
+/// downloaded (or was present), `Err` with its message if one says `error`.
+fn get_record(path: &Path) -> Option<Result<(), String>> {
+    read_lossy(path).lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if let Some(e) = v.get("error") {
+            return Some(Err(format!("error: {}", e.as_str().unwrap_or("?"))));
+        }
+        matches!(v["status"].as_str(), Some("downloaded" | "present")).then_some(Ok(()))
+    })
+}
+
+/// Owned arguments.
+fn strs(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_string()).collect()
 }
 
 fn path_arg(path: &Path) -> String {
@@ -1542,15 +1254,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians_and_spreads() {
-        assert_eq!(median(&mut []), None);
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(spread(&[2.0, 1.0, 3.0], " s"), "2.00 s (1.00-3.00)");
-        assert_eq!(spread(&[], " s"), "-");
-    }
-
-    #[test]
     fn a_missing_copy_is_infinitely_late() {
         let mut r = RunResult::failed(Contender::Consoles, 3, String::new());
         r.error = None;
@@ -1561,16 +1264,6 @@ mod tests {
         assert_eq!(r.median(), None);
         r.times = vec![Some(1.0), Some(3.0), Some(2.0)];
         assert_eq!(r.last(), Some(3.0));
-    }
-
-    #[test]
-    fn verdicts() {
-        assert_eq!(verdict(Some(true), Some(1.1), "x"), "met (1.10x)");
-        assert_eq!(
-            verdict(Some(false), Some(2.0), " copies"),
-            "missed (2.00 copies)"
-        );
-        assert_eq!(verdict(None, None, "x"), "n/a");
     }
 
     #[test]
