@@ -6,6 +6,7 @@
 mod bench_durable;
 mod bench_hostile;
 mod bench_index;
+mod bench_swarm;
 mod bench_transfer;
 mod demo;
 mod error;
@@ -97,6 +98,14 @@ enum BenchCommand {
         after_help = "Example:\n  cargo run --release -p shoal-cli -- bench hostile --connections 2000"
     )]
     Hostile(bench_hostile::HostileBenchArgs),
+    /// A flash crowd on an emulated network (root: network namespaces, tc): one seeder, N
+    /// peers wanting the same file at once; shoal consoles, `shoal get`, nginx + curl and
+    /// libtorrent + opentracker, contenders alternating.
+    #[command(
+        after_help = "Example:\n  sudo target/release/shoal bench swarm --peers 12 --size-mib 64 \
+--rate-mbit 100\n  sudo target/release/shoal bench swarm --peers 4 --size-mib 16 --contenders t1,consoles,http"
+    )]
+    Swarm(bench_swarm::SwarmBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +138,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Transfer(args)) => {
             bench_transfer::run(&args).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Swarm(args)) => {
+            bench_swarm::run(&args).map_err(|e| CliError::Bench(e.to_string()))
         }
     };
     match result {
