@@ -59,7 +59,12 @@ shoal index --listen 0.0.0.0:1024   # serve other machines"
     Peer(serve::PeerArgs),
     /// Download files (by name or 64-hex-digit id), verified, into a folder, then exit.
     #[command(
-        after_help = "Example:\n  shoal get song.ogg notes.txt --index 127.0.0.1:1024 --out ./downloads"
+        after_help = "Examples:\n  shoal get song.ogg notes.txt --index 127.0.0.1:1024 --out ./downloads\n  \
+shoal get release.iso --index 10.0.0.5:1024 --seed 600   # then serve it 10 minutes\n\n\
+While it downloads, `get` serves the chunks it has verified to other downloaders (a crowd of \
+`get`s swarms) on a free port next to the address it reaches the index from (--listen to \
+choose, --no-share to only fetch). It exits when its downloads are done, unregistering what \
+it registered; --seed SECS serves the finished files that long first."
     )]
     Get(fetch::GetArgs),
     /// List files the index knows whose name contains QUERY (empty: all).

@@ -417,8 +417,10 @@ impl<T: Transport> Downloader<T> {
                 transport,
                 &manifest,
                 &missing,
-                sources.clone(),
-                &mut feed,
+                swarm::SourceFeed {
+                    initial: sources.clone(),
+                    more: &mut feed,
+                },
                 sink,
                 &config,
                 &report_progress,

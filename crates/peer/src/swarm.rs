@@ -73,6 +73,12 @@ pub(crate) struct SwarmConfig {
 /// The first ask for new sources comes this soon after a download starts.
 const FIRST_REFRESH: Duration = Duration::from_millis(100);
 
+/// Where a download's sources come from: the first ones, and a call for more.
+pub(crate) struct SourceFeed<'a> {
+    pub(crate) initial: Vec<SourceSpec>,
+    pub(crate) more: &'a mut dyn FnMut() -> Vec<SourceSpec>,
+}
+
 /// A source to fetch from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SourceSpec {
@@ -289,8 +295,7 @@ pub(crate) fn run_swarm<T: Transport>(
     transport: &T,
     manifest: &Manifest,
     missing: &[u32],
-    sources: Vec<SourceSpec>,
-    feed: &mut dyn FnMut() -> Vec<SourceSpec>,
+    feed: SourceFeed<'_>,
     sink: &dyn ChunkSink,
     config: &SwarmConfig,
     progress: ProgressFn<'_>,
@@ -326,7 +331,8 @@ pub(crate) fn run_swarm<T: Transport>(
                 handles.push(handle);
             }
         };
-        start(sources, &mut handles);
+        let SourceFeed { initial, more } = feed;
+        start(initial, &mut handles);
         let mut last_refresh = Instant::now();
         // A crowd arrives together: ask soon after the start, then less and less often, up
         // to every `refresh`.
@@ -345,7 +351,7 @@ pub(crate) fn run_swarm<T: Transport>(
                 last_refresh = Instant::now();
                 interval = interval.zip(config.refresh).map(|(i, r)| (i * 2).min(r));
                 let before = handles.len();
-                start(feed(), &mut handles);
+                start(more(), &mut handles);
                 if idle && handles.len() == before {
                     break; // nobody left to ask
                 }
