@@ -25,7 +25,10 @@
 //! more arrived meanwhile, it unparks the first of them to lead the next round. N concurrent
 //! requests thus share one fsync, and no batch waits for another thread to be scheduled (on
 //! a busy two-core machine that wait cost more than the fsync). A lookup may see a change a
-//! moment before it is durable; no client is ever told "registered" before it is.
+//! moment before it is durable; no client is ever told "registered" before it is. An answer
+//! that writes nothing (a repeated registration, removing what is not held, a renewal)
+//! still waits for every record queued before it: it may rest on one of them (a second
+//! identical `Register` answered `added: 0` while the first's record is unwritten).
 //!
 //! # Compaction
 //!
@@ -53,8 +56,8 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -205,14 +208,16 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The log being appended to; only the commit leader touches it.
     log: Mutex<LogFile>,
-    /// Every record up to this sequence number is on disk (read by waiters without a lock).
+    /// Every record up to this sequence number is on disk (read without a lock, so an answer
+    /// that needs no record sees at once whether anything is still pending).
     durable_seq: AtomicU64,
-    /// Set with `Queue::failed`, so waiters notice without a lock.
-    failed: AtomicBool,
     /// Wakes the compactor (snapshot wanted, or stop).
     compact: Condvar,
     /// One snapshot at a time (background or [`DurableStore::snapshot_now`]).
     snapshotting: Mutex<()>,
+    /// Tests hold commits here, to prove what is answered before a record is written.
+    #[cfg(test)]
+    hold: tests::Hold,
 }
 
 struct State {
@@ -233,7 +238,7 @@ struct Queue {
     /// Requests waiting for their record, in sequence order: each is woken alone once its
     /// record is durable (a condvar's `notify_all` would also wake, for nothing, everyone
     /// queued during the fsync, and on two cores those wakeups cost more than the fsync).
-    waiters: Vec<(u64, Thread)>,
+    waiters: Vec<Arc<Waiter>>,
     /// A leader is writing and syncing a batch.
     committing: bool,
     /// The generation of the log being written.
@@ -248,6 +253,29 @@ struct Queue {
     failed: Option<String>,
     compact_wanted: bool,
     stop: bool,
+}
+
+/// A request waiting for everything up to `seq` to be durable.
+struct Waiter {
+    seq: u64,
+    thread: Thread,
+    /// Set once by the commit that decided it: `None` durable, `Some(reason)` failed.
+    outcome: OnceLock<Option<String>>,
+}
+
+impl Waiter {
+    fn new(seq: u64) -> Arc<Waiter> {
+        Arc::new(Waiter {
+            seq,
+            thread: thread::current(),
+            outcome: OnceLock::new(),
+        })
+    }
+
+    fn decide(&self, outcome: Option<String>) {
+        let _ = self.outcome.set(outcome);
+        self.thread.unpark();
+    }
 }
 
 enum Batch {
@@ -375,9 +403,10 @@ impl DurableStore {
                 written: log_bytes,
             }),
             durable_seq: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
             compact: Condvar::new(),
             snapshotting: Mutex::new(()),
+            #[cfg(test)]
+            hold: tests::Hold::default(),
         });
         let mut store = DurableStore {
             shared: Arc::clone(&shared),
@@ -446,21 +475,40 @@ impl DurableStore {
             return Err(IndexError::LogFailed(reason.clone()));
         }
         let result = apply(&mut state.registry, now, &mut records)?;
-        if records.is_empty() {
-            return Ok(result);
-        }
-        let seq = self.shared.enqueue(Batch::Records {
-            bytes: records,
-            last: 0,
-        });
+        let waiter = if records.is_empty() {
+            // Nothing to write, but the answer ("already registered", "not registered")
+            // may rest on a change still on its way to the disk: wait for everything
+            // queued before it.
+            self.shared.wait_for_pending()
+        } else {
+            Some(self.shared.enqueue(Batch::Records {
+                bytes: records,
+                last: 0,
+            }))
+        };
         drop(state);
-        self.shared.wait_durable(seq)?;
+        if let Some(waiter) = waiter {
+            self.shared.wait_durable(&waiter)?;
+        }
         Ok(result)
     }
 
     fn read<T>(&self, f: impl FnOnce(&mut State, Duration) -> T) -> T {
         let now = self.shared.clock.now();
         f(&mut lock(&self.shared.state), now)
+    }
+
+    /// [`DurableStore::read`] for an answer that must not rest on a change not yet durable.
+    fn read_durable<T>(&self, f: impl FnOnce(&mut State, Duration) -> T) -> Result<T, IndexError> {
+        let now = self.shared.clock.now();
+        let (result, waiter) = {
+            let mut state = lock(&self.shared.state);
+            (f(&mut state, now), self.shared.wait_for_pending())
+        };
+        if let Some(waiter) = waiter {
+            self.shared.wait_durable(&waiter)?;
+        }
+        Ok(result)
     }
 }
 
@@ -541,8 +589,9 @@ impl Store for DurableStore {
     }
 
     fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
-        // Leases are not durable: a renewal writes nothing.
-        Ok(self.read(|state, now| state.registry.renew(holder, now)))
+        // Leases are not durable: a renewal writes nothing. But "you hold n files" must not
+        // count a registration that a crash could still lose.
+        self.read_durable(|state, now| state.registry.renew(holder, now))
     }
 
     fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
@@ -565,7 +614,7 @@ impl Shared {
     /// Queues encoded records (`last` is assigned here) or a log switch; returns the sequence
     /// number to wait for. Records are queued under the registry lock, so queue order is
     /// change order. The calling thread is registered to be woken when it is durable.
-    fn enqueue(&self, batch: Batch) -> u64 {
+    fn enqueue(&self, batch: Batch) -> Arc<Waiter> {
         let mut queue = lock(&self.queue);
         queue.queued += 1;
         let seq = queue.queued;
@@ -584,20 +633,34 @@ impl Shared {
                 queue.batches.push_back(Batch::Switch { generation, seq });
             }
         }
-        queue.waiters.push((seq, thread::current()));
-        seq
+        let waiter = Waiter::new(seq);
+        queue.waiters.push(Arc::clone(&waiter));
+        waiter
     }
 
-    /// Waits until everything up to `seq` is durable, leading commits whenever nobody else
-    /// is.
-    fn wait_durable(&self, seq: u64) -> Result<(), IndexError> {
+    /// For a change that writes nothing (or a renewal), called under the registry lock: a
+    /// waiter for everything queued so far, or `None` if all of it is durable already.
+    fn wait_for_pending(&self) -> Option<Arc<Waiter>> {
+        // Records are queued under the registry lock, which the caller holds: nothing can
+        // slip in between the answer and `queued`.
+        let mut queue = lock(&self.queue);
+        if self.durable_seq.load(Ordering::Acquire) >= queue.queued {
+            return None;
+        }
+        // `queued` is the largest sequence number yet: the waiters stay in order.
+        let waiter = Waiter::new(queue.queued);
+        queue.waiters.push(Arc::clone(&waiter));
+        Some(waiter)
+    }
+
+    /// Waits until `waiter`'s records are durable (or failed), leading commits whenever
+    /// nobody else is.
+    fn wait_durable(&self, waiter: &Waiter) -> Result<(), IndexError> {
         loop {
-            if self.durable_seq.load(Ordering::Acquire) >= seq {
-                return Ok(());
-            }
-            if self.failed.load(Ordering::Acquire) {
-                let reason = lock(&self.queue).failed.clone().unwrap_or_default();
-                return Err(IndexError::LogFailed(reason));
+            match waiter.outcome.get() {
+                Some(None) => return Ok(()),
+                Some(Some(reason)) => return Err(IndexError::LogFailed(reason.clone())),
+                None => {}
             }
             let lead = {
                 let mut queue = lock(&self.queue);
@@ -619,6 +682,8 @@ impl Shared {
     /// covered, and hand the lead to the first request still waiting, if any.
     fn commit(&self) {
         let work: Vec<Batch> = lock(&self.queue).batches.drain(..).collect();
+        #[cfg(test)]
+        self.hold.pass();
         let mut log = lock(&self.log);
         let mut last = None;
         let mut generation = None;
@@ -670,29 +735,36 @@ impl Shared {
                         Some(seq) => {
                             self.durable_seq.store(seq, Ordering::Release);
                             // Waiters are in sequence order: wake exactly those now durable.
-                            let done = queue.waiters.partition_point(|&(s, _)| s <= seq);
-                            queue.waiters.drain(..done).collect()
+                            let done = queue.waiters.partition_point(|w| w.seq <= seq);
+                            queue.waiters.drain(..done).map(|w| (w, None)).collect()
                         }
                         None => Vec::new(),
                     }
                 }
                 Err(e) => {
                     log::error!("index: {e}; refusing changes until restarted");
-                    queue.failed = Some(e.to_string());
-                    self.failed.store(true, Ordering::Release);
+                    let reason = e.to_string();
+                    queue.failed = Some(reason.clone());
                     queue.batches.clear();
-                    std::mem::take(&mut queue.waiters)
+                    let failed: Vec<_> = std::mem::take(&mut queue.waiters)
+                        .into_iter()
+                        .map(|w| (w, Some(reason.clone())))
+                        .collect();
+                    failed
                 }
             };
             queue.committing = false;
             // Records queued during this round: their first waiter leads the next one.
             let next = match queue.batches.is_empty() {
                 true => None,
-                false => queue.waiters.first().map(|(_, t)| t.clone()),
+                false => queue.waiters.first().map(|w| w.thread.clone()),
             };
             (woken, next)
         };
-        for (_, thread) in woken.into_iter().chain(next.map(|t| (0, t))) {
+        for (waiter, outcome) in woken {
+            waiter.decide(outcome);
+        }
+        if let Some(thread) = next {
             thread.unpark();
         }
     }
@@ -752,7 +824,7 @@ fn take_snapshot(shared: &Shared) -> Result<u64, IndexError> {
         let registrations = state.registry.registration_count();
         drop(state);
         // Whatever happened to the encoding, the switch is queued: see it through.
-        shared.wait_durable(switch)?;
+        shared.wait_durable(&switch)?;
         (generation, bytes?, registrations)
     };
     let path = snapshot_path(&shared.dir, generation);
@@ -1287,7 +1359,7 @@ impl DataFiles {
 mod tests {
     use super::*;
     use crate::ManualClock;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     /// A fresh folder under the system temp dir, removed when dropped.
     struct TestDir(PathBuf);
@@ -1324,6 +1396,126 @@ mod tests {
 
     fn addr(s: &str) -> PeerAddr {
         PeerAddr::new(s).unwrap()
+    }
+
+    /// A gate commits pass right after taking their batches, before writing them.
+    #[derive(Default)]
+    pub(super) struct Hold {
+        /// (closed, commits that reached the gate)
+        state: Mutex<(bool, usize)>,
+        changed: Condvar,
+    }
+
+    impl Hold {
+        pub(super) fn pass(&self) {
+            let mut state = lock(&self.state);
+            state.1 += 1;
+            self.changed.notify_all();
+            while state.0 {
+                state = self.changed.wait(state).unwrap();
+            }
+        }
+
+        /// Closes the gate and counts arrivals from zero.
+        fn close(&self) {
+            *lock(&self.state) = (true, 0);
+        }
+
+        fn open(&self) {
+            lock(&self.state).0 = false;
+            self.changed.notify_all();
+        }
+
+        /// Waits until `n` commits reached the gate since it was closed.
+        fn wait_arrived(&self, n: usize) {
+            let mut state = lock(&self.state);
+            while state.1 < n {
+                state = self.changed.wait(state).unwrap();
+            }
+        }
+    }
+
+    /// Copies the data folder, as a crash at this moment would leave it.
+    fn crash_copy(from: &Path) -> TestDir {
+        let to = TestDir::new();
+        fs::create_dir_all(&to.0).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), to.0.join(entry.file_name())).unwrap();
+        }
+        to
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Repeat {
+        Register,
+        Unregister,
+        Renew,
+    }
+
+    #[test]
+    fn an_answer_that_rests_on_an_unwritten_record_waits_for_it() {
+        for repeat in [Repeat::Register, Repeat::Unregister, Repeat::Renew] {
+            let dir = TestDir::new();
+            let clock = ManualClock::new();
+            let store = Arc::new(open(&dir, &clock).0);
+            let (holder, file) = (addr("a:1"), meta(1));
+            if let Repeat::Unregister = repeat {
+                assert_eq!(store.register(&holder, std::slice::from_ref(&file)).unwrap(), 1);
+            }
+            store.shared.hold.close();
+            // The first change's record is taken by its commit and held before the write.
+            let first = {
+                let (store, holder, file) = (Arc::clone(&store), holder.clone(), file.clone());
+                thread::spawn(move || match repeat {
+                    Repeat::Unregister => store.unregister(&holder, &[file.id]).unwrap(),
+                    _ => store.register(&holder, &[file]).unwrap(),
+                })
+            };
+            store.shared.hold.wait_arrived(1);
+            // The same change again (a renewal for `Renew`): its answer rests on the first
+            // one's record. A crash at the moment it is answered leaves the copy.
+            let answered = Arc::new(AtomicBool::new(false));
+            let second = {
+                let (store, dir, answered) =
+                    (Arc::clone(&store), dir.0.clone(), Arc::clone(&answered));
+                let (holder, file) = (holder.clone(), file.clone());
+                thread::spawn(move || {
+                    let answer = match repeat {
+                        Repeat::Register => store.register(&holder, &[file]).unwrap(),
+                        Repeat::Unregister => store.unregister(&holder, &[file.id]).unwrap(),
+                        Repeat::Renew => store.renew(&holder).unwrap().unwrap_or(0),
+                    };
+                    let copy = crash_copy(&dir);
+                    answered.store(true, Ordering::SeqCst);
+                    (answer, copy)
+                })
+            };
+            // Until the second request was answered or waits for a commit (bounded).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !answered.load(Ordering::SeqCst) && lock(&store.shared.queue).waiters.len() < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{repeat:?}: the second request hangs"
+                );
+                thread::yield_now();
+            }
+            store.shared.hold.open();
+            assert_eq!(first.join().unwrap(), 1);
+            let (answer, copy) = second.join().unwrap();
+            let expected = match repeat {
+                Repeat::Register => 0,
+                Repeat::Unregister => 0,
+                Repeat::Renew => 1,
+            };
+            assert_eq!(answer, expected, "{repeat:?}");
+            let (crashed, _) = open(&copy, &clock);
+            let listed = match repeat {
+                Repeat::Unregister => vec![],
+                _ => vec![(file.name.clone(), 1)],
+            };
+            assert_eq!(listing(&crashed), listed, "{repeat:?}: lost on a crash");
+        }
     }
 
     #[test]
