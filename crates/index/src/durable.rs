@@ -40,21 +40,38 @@
 //!
 //! # Recovery
 //!
-//! Load the newest snapshot, replay the logs from its generation on, in order. A record cut
-//! short (a crash mid-write) or failing its checksum ends the replay of that log: the rest of
-//! the file is cut off (truncated, so new records never follow garbage) and reported with
-//! `log::warn!`; it is never fatal and never applied, nor is anything after it in that log
-//! (a later record could depend on the lost one). Only the newest log can be torn by a crash:
-//! an older one was complete and synced before the next began, so damage there is the disk's
-//! doing; its tail is cut the same way and the newer logs are still replayed, since they hold
-//! acknowledged changes. Files of another format or version, or a damaged snapshot (written
-//! atomically, so damage means the disk, not a crash), stop the start with a readable error
-//! instead. Leases are not stored: every holder loaded gets a fresh lease from the load, so
-//! peers still running are listed at once, and peers that are gone vanish within one lease.
+//! Load the newest snapshot, replay the logs from its generation on, in order. The logs must
+//! continue the snapshot without a gap (`log.S`, `log.S+1`, ...; `log.1`, ... without one):
+//! a missing snapshot or log stops the start with [`IndexError::DataMissing`] instead of
+//! serving a fraction of the registry.
+//!
+//! A record that does not check out (cut short, failing its checksum, not decoding) is
+//! never applied. The replay then resynchronises: it scans forward byte by byte for the next
+//! offset where a whole record passes its checksum (a false match needs 64 checksum bits to
+//! agree by chance) and replays every intact record from there, so one damaged spot costs
+//! the records it covers, not the rest of the log. (Records are set additions and removals
+//! of one holder's files, so a later record never needs an earlier one to apply; losing a
+//! record loses that change only.) Damage with no intact record after it is the tail. What
+//! happens to the file:
+//!
+//! - A torn tail of the newest log (its last record runs past the end of the file: a crash
+//!   mid-write, never acknowledged) is cut in place, so new records never follow garbage.
+//! - Any other damage (inside a log, a complete last record failing its checksum, any damage
+//!   in an older log) is the disk's doing or someone's: the log is first kept as it was
+//!   (`log.N.damaged.K`, a hard link; never deleted by the index), then rewritten with exactly
+//!   its intact records (temporary file, `fsync`, rename).
+//!
+//! Both are reported with `log::warn!` and in [`Recovery`] (bytes cut, bytes skipped, copies
+//! kept); neither stops the start. A torn log header (a crash right after a switch) starts
+//! that log afresh. Files of another format or version, a damaged log header, or a damaged
+//! snapshot (written atomically, so damage means the disk, not a crash) stop the start with
+//! a readable error and are left as they are. Leases are not stored: every holder loaded
+//! gets a fresh lease from the load, so peers still running are listed at once, and peers
+//! that are gone vanish within one lease.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -123,6 +140,10 @@ pub struct Recovery {
     pub records: u64,
     /// Bytes of torn or corrupt log tail cut off.
     pub cut_bytes: u64,
+    /// Bytes of damage inside logs skipped over (intact records after them are replayed).
+    pub skipped_bytes: u64,
+    /// Damaged logs kept, as they were, beside the repaired ones (`log.N.damaged.K`).
+    pub kept: Vec<PathBuf>,
     /// Registrations loaded.
     pub registrations: usize,
     /// Distinct holders loaded.
@@ -331,19 +352,20 @@ impl DurableStore {
             recovery.snapshot = Some(generation);
         }
         let base_generation = base.unwrap_or(1);
-        let logs: Vec<u64> = files
-            .logs
-            .iter()
-            .copied()
-            .filter(|&g| g >= base_generation)
-            .collect();
+        let logs = files.logs_from(&dir, base)?;
         let mut current = None;
         for (i, &generation) in logs.iter().enumerate() {
             let path = log_path(&dir, generation);
-            let replay = replay_log(&path, generation, &mut registry, now)?;
+            let mode = ReplayMode {
+                newest: i + 1 == logs.len(),
+                repair: true,
+            };
+            let replay = replay_log(&path, generation, &mut registry, now, mode)?;
             recovery.records += replay.records;
             recovery.cut_bytes += replay.cut_bytes;
-            if i + 1 == logs.len() {
+            recovery.skipped_bytes += replay.skipped_bytes;
+            recovery.kept.extend(replay.kept);
+            if mode.newest {
                 current = Some((generation, replay.end));
             }
         }
@@ -958,7 +980,8 @@ fn check_header(
     let (found_magic, rest) = bytes.split_at(8);
     if found_magic != magic {
         return Err(bad(format!(
-            "it does not start with {:?}",
+            "it does not start with {:?} (if it is a damaged index file, move it aside or \
+             restore it from a backup; this index does not guess at it)",
             String::from_utf8_lossy(&magic)
         )));
     }
@@ -1051,80 +1074,372 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 
 struct Replay {
     records: u64,
+    /// Bytes cut off the end (a torn or damaged tail).
     cut_bytes: u64,
-    /// Where the log ends (after any cut).
+    /// Bytes of damage skipped inside the log.
+    skipped_bytes: u64,
+    /// Where the log ends (after any repair).
     end: u64,
+    /// The damaged log, kept as it was, if the log was rewritten around damage.
+    kept: Option<PathBuf>,
 }
 
-/// Replays one log into `registry`, cutting off a torn or corrupt tail.
+/// How [`replay_log`] treats what it finds.
+#[derive(Clone, Copy)]
+struct ReplayMode {
+    /// The newest log: the only one a crash can have torn.
+    newest: bool,
+    /// Repair the file (cut a torn tail, rewrite the log around damage); otherwise only read.
+    repair: bool,
+}
+
+/// A stretch of a log in which no intact record starts.
+struct Damage {
+    start: u64,
+    end: u64,
+    reason: String,
+}
+
+/// Replays one log into `registry`. A record that does not check out is skipped: the scan
+/// resynchronises on the next offset where a whole record passes its checksum, and every
+/// intact record after the damage is replayed. Damage with no intact record after it is the
+/// tail. With `mode.repair`, a torn tail of the newest log (a record running past the end of
+/// the file: a crash mid-write) is cut in place; any other damage first keeps the log as it
+/// was (`log.N.damaged.K`), then rewrites it with exactly the intact records.
 fn replay_log(
     path: &Path,
     generation: u64,
     registry: &mut Registry,
     now: Duration,
+    mode: ReplayMode,
 ) -> Result<Replay, IndexError> {
     let file = File::open(path).map_err(data_error("cannot open the log", path))?;
     let len = file
         .metadata()
         .map_err(data_error("cannot read the size of", path))?
         .len();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+    let mut scan = LogScan {
+        reader: BufReader::with_capacity(READ_BUFFER, file),
+        pos: 0,
+        len,
+        buf: Vec::new(),
+    };
     let mut head = [0u8; HEADER_LEN as usize];
-    let got = read_full(&mut reader, &mut head).map_err(data_error("cannot read", path))?;
+    let got = read_full(&mut scan.reader, &mut head).map_err(data_error("cannot read", path))?;
+    scan.pos = got as u64;
     if got < head.len() {
         // Created but its header never reached the disk (a crash right after a switch).
         log::warn!(
             "index: {}: header cut short ({got} bytes); starting the log afresh",
             path.display()
         );
-        rewrite_log(path, generation)?;
+        if mode.repair {
+            rewrite_log(path, generation)?;
+        }
         return Ok(Replay {
             records: 0,
             cut_bytes: len,
+            skipped_bytes: 0,
             end: HEADER_LEN,
+            kept: None,
         });
     }
     check_header(&head, LOG_MAGIC, generation, path)?;
-    let mut records = RecordReader {
-        inner: reader,
-        offset: HEADER_LEN,
-        len,
-        buf: Vec::new(),
+    let read_error = data_error("cannot read", path);
+    let scanned = (|| -> io::Result<_> {
+        let mut count = 0u64;
+        let mut damage = Vec::new();
+        let mut at = HEADER_LEN;
+        let tail = loop {
+            let (reason, torn) = match scan.probe(at)? {
+                Probe::End => break None,
+                Probe::Valid(total) => {
+                    match codec::decode_body::<LogRecord>(scan.body()) {
+                        Ok(record) => {
+                            apply(registry, record, now);
+                            count += 1;
+                        }
+                        Err(e) => damage.push(Damage {
+                            start: at,
+                            end: at + total,
+                            reason: format!("a record does not decode: {e}"),
+                        }),
+                    }
+                    at += total;
+                    continue;
+                }
+                Probe::Torn(reason) => (reason, true),
+                Probe::Bad(reason) => (reason, false),
+            };
+            match scan.resync(at + 1)? {
+                Some(next) => {
+                    damage.push(Damage {
+                        start: at,
+                        end: next,
+                        reason,
+                    });
+                    at = next;
+                }
+                None => break Some((at, reason, torn)),
+            }
+        };
+        Ok((count, damage, tail))
+    })();
+    let (records, damage, tail) = scanned.map_err(read_error)?;
+    drop(scan);
+    let records_end = tail.as_ref().map_or(len, |&(at, _, _)| at);
+    let mut replay = Replay {
+        records,
+        cut_bytes: len - records_end,
+        skipped_bytes: damage.iter().map(|d| d.end - d.start).sum(),
+        end: len,
+        kept: None,
     };
-    let mut count = 0u64;
-    let damage = loop {
-        match records.next().map_err(data_error("cannot read", path))? {
-            Next::End => break None,
-            Next::Damaged(reason) => break Some(reason),
-            Next::Record => {}
-        }
-        match codec::decode_body::<LogRecord>(records.body()) {
-            Ok(record) => apply(registry, record, now),
-            Err(e) => break Some(format!("a record does not decode: {e}")),
-        }
-        count += 1;
-    };
-    let end = records.offset;
-    let cut_bytes = len - end;
-    if let Some(reason) = damage {
+    if damage.is_empty() && tail.is_none() {
+        return Ok(replay);
+    }
+    for d in &damage {
         log::warn!(
-            "index: {}: {reason} at byte {end}; replayed the {count} records before it and cut \
-             off the remaining {cut_bytes} bytes",
-            path.display()
+            "index: {}: {} at byte {}; skipped {} damaged bytes and replayed the intact records \
+             after them",
+            path.display(),
+            d.reason,
+            d.start,
+            d.end - d.start
         );
+    }
+    let torn = damage.is_empty() && mode.newest && tail.as_ref().is_some_and(|t| t.2);
+    if let Some((at, reason, _)) = &tail {
+        log::warn!(
+            "index: {}: {reason} at byte {at}, and no intact record after it: {} bytes of \
+             {} cut off",
+            path.display(),
+            len - at,
+            if torn {
+                "a write torn by a crash"
+            } else {
+                "damaged tail"
+            }
+        );
+    }
+    if !mode.repair {
+        replay.end = records_end;
+        return Ok(replay);
+    }
+    if torn {
+        // The one thing a crash does: cut in place, so new records never follow garbage.
         let file = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(data_error("cannot open the log", path))?;
-        file.set_len(end)
+        file.set_len(records_end)
             .and_then(|()| file.sync_all())
-            .map_err(data_error("cannot cut the damaged tail of", path))?;
+            .map_err(data_error("cannot cut the torn tail of", path))?;
+        replay.end = records_end;
+        return Ok(replay);
     }
-    Ok(Replay {
-        records: count,
-        cut_bytes,
-        end,
-    })
+    // Damage a crash does not explain (the disk's doing, or someone's): keep the log as it
+    // is, then rewrite it with exactly its intact records.
+    let kept = keep_aside(path)?;
+    replay.end = rewrite_around(path, generation, &damage, records_end)?;
+    log::warn!(
+        "index: {}: rewritten with its {records} intact records; the damaged original is kept \
+         as {} (delete it once no longer wanted)",
+        path.display(),
+        kept.display()
+    );
+    replay.kept = Some(kept);
+    Ok(replay)
+}
+
+/// Reads a log record by record, from any offset (to resynchronise after damage).
+struct LogScan {
+    reader: BufReader<File>,
+    /// The reader's offset in the file.
+    pos: u64,
+    len: u64,
+    /// The last record probed: length, body, checksum.
+    buf: Vec<u8>,
+}
+
+enum Probe {
+    /// The file ends here.
+    End,
+    /// A whole record of this many bytes checks out here.
+    Valid(u64),
+    /// A record starts here but runs past the end of the file.
+    Torn(String),
+    /// No record that checks out starts here.
+    Bad(String),
+}
+
+impl LogScan {
+    fn seek(&mut self, at: u64) -> io::Result<()> {
+        if at != self.pos {
+            match i64::try_from(at)
+                .ok()
+                .zip(i64::try_from(self.pos).ok())
+                .map(|(to, from)| to - from)
+            {
+                // Stays in the buffer when it can: resynchronising moves a byte at a time.
+                Some(delta) => self.reader.seek_relative(delta)?,
+                None => {
+                    self.reader.seek(SeekFrom::Start(at))?;
+                }
+            }
+            self.pos = at;
+        }
+        Ok(())
+    }
+
+    fn probe(&mut self, at: u64) -> io::Result<Probe> {
+        let left = self.len.saturating_sub(at);
+        if left == 0 {
+            return Ok(Probe::End);
+        }
+        let cut_length = || Probe::Torn("a record's length is cut short".into());
+        if left < LEN_LEN as u64 {
+            return Ok(cut_length());
+        }
+        self.seek(at)?;
+        let mut len_bytes = [0u8; LEN_LEN];
+        let got = read_full(&mut self.reader, &mut len_bytes)?;
+        self.pos += got as u64;
+        if got < LEN_LEN {
+            return Ok(cut_length());
+        }
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        if len > MAX_RECORD {
+            return Ok(Probe::Bad(format!(
+                "a record claims {len} bytes, more than any record holds"
+            )));
+        }
+        let total = LEN_LEN + len + CHECK_LEN;
+        if total as u64 > left {
+            return Ok(Probe::Torn(format!(
+                "a record claims {len} bytes, {left} are left in the file"
+            )));
+        }
+        self.buf.clear();
+        self.buf.extend_from_slice(&len_bytes);
+        self.buf.resize(total, 0);
+        let rest = self.buf.get_mut(LEN_LEN..).unwrap_or(&mut []);
+        let want = rest.len();
+        let got = read_full(&mut self.reader, rest)?;
+        self.pos += got as u64;
+        if got < want {
+            return Ok(Probe::Torn("a record is cut short".into()));
+        }
+        let frame = self.buf.get(..LEN_LEN + len).unwrap_or(&[]);
+        let sum = self.buf.get(LEN_LEN + len..).unwrap_or(&[]);
+        if checksum(frame) != sum {
+            return Ok(Probe::Bad("a record fails its checksum".into()));
+        }
+        Ok(Probe::Valid(total as u64))
+    }
+
+    fn body(&self) -> &[u8] {
+        let end = self.buf.len().saturating_sub(CHECK_LEN);
+        self.buf.get(LEN_LEN..end).unwrap_or(&[])
+    }
+
+    /// The first offset from `from` on where a whole record checks out, if any. A false
+    /// match needs a 64-bit checksum to match by chance.
+    fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let mut at = from;
+        while at + (LEN_LEN + CHECK_LEN) as u64 <= self.len {
+            if let Probe::Valid(_) = self.probe(at)? {
+                return Ok(Some(at));
+            }
+            at += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// Keeps `path` as it is under the first free name `<name>.damaged.K` (a hard link: nothing
+/// is copied, and the rewrite that follows goes to a new file). Returns that name.
+fn keep_aside(path: &Path) -> Result<PathBuf, IndexError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for k in 1..=1000u32 {
+        let aside = dir.join(format!("{name}.damaged.{k}"));
+        let kept = match fs::hard_link(path, &aside) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(_) if !aside.exists() => {
+                // No hard links here (some filesystems): copy.
+                fs::copy(path, &aside)
+                    .and_then(|_| File::open(&aside))
+                    .and_then(|f| f.sync_all())
+            }
+            other => other,
+        };
+        kept.map_err(data_error(
+            "cannot keep a copy of the damaged log as",
+            &aside,
+        ))?;
+        sync_dir(dir)?;
+        return Ok(aside);
+    }
+    Err(IndexError::Store(format!(
+        "{} has 1000 damaged copies beside it already; clear them out",
+        path.display()
+    )))
+}
+
+/// Rewrites `log.N` with exactly its intact records (everything before `records_end` but the
+/// damaged stretches), through a temporary file and a rename. Returns the new length.
+fn rewrite_around(
+    path: &Path,
+    generation: u64,
+    damage: &[Damage],
+    records_end: u64,
+) -> Result<u64, IndexError> {
+    let tmp = path.with_extension(format!("{generation}.tmp"));
+    let written = (|| -> io::Result<u64> {
+        let mut src = File::open(path)?;
+        let mut out = io::BufWriter::with_capacity(READ_BUFFER, File::create(&tmp)?);
+        out.write_all(&header(LOG_MAGIC, generation))?;
+        let mut written = HEADER_LEN;
+        let mut from = HEADER_LEN;
+        let ends = damage
+            .iter()
+            .map(|d| (d.start, d.end))
+            .chain([(records_end, records_end)]);
+        for (start, end) in ends {
+            let keep = start.saturating_sub(from);
+            src.seek(SeekFrom::Start(from))?;
+            let copied = io::copy(&mut (&mut src).take(keep), &mut out)?;
+            if copied != keep {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the log shrank while it was being rewritten",
+                ));
+            }
+            written += copied;
+            from = end;
+        }
+        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        Ok(written)
+    })();
+    let written = match written {
+        Ok(written) => written,
+        Err(e) => {
+            remove_stale(&tmp);
+            return Err(IndexError::Data {
+                what: "cannot rewrite the damaged log as",
+                path: tmp,
+                source: e,
+            });
+        }
+    };
+    fs::rename(&tmp, path).map_err(data_error("cannot rename to", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(written)
 }
 
 fn apply(registry: &mut Registry, record: LogRecord, now: Duration) {
@@ -1341,7 +1656,8 @@ impl DataFiles {
             let entry = entry.map_err(data_error("cannot list", dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with("snapshot.") && name.ends_with(".tmp") {
+            if (name.starts_with("snapshot.") || name.starts_with("log.")) && name.ends_with(".tmp")
+            {
                 files.temporaries.push(entry.path());
             } else if let Some(g) = name.strip_prefix("log.").and_then(|g| g.parse().ok()) {
                 files.logs.push(g);
@@ -1352,6 +1668,47 @@ impl DataFiles {
         files.logs.sort_unstable();
         files.snapshots.sort_unstable();
         Ok(files)
+    }
+
+    /// The logs to replay after snapshot `base` (`None`: from empty), checked to continue it
+    /// without a gap: `log.S`, `log.S+1`, ... (`log.1`, ... without a snapshot). A missing
+    /// file would make the store start silently with a fraction of the registry.
+    fn logs_from(&self, dir: &Path, base: Option<u64>) -> Result<Vec<u64>, IndexError> {
+        let first = base.unwrap_or(1);
+        let logs: Vec<u64> = self.logs.iter().copied().filter(|&g| g >= first).collect();
+        let proceed = "restore it, or move the data folder aside to start empty (running \
+                       peers register again with their next heartbeat)";
+        if let (Some(&oldest), None) = (logs.first(), base)
+            && oldest > 1
+        {
+            return Err(IndexError::DataMissing {
+                path: snapshot_path(dir, oldest),
+                reason: format!(
+                    "log.{oldest} holds only the changes made after it, so starting \
+                     without it would serve a fraction of the registry; {proceed}"
+                ),
+            });
+        }
+        if let (Some(s), None) = (base, logs.first()) {
+            return Err(IndexError::DataMissing {
+                path: log_path(dir, s),
+                reason: format!(
+                    "it holds the changes made after snapshot.{s}, which is there; {proceed}"
+                ),
+            });
+        }
+        for (expected, &found) in (first..).zip(&logs) {
+            if found != expected {
+                return Err(IndexError::DataMissing {
+                    path: log_path(dir, expected),
+                    reason: format!(
+                        "it holds the changes between log.{} and log.{found}; {proceed}",
+                        expected.saturating_sub(1)
+                    ),
+                });
+            }
+        }
+        Ok(logs)
     }
 }
 
@@ -1461,7 +1818,12 @@ mod tests {
             let store = Arc::new(open(&dir, &clock).0);
             let (holder, file) = (addr("a:1"), meta(1));
             if let Repeat::Unregister = repeat {
-                assert_eq!(store.register(&holder, std::slice::from_ref(&file)).unwrap(), 1);
+                assert_eq!(
+                    store
+                        .register(&holder, std::slice::from_ref(&file))
+                        .unwrap(),
+                    1
+                );
             }
             store.shared.hold.close();
             // The first change's record is taken by its commit and held before the write.
@@ -1629,6 +1991,9 @@ mod tests {
         assert_eq!(listing(&store), before[..9]);
         assert_eq!(fs::metadata(&log).unwrap().len(), last);
         assert!(len > torn);
+        // A crash's torn write is cut in place: nothing to keep.
+        assert!(recovery.kept.is_empty());
+        assert_eq!(names(&dir.0), ["LOCK", "log.1"]);
         // New writes land after the cut and survive.
         assert_eq!(store.register(&addr("b:1"), &[meta(99)]).unwrap(), 1);
         drop(store);
@@ -1638,32 +2003,173 @@ mod tests {
         assert!(listing(&store).contains(&("file-99.bin".into(), 1)));
     }
 
+    /// Flips one bit of the byte at `at`.
+    fn flip(path: &Path, at: u64) {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[at as usize] ^= 0x20;
+        fs::write(path, &bytes).unwrap();
+    }
+
+    /// The names in the data folder, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn a_flipped_byte_is_cut_reported_and_writing_goes_on() {
-        // In a record's body, and in a record's length.
-        for (record, offset_in_record) in [(4usize, 9u64), (6, 1)] {
+    fn damage_at_the_start_middle_or_end_loses_only_the_damaged_record() {
+        // (record, byte in it): the first record's body, a middle one's body, a middle one's
+        // length (it then claims more than the file holds), the last one's body.
+        for (record, offset_in_record) in [(0usize, 9u64), (4, 9), (6, 1), (9, 9)] {
             let dir = TestDir::new();
             let clock = ManualClock::new();
             let before = ten_records(&dir, &clock);
             let log = log_path(&dir.0, 1);
-            let len = fs::metadata(&log).unwrap().len();
-            let damaged = record_offsets(&log)[record];
-            let mut bytes = fs::read(&log).unwrap();
-            bytes[(damaged + offset_in_record) as usize] ^= 0x20;
-            fs::write(&log, &bytes).unwrap();
+            let offsets = record_offsets(&log);
+            flip(&log, offsets[record] + offset_in_record);
+            let damaged = fs::read(&log).unwrap();
 
             let (store, recovery) = open(&dir, &clock);
-            // Everything before the damage, nothing from it on (later records could depend
-            // on the lost one, so they are not mixed in either).
-            assert_eq!(recovery.records, record as u64, "record {record}");
-            assert_eq!(recovery.cut_bytes, len - damaged);
-            assert_eq!(listing(&store), before[..record]);
+            let case = format!("record {record}, byte {offset_in_record}");
+            assert_eq!(recovery.records, 9, "{case}");
+            let mut expected = before.clone();
+            expected.remove(record);
+            assert_eq!(listing(&store), expected, "{case}");
+            let size = offsets
+                .get(record + 1)
+                .copied()
+                .unwrap_or(damaged.len() as u64)
+                - offsets[record];
+            assert_eq!(recovery.skipped_bytes + recovery.cut_bytes, size, "{case}");
+            // Never destroyed: the damaged log is kept as it was, beside the repaired one.
+            let kept = dir.0.join("log.1.damaged.1");
+            assert_eq!(recovery.kept, vec![kept.clone()], "{case}");
+            assert_eq!(fs::read(&kept).unwrap(), damaged, "{case}");
+            // Writing goes on, and the repaired log reads clean.
             assert_eq!(store.register(&addr("b:1"), &[meta(99)]).unwrap(), 1);
             drop(store);
             let (store, recovery) = open(&dir, &clock);
-            assert_eq!(recovery.cut_bytes, 0);
-            assert_eq!(listing(&store).len(), record + 1);
+            assert_eq!(
+                (recovery.records, recovery.cut_bytes, recovery.skipped_bytes),
+                (10, 0, 0),
+                "{case}"
+            );
+            assert!(recovery.kept.is_empty(), "{case}");
+            assert_eq!(listing(&store).len(), 10, "{case}");
         }
+    }
+
+    #[test]
+    fn a_zeroed_page_in_the_middle_loses_only_the_records_it_covers() {
+        let dir = TestDir::new();
+        let clock = ManualClock::new();
+        let (store, _) = open(&dir, &clock);
+        for n in 0..200 {
+            store.register(&addr("a:1"), &[meta(n)]).unwrap();
+        }
+        drop(store);
+        let log = log_path(&dir.0, 1);
+        let mut bytes = fs::read(&log).unwrap();
+        let len = bytes.len() as u64;
+        assert!(len > 3 * 4096, "{len}");
+        bytes[4096..8192].fill(0);
+        fs::write(&log, &bytes).unwrap();
+        let offsets = record_offsets_until(&log, 4096);
+        // Records that lie wholly outside the page survive.
+        let mut ends: Vec<u64> = offsets.iter().skip(1).copied().collect();
+        ends.push(len);
+        let survivors: Vec<String> = (0..200u32)
+            .zip(offsets.iter().zip(&ends))
+            .filter(|&(_, (&start, &end))| end <= 4096 || start >= 8192)
+            .map(|(n, _)| meta(n).name)
+            .collect();
+        assert!(survivors.len() > 100 && survivors.len() < 200);
+
+        let (store, recovery) = open(&dir, &clock);
+        assert_eq!(recovery.records, survivors.len() as u64);
+        let mut listed: Vec<String> = listing(&store).into_iter().map(|(name, _)| name).collect();
+        let mut survivors = survivors;
+        listed.sort();
+        survivors.sort();
+        assert_eq!(listed, survivors);
+        assert_eq!(recovery.cut_bytes, 0);
+        assert_eq!(recovery.kept.len(), 1);
+        assert_eq!(fs::read(&recovery.kept[0]).unwrap(), bytes);
+    }
+
+    /// Record offsets of a log of `Register { a:1, [meta(n)] }` for n = 0, 1, ...: from the
+    /// lengths on disk before `damage_from`, from re-encoding the records after it.
+    fn record_offsets_until(path: &Path, damage_from: u64) -> Vec<u64> {
+        let bytes = fs::read(path).unwrap();
+        let mut offsets = Vec::new();
+        let mut at = HEADER_LEN;
+        let mut n = 0u32;
+        while (at as usize) < bytes.len() {
+            offsets.push(at);
+            let mut record = Vec::new();
+            encode_record(
+                &LogRecord::Register {
+                    holder: addr("a:1"),
+                    files: vec![meta(n)],
+                },
+                &mut record,
+            )
+            .unwrap();
+            if at + 4 <= damage_from {
+                let len =
+                    u32::from_be_bytes(bytes[at as usize..at as usize + 4].try_into().unwrap());
+                assert_eq!(u64::from(len) + 12, record.len() as u64);
+            }
+            at += record.len() as u64;
+            n += 1;
+        }
+        offsets
+    }
+
+    #[test]
+    fn a_log_without_the_snapshot_it_continues_is_refused_untouched() {
+        let dir = TestDir::new();
+        let clock = ManualClock::new();
+        {
+            let (store, _) = open(&dir, &clock);
+            let files: Vec<FileMeta> = (0..5).map(meta).collect();
+            store.register(&addr("a:1"), &files).unwrap();
+            store.snapshot_now().unwrap();
+            store.register(&addr("b:1"), &[meta(7)]).unwrap();
+        }
+        assert_eq!(names(&dir.0), ["LOCK", "log.2", "snapshot.2"]);
+        let snapshot = fs::read(snapshot_path(&dir.0, 2)).unwrap();
+        let log = fs::read(log_path(&dir.0, 2)).unwrap();
+        let refused = |missing: PathBuf| match DurableStore::open(&dir.0, options(&clock)) {
+            Err(IndexError::DataMissing { path, reason }) => {
+                assert_eq!(path, missing);
+                assert!(reason.contains("aside"), "{reason}");
+            }
+            Err(other) => panic!("expected DataMissing, got {other}"),
+            Ok(_) => panic!("started with a fraction of the registry"),
+        };
+        // The snapshot is gone: log.2 alone would list b's file and none of a's.
+        fs::remove_file(snapshot_path(&dir.0, 2)).unwrap();
+        refused(snapshot_path(&dir.0, 2));
+        assert_eq!(names(&dir.0), ["LOCK", "log.2"]);
+        assert_eq!(fs::read(log_path(&dir.0, 2)).unwrap(), log);
+        // The log after the snapshot is gone.
+        fs::write(snapshot_path(&dir.0, 2), &snapshot).unwrap();
+        fs::remove_file(log_path(&dir.0, 2)).unwrap();
+        refused(log_path(&dir.0, 2));
+        assert_eq!(names(&dir.0), ["LOCK", "snapshot.2"]);
+        // A log in between is gone.
+        fs::write(log_path(&dir.0, 2), &log).unwrap();
+        fs::write(log_path(&dir.0, 4), header(LOG_MAGIC, 4)).unwrap();
+        refused(log_path(&dir.0, 3));
+        fs::remove_file(log_path(&dir.0, 4)).unwrap();
+        let (store, recovery) = open(&dir, &clock);
+        assert_eq!(recovery.registrations, 6);
+        assert_eq!(listing(&store).len(), 6);
     }
 
     #[test]
@@ -1698,6 +2204,26 @@ mod tests {
             fs::read(&path).unwrap(),
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_damaged_log_header_is_refused_and_left_as_it_is() {
+        let dir = TestDir::new();
+        let clock = ManualClock::new();
+        ten_records(&dir, &clock);
+        let log = log_path(&dir.0, 1);
+        flip(&log, 3);
+        let damaged = fs::read(&log).unwrap();
+        match DurableStore::open(&dir.0, options(&clock)) {
+            Err(IndexError::DataFormat { path, reason }) => {
+                assert_eq!(path, log);
+                assert!(reason.contains("move it aside"), "{reason}");
+            }
+            Err(other) => panic!("expected DataFormat, got {other}"),
+            Ok(_) => panic!("a damaged header was accepted"),
+        }
+        assert_eq!(fs::read(&log).unwrap(), damaged);
+        assert_eq!(names(&dir.0), ["LOCK", "log.1"]);
     }
 
     #[test]

@@ -79,6 +79,16 @@ pub enum IndexError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A data file that others depend on is missing (a log continues a snapshot that is not
+    /// there, or a log in between is gone): starting would silently serve a fraction of the
+    /// registry.
+    #[error("{} is missing: {reason}", path.display())]
+    DataMissing {
+        /// The missing file.
+        path: PathBuf,
+        /// What depends on it and how to proceed.
+        reason: String,
+    },
     /// Writing the log failed earlier; the durable store refuses changes from then on, since
     /// it could no longer promise they survive a crash. Restarting the index recovers.
     #[error("the index's data log failed ({0}); changes are refused until the index restarts")]
