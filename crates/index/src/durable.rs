@@ -30,6 +30,17 @@
 //! still waits for every record queued before it: it may rest on one of them (a second
 //! identical `Register` answered `added: 0` while the first's record is unwritten).
 //!
+//! # A failed write (a full disk)
+//!
+//! If a write or sync fails, every change not yet on disk (the failed round's, and all
+//! queued since) is refused, and undone: the log is cut back to its last synced byte (a
+//! failed write can leave part of a record) and the registry is reloaded from the data
+//! folder, as a restart would load it, before any refused request is answered. So a refused
+//! change leaves no trace. Changes are then refused before they are applied until a probe
+//! (64 KiB written and synced to a temporary file in the data folder) succeeds; the store
+//! then accepts changes again by itself. The undo costs one reload per failure (about as
+//! long as a start, 0.5 to 0.7 s per million registrations), not one per refused request.
+//!
 //! # Compaction
 //!
 //! Once the log outgrows both `compact_after` and the last snapshot, a snapshot thread
@@ -229,9 +240,9 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The log being appended to; only the commit leader touches it.
     log: Mutex<LogFile>,
-    /// Every record up to this sequence number is on disk (read without a lock, so an answer
-    /// that needs no record sees at once whether anything is still pending).
-    durable_seq: AtomicU64,
+    /// Every record up to this sequence number is settled: on disk, or refused and undone.
+    /// Only grows.
+    settled_seq: AtomicU64,
     /// Wakes the compactor (snapshot wanted, or stop).
     compact: Condvar,
     /// One snapshot at a time (background or [`DurableStore::snapshot_now`]).
@@ -248,8 +259,30 @@ struct State {
 
 struct LogFile {
     file: File,
+    /// Its generation.
+    generation: u64,
     /// Bytes in it, header included.
     written: u64,
+    /// Bytes in it known to be on disk (`written` after the last successful sync).
+    synced: u64,
+    /// A write or sync since `synced` failed or is under way: the file may end in part of a
+    /// record, which must be cut before anything else is appended.
+    dirty: bool,
+}
+
+impl LogFile {
+    /// Cuts whatever follows the last synced byte (a failed write's partial record).
+    fn cut_to_synced(&mut self, dir: &Path) -> Result<(), IndexError> {
+        // And move the write position back (a log created by a switch is not opened to
+        // append): the next record goes right after the last synced one, not after a hole.
+        self.file
+            .set_len(self.synced)
+            .and_then(|()| self.file.seek(SeekFrom::Start(self.synced)))
+            .map_err(data_error("cannot cut a failed write off the log in", dir))?;
+        self.written = self.synced;
+        self.dirty = false;
+        Ok(())
+    }
 }
 
 struct Queue {
@@ -270,8 +303,12 @@ struct Queue {
     log_bytes: u64,
     /// Size of the last snapshot written or loaded.
     snapshot_bytes: u64,
-    /// Set once the log could not be written; changes are refused from then on.
+    /// Set when the log could not be written: changes are refused, without being applied,
+    /// until a probe write to the data folder succeeds again.
     failed: Option<String>,
+    /// Undoing a failed round (reloading the registry from disk) failed too: retried before
+    /// changes are accepted again.
+    reload_needed: bool,
     compact_wanted: bool,
     stop: bool,
 }
@@ -417,14 +454,18 @@ impl DurableStore {
                 log_bytes,
                 snapshot_bytes,
                 failed: None,
+                reload_needed: false,
                 compact_wanted: false,
                 stop: false,
             }),
             log: Mutex::new(LogFile {
                 file,
+                generation,
                 written: log_bytes,
+                synced: log_bytes,
+                dirty: false,
             }),
-            durable_seq: AtomicU64::new(0),
+            settled_seq: AtomicU64::new(0),
             compact: Condvar::new(),
             snapshotting: Mutex::new(()),
             #[cfg(test)]
@@ -493,9 +534,7 @@ impl DurableStore {
         let now = self.shared.clock.now();
         let mut records = Vec::new();
         let mut state = lock(&self.shared.state);
-        if let Some(reason) = &lock(&self.shared.queue).failed {
-            return Err(IndexError::LogFailed(reason.clone()));
-        }
+        self.shared.writable(&mut state)?;
         let result = apply(&mut state.registry, now, &mut records)?;
         let waiter = if records.is_empty() {
             // Nothing to write, but the answer ("already registered", "not registered")
@@ -666,7 +705,7 @@ impl Shared {
         // Records are queued under the registry lock, which the caller holds: nothing can
         // slip in between the answer and `queued`.
         let mut queue = lock(&self.queue);
-        if self.durable_seq.load(Ordering::Acquire) >= queue.queued {
+        if self.settled_seq.load(Ordering::Acquire) >= queue.queued {
             return None;
         }
         // `queued` is the largest sequence number yet: the waiters stay in order.
@@ -701,23 +740,29 @@ impl Shared {
     }
 
     /// One round as leader: write everything queued, one `sync_data`, wake the requests it
-    /// covered, and hand the lead to the first request still waiting, if any.
+    /// covered, and hand the lead to the first request still waiting, if any. If a write or
+    /// sync fails, [`Shared::fail_round`] refuses and undoes what is not on disk.
     fn commit(&self) {
         let work: Vec<Batch> = lock(&self.queue).batches.drain(..).collect();
         #[cfg(test)]
         self.hold.pass();
         let mut log = lock(&self.log);
-        let mut last = None;
-        let mut generation = None;
+        // The last sequence number on disk in this round, and the last written but not synced.
+        let mut durable = None;
+        let mut unsynced = None;
         let result = (|| -> Result<(), IndexError> {
+            if log.dirty {
+                log.cut_to_synced(&self.dir)?;
+            }
             for batch in work {
                 match batch {
                     Batch::Records { bytes, last: seq } => {
+                        log.dirty = true;
                         log.file
                             .write_all(&bytes)
                             .map_err(data_error("cannot write the log in", &self.dir))?;
                         log.written += bytes.len() as u64;
-                        last = Some(seq);
+                        unsynced = Some(seq);
                     }
                     Batch::Switch {
                         generation: next,
@@ -728,52 +773,61 @@ impl Shared {
                         log.file
                             .sync_data()
                             .map_err(data_error("cannot sync the log in", &self.dir))?;
-                        log.file = create_log(&self.dir, next)?;
+                        log.synced = log.written;
+                        log.dirty = false;
+                        durable = unsynced.take().or(durable);
+                        match create_log(&self.dir, next) {
+                            Ok(file) => log.file = file,
+                            Err(e) => {
+                                // Half made: nothing is in it yet, and the switch is refused.
+                                remove_stale(&log_path(&self.dir, next));
+                                return Err(e);
+                            }
+                        }
+                        log.generation = next;
                         log.written = HEADER_LEN;
-                        generation = Some(next);
-                        last = Some(seq);
+                        log.synced = HEADER_LEN;
+                        durable = Some(seq);
                     }
                 }
             }
             log.file
                 .sync_data()
-                .map_err(data_error("cannot sync the log in", &self.dir))
+                .map_err(data_error("cannot sync the log in", &self.dir))?;
+            log.synced = log.written;
+            log.dirty = false;
+            durable = unsynced.take().or(durable);
+            Ok(())
         })();
-        let written = log.written;
+        if result.is_err() {
+            // Cut the failed round's bytes off at once, so no later record follows part of
+            // one; should that fail too, the next write tries again first.
+            if let Err(e) = log.cut_to_synced(&self.dir) {
+                log::error!("index: {e}");
+            }
+        }
+        let (generation, written) = (log.generation, log.written);
         drop(log);
+        if let Err(e) = result {
+            self.fail_round(&e, durable, generation, written);
+            return;
+        }
         let (woken, next) = {
             let mut queue = lock(&self.queue);
-            let woken = match result {
-                Ok(()) => {
-                    if let Some(g) = generation {
-                        queue.generation = g;
-                    }
-                    queue.log_bytes = written;
-                    if !queue.compact_wanted && wants_compaction(&queue, self.compact_after) {
-                        queue.compact_wanted = true;
-                        self.compact.notify_all();
-                    }
-                    match last {
-                        Some(seq) => {
-                            self.durable_seq.store(seq, Ordering::Release);
-                            // Waiters are in sequence order: wake exactly those now durable.
-                            let done = queue.waiters.partition_point(|w| w.seq <= seq);
-                            queue.waiters.drain(..done).map(|w| (w, None)).collect()
-                        }
-                        None => Vec::new(),
-                    }
+            queue.generation = generation;
+            queue.log_bytes = written;
+            if !queue.compact_wanted && wants_compaction(&queue, self.compact_after) {
+                queue.compact_wanted = true;
+                self.compact.notify_all();
+            }
+            let woken: Vec<Arc<Waiter>> = match durable {
+                Some(seq) => {
+                    self.settled_seq.fetch_max(seq, Ordering::Release);
+                    // Waiters are in sequence order: wake exactly those now durable.
+                    let done = queue.waiters.partition_point(|w| w.seq <= seq);
+                    queue.waiters.drain(..done).collect()
                 }
-                Err(e) => {
-                    log::error!("index: {e}; refusing changes until restarted");
-                    let reason = e.to_string();
-                    queue.failed = Some(reason.clone());
-                    queue.batches.clear();
-                    let failed: Vec<_> = std::mem::take(&mut queue.waiters)
-                        .into_iter()
-                        .map(|w| (w, Some(reason.clone())))
-                        .collect();
-                    failed
-                }
+                None => Vec::new(),
             };
             queue.committing = false;
             // Records queued during this round: their first waiter leads the next one.
@@ -783,13 +837,140 @@ impl Shared {
             };
             (woken, next)
         };
-        for (waiter, outcome) in woken {
-            waiter.decide(outcome);
+        for waiter in woken {
+            waiter.decide(None);
         }
         if let Some(thread) = next {
             thread.unpark();
         }
     }
+
+    /// After a failed write or sync: every change not on disk (this round's after `durable`,
+    /// and everything queued since) is refused, and undone by reloading the registry from
+    /// what the data folder holds, as a restart would (the log was cut back to its last
+    /// synced byte). The refused requests are told only once the registry no longer shows
+    /// their changes. Changes are then refused, unapplied, until a probe write succeeds
+    /// ([`Shared::writable`]).
+    fn fail_round(&self, error: &IndexError, durable: Option<u64>, generation: u64, written: u64) {
+        log::error!(
+            "index: {error}; the changes not yet on disk are refused and undone, and changes \
+             are refused until the data folder takes writes again"
+        );
+        let reason = error.to_string();
+        // Registry first, then queue: the order every change takes them in.
+        let mut state = lock(&self.state);
+        let woken: Vec<(Arc<Waiter>, Option<String>)> = {
+            let mut queue = lock(&self.queue);
+            queue.generation = generation;
+            // A refused switch's generation is free again: the logs stay without a gap.
+            queue.latest_generation = generation;
+            queue.log_bytes = written;
+            queue.failed = Some(reason.clone());
+            queue.batches.clear();
+            let done = durable.map_or(0, |seq| queue.waiters.partition_point(|w| w.seq <= seq));
+            let mut woken: Vec<_> = queue.waiters.drain(..done).map(|w| (w, None)).collect();
+            woken.extend(queue.waiters.drain(..).map(|w| (w, Some(reason.clone()))));
+            self.settled_seq.fetch_max(queue.queued, Ordering::Release);
+            queue.committing = false;
+            woken
+        };
+        let now = self.clock.now();
+        match load_registry(&self.dir, state.registry.lease(), now) {
+            Ok(registry) => state.registry = registry,
+            Err(e) => {
+                log::error!(
+                    "index: cannot reload the registry from {} to undo the refused changes: \
+                     {e}; retried before the next change",
+                    self.dir.display()
+                );
+                lock(&self.queue).reload_needed = true;
+            }
+        }
+        drop(state);
+        for (waiter, outcome) in woken {
+            waiter.decide(outcome);
+        }
+    }
+
+    /// Called by every change under the registry lock, before it applies anything: `Ok` if
+    /// the log is writable. After a failure, a probe write (and sync) to the data folder
+    /// must succeed first; the log's tail is cut back and, if undoing the failure could not
+    /// reload the registry then, it is reloaded now.
+    fn writable(&self, state: &mut State) -> Result<(), IndexError> {
+        let reload = {
+            let queue = lock(&self.queue);
+            if queue.failed.is_none() {
+                return Ok(());
+            }
+            queue.reload_needed
+        };
+        let refused = |e: IndexError| IndexError::LogFailed(e.to_string());
+        {
+            let mut log = lock(&self.log);
+            if log.dirty {
+                log.cut_to_synced(&self.dir).map_err(refused)?;
+            }
+            probe_write(&self.dir).map_err(refused)?;
+        }
+        if reload {
+            state.registry = load_registry(&self.dir, state.registry.lease(), self.clock.now())
+                .map_err(refused)?;
+        }
+        let mut queue = lock(&self.queue);
+        queue.failed = None;
+        queue.reload_needed = false;
+        log::info!(
+            "index: {} takes writes again; changes are accepted",
+            self.dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// Bytes a probe writes (and syncs) before a store that failed to write accepts changes.
+const PROBE_BYTES: usize = 64 << 10;
+
+/// Writes and syncs [`PROBE_BYTES`] to a temporary file in `dir`, then removes it.
+fn probe_write(dir: &Path) -> Result<(), IndexError> {
+    // A `log.*.tmp` name: removed at the next start should a crash leave it.
+    let path = dir.join("log.probe.tmp");
+    let result = File::create(&path).and_then(|mut file| {
+        file.write_all(&[0u8; PROBE_BYTES])?;
+        file.sync_data()
+    });
+    remove_stale(&path);
+    result.map_err(data_error("cannot write", &path))
+}
+
+/// The registry as the data folder holds it, read only (to undo changes that failed to be
+/// written; the files were repaired when the store opened).
+fn load_registry(dir: &Path, lease: Duration, now: Duration) -> Result<Registry, IndexError> {
+    let files = DataFiles::scan(dir)?;
+    let mut registry = Registry::with_lease(lease);
+    let base = files.snapshots.last().copied();
+    if let Some(generation) = base {
+        load_snapshot(
+            &snapshot_path(dir, generation),
+            generation,
+            &mut registry,
+            now,
+        )?;
+    }
+    let logs = files.logs_from(dir, base)?;
+    for (i, &generation) in logs.iter().enumerate() {
+        let mode = ReplayMode {
+            newest: i + 1 == logs.len(),
+            repair: false,
+        };
+        replay_log(
+            &log_path(dir, generation),
+            generation,
+            &mut registry,
+            now,
+            mode,
+        )?;
+    }
+    Ok(registry)
 }
 
 fn wants_compaction(queue: &Queue, compact_after: u64) -> bool {
@@ -816,12 +997,7 @@ fn compact_loop(shared: &Shared) {
         if let Err(e) = take_snapshot(shared) {
             log::warn!("index: compaction failed, the log keeps growing: {e}");
         }
-        let mut queue = lock(&shared.queue);
-        queue.compact_wanted = false;
-        if let Some(failed) = &queue.failed {
-            log::debug!("index: no more compaction after a log failure: {failed}");
-            return;
-        }
+        lock(&shared.queue).compact_wanted = false;
     }
 }
 
@@ -857,7 +1033,9 @@ fn take_snapshot(shared: &Shared) -> Result<u64, IndexError> {
         return Err(e);
     }
     // The switch is done (waited for above), so nothing is written to the old files any more:
-    // with the snapshot durable they are redundant.
+    // with the snapshot durable they are redundant. Deleted under the registry lock, so a
+    // reload of the registry from disk (undoing a failed write) never sees half of them.
+    let _state = lock(&shared.state);
     lock(&shared.queue).snapshot_bytes = bytes.len() as u64;
     let files = DataFiles::scan(&shared.dir)?;
     for &g in files.logs.iter().filter(|&&g| g < generation) {
@@ -866,6 +1044,7 @@ fn take_snapshot(shared: &Shared) -> Result<u64, IndexError> {
     for &g in files.snapshots.iter().filter(|&&g| g < generation) {
         remove_stale(&snapshot_path(&shared.dir, g));
     }
+    drop(_state);
     log::info!(
         "index: snapshot {generation} written ({registrations} registrations, {} KiB, {:.2} s); log compacted",
         bytes.len() >> 10,
@@ -2357,6 +2536,113 @@ mod tests {
         let (store, recovery) = open(&dir, &clock);
         assert_eq!((recovery.registrations, recovery.holders), (1, 1));
         assert_eq!(listing(&store), vec![("file-3.bin".to_string(), 1)]);
+    }
+
+    /// A small tmpfs, mounted for one test and unmounted when dropped (whatever the test
+    /// did). `None`, with a message, unless running as root.
+    struct SmallDisk(TestDir);
+
+    impl SmallDisk {
+        fn mount(size: &str) -> Option<SmallDisk> {
+            let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let euid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                .map(str::to_owned);
+            if euid.as_deref() != Some("0") {
+                println!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+                return None;
+            }
+            let dir = TestDir::new();
+            fs::create_dir_all(&dir.0).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir.0)
+                .status();
+            match mounted {
+                Ok(status) if status.success() => Some(SmallDisk(dir)),
+                other => {
+                    println!("skipped: cannot mount a tmpfs ({other:?})");
+                    None
+                }
+            }
+        }
+
+        /// Writes a file until the disk is full.
+        fn fill(&self, name: &str) {
+            let mut file = File::create(self.0.0.join(name)).unwrap();
+            let block = vec![0xA5u8; 64 << 10];
+            loop {
+                match file.write(&block) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(28), "{e}"); // ENOSPC
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0.0).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_refuses_a_change_without_a_trace_and_recovers_when_space_returns() {
+        let Some(disk) = SmallDisk::mount("1m") else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let (store, _) = open(&disk.0, &clock);
+        assert_eq!(store.register(&addr("a:1"), &[meta(0)]).unwrap(), 1);
+        disk.fill("filler");
+        // A snapshot cannot even start the next log: refused, and its generation is not
+        // skipped later (the logs must stay without a gap).
+        assert!(store.snapshot_now().is_err());
+        assert_eq!(names(&disk.0.0), ["LOCK", "filler", "log.1"]);
+        // Some 200 files: more than is left in the log's last page, so the write fails
+        // halfway, leaving part of a record at the end of the log.
+        let many: Vec<FileMeta> = (1..200).map(meta).collect();
+        let before = listing(&store);
+        for attempt in 0..2 {
+            match store.register(&addr("b:1"), &many) {
+                Err(IndexError::LogFailed(reason)) => {
+                    assert!(reason.contains("No space left"), "{reason}")
+                }
+                other => panic!("attempt {attempt}: expected LogFailed, got {other:?}"),
+            }
+            // Not a trace: the refused files are not listed, and nothing was counted.
+            assert_eq!(listing(&store), before, "attempt {attempt}");
+            assert_eq!(store.holders(&FileKey::Id(meta(5).id)).unwrap(), None);
+            assert_eq!(store.registration_count(), 1);
+            assert_eq!(store.renew(&addr("b:1")).unwrap(), None);
+        }
+        // Space returns: the store writes again by itself, without a restart.
+        fs::remove_file(disk.0.0.join("filler")).unwrap();
+        assert_eq!(store.register(&addr("b:1"), &many).unwrap(), 199);
+        assert_eq!(store.register(&addr("c:1"), &[meta(0)]).unwrap(), 1);
+        store.snapshot_now().unwrap();
+        assert_eq!(store.register(&addr("d:1"), &[meta(1)]).unwrap(), 1);
+        drop(store);
+        // And the log has no half record in the middle.
+        let (store, recovery) = open(&disk.0, &clock);
+        assert_eq!(
+            (
+                recovery.cut_bytes,
+                recovery.skipped_bytes,
+                recovery.kept.len()
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(recovery.snapshot, Some(2));
+        assert_eq!(recovery.registrations, 202);
+        assert_eq!(listing(&store).len(), 200);
+        drop(store);
     }
 
     #[test]

@@ -89,8 +89,9 @@ pub enum IndexError {
         /// What depends on it and how to proceed.
         reason: String,
     },
-    /// Writing the log failed earlier; the durable store refuses changes from then on, since
-    /// it could no longer promise they survive a crash. Restarting the index recovers.
-    #[error("the index's data log failed ({0}); changes are refused until the index restarts")]
+    /// The durable store could not write its log (a full disk, a failing one): the change
+    /// is refused and leaves no trace (whatever was not on disk is undone). Changes are
+    /// refused until the data folder takes writes again; then the store goes on by itself.
+    #[error("the index's data log failed ({0}); the change was refused and undone")]
     LogFailed(String),
 }
