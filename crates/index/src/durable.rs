@@ -2601,10 +2601,6 @@ mod tests {
         let (store, _) = open(&disk.0, &clock);
         assert_eq!(store.register(&addr("a:1"), &[meta(0)]).unwrap(), 1);
         disk.fill("filler");
-        // A snapshot cannot even start the next log: refused, and its generation is not
-        // skipped later (the logs must stay without a gap).
-        assert!(store.snapshot_now().is_err());
-        assert_eq!(names(&disk.0.0), ["LOCK", "filler", "log.1"]);
         // Some 200 files: more than is left in the log's last page, so the write fails
         // halfway, leaving part of a record at the end of the log.
         let many: Vec<FileMeta> = (1..200).map(meta).collect();
@@ -2626,8 +2622,6 @@ mod tests {
         fs::remove_file(disk.0.0.join("filler")).unwrap();
         assert_eq!(store.register(&addr("b:1"), &many).unwrap(), 199);
         assert_eq!(store.register(&addr("c:1"), &[meta(0)]).unwrap(), 1);
-        store.snapshot_now().unwrap();
-        assert_eq!(store.register(&addr("d:1"), &[meta(1)]).unwrap(), 1);
         drop(store);
         // And the log has no half record in the middle.
         let (store, recovery) = open(&disk.0, &clock);
@@ -2639,10 +2633,121 @@ mod tests {
             ),
             (0, 0, 0)
         );
-        assert_eq!(recovery.snapshot, Some(2));
-        assert_eq!(recovery.registrations, 202);
+        assert_eq!(recovery.registrations, 201);
         assert_eq!(listing(&store).len(), 200);
         drop(store);
+    }
+
+    #[test]
+    fn a_log_switch_refused_by_a_full_disk_leaves_no_gap_in_the_logs() {
+        let Some(disk) = SmallDisk::mount("1m") else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let (store, _) = open(&disk.0, &clock);
+        assert_eq!(store.register(&addr("a:1"), &[meta(0)]).unwrap(), 1);
+        disk.fill("filler");
+        // A snapshot cannot even start the next log (its header does not fit): refused.
+        assert!(store.snapshot_now().is_err());
+        assert_eq!(names(&disk.0.0), ["LOCK", "filler", "log.1"]);
+        assert!(store.register(&addr("b:1"), &[meta(1)]).is_err());
+        fs::remove_file(disk.0.0.join("filler")).unwrap();
+        assert_eq!(store.register(&addr("b:1"), &[meta(1)]).unwrap(), 1);
+        // The refused switch's generation is used, not skipped: log.2 follows log.1.
+        store.snapshot_now().unwrap();
+        assert_eq!(store.register(&addr("c:1"), &[meta(2)]).unwrap(), 1);
+        drop(store);
+        assert_eq!(names(&disk.0.0), ["LOCK", "log.2", "snapshot.2"]);
+        let (store, recovery) = open(&disk.0, &clock);
+        assert_eq!((recovery.snapshot, recovery.records), (Some(2), 1));
+        assert_eq!(listing(&store).len(), 3);
+        drop(store);
+    }
+
+    /// Until `n` requests wait for a commit (bounded).
+    fn wait_for_waiters(store: &DurableStore, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&store.shared.queue).waiters.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} requests are waiting"
+            );
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_failed_write_refuses_and_undoes_every_change_not_on_disk() {
+        let Some(disk) = SmallDisk::mount("1m") else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let store = Arc::new(open(&disk.0, &clock).0);
+        let register = |holder: &str, files: Vec<FileMeta>| {
+            let (store, holder) = (Arc::clone(&store), addr(holder));
+            thread::spawn(move || store.register(&holder, &files))
+        };
+        // `x` is being committed (held before its write); `a` (one file, which would fit)
+        // and `b` (too many to fit) queue behind it and share the next round.
+        store.shared.hold.close();
+        let x = register("x:1", vec![meta(0)]);
+        store.shared.hold.wait_arrived(1);
+        let a = register("a:1", vec![meta(1)]);
+        wait_for_waiters(&store, 2);
+        let b = register("b:1", (2..200).map(meta).collect());
+        wait_for_waiters(&store, 3);
+        disk.fill("filler");
+        store.shared.hold.open();
+        assert_eq!(x.join().unwrap().unwrap(), 1);
+        for (name, refused) in [("a", a), ("b", b)] {
+            match refused.join().unwrap() {
+                Err(IndexError::LogFailed(_)) => {}
+                other => panic!("{name}: expected LogFailed, got {other:?}"),
+            }
+        }
+        // Neither a's file nor any of b's is listed; x's, on disk, is.
+        assert_eq!(listing(&store), vec![("file-0.bin".to_string(), 1)]);
+        assert_eq!(store.registration_count(), 1);
+        fs::remove_file(disk.0.0.join("filler")).unwrap();
+        assert_eq!(store.register(&addr("a:1"), &[meta(1)]).unwrap(), 1);
+        drop(Arc::into_inner(store).unwrap());
+        let (store, recovery) = open(&disk.0, &clock);
+        assert_eq!((recovery.records, recovery.cut_bytes), (2, 0));
+        assert_eq!(listing(&store).len(), 2);
+        drop(store);
+    }
+
+    #[test]
+    fn damage_in_an_older_log_is_kept_aside_and_the_newer_log_still_replayed() {
+        let dir = TestDir::new();
+        let clock = ManualClock::new();
+        {
+            let (store, _) = open(&dir, &clock);
+            for n in 0..5 {
+                store.register(&addr("a:1"), &[meta(n)]).unwrap();
+            }
+            // A switch to log.2 whose snapshot never got written (a crash right after it).
+            lock(&store.shared.queue).latest_generation = 2;
+            let switch = store.shared.enqueue(Batch::Switch {
+                generation: 2,
+                seq: 0,
+            });
+            store.shared.wait_durable(&switch).unwrap();
+            for n in 5..8 {
+                store.register(&addr("b:1"), &[meta(n)]).unwrap();
+            }
+        }
+        assert_eq!(names(&dir.0), ["LOCK", "log.1", "log.2"]);
+        let old = log_path(&dir.0, 1);
+        flip(&old, record_offsets(&old)[2] + 9);
+        let damaged = fs::read(&old).unwrap();
+        let (store, recovery) = open(&dir, &clock);
+        assert_eq!(recovery.records, 4 + 3);
+        assert_eq!(recovery.kept, vec![dir.0.join("log.1.damaged.1")]);
+        assert_eq!(fs::read(&recovery.kept[0]).unwrap(), damaged);
+        let names_listed: Vec<String> = listing(&store).into_iter().map(|(n, _)| n).collect();
+        let expected: Vec<String> = [0, 1, 3, 4, 5, 6, 7].map(|n| meta(n).name).to_vec();
+        assert_eq!(names_listed, expected);
     }
 
     #[test]
