@@ -496,11 +496,7 @@ impl DurableStore {
                 .snapshot
                 .map_or_else(|| "no snapshot".to_string(), |g| format!("snapshot {g}")),
             recovery.records,
-            if recovery.cut_bytes > 0 {
-                format!(", {} damaged bytes cut", recovery.cut_bytes)
-            } else {
-                String::new()
-            }
+            damage_summary(&recovery)
         );
         Ok((store, recovery))
     }
@@ -929,6 +925,24 @@ impl Shared {
         );
         Ok(())
     }
+}
+
+/// What recovery did about damage, for the start's log line ("" if nothing).
+fn damage_summary(recovery: &Recovery) -> String {
+    let mut out = String::new();
+    if recovery.cut_bytes > 0 {
+        out.push_str(&format!(", {} bytes of tail cut", recovery.cut_bytes));
+    }
+    if recovery.skipped_bytes > 0 {
+        out.push_str(&format!(
+            ", {} damaged bytes skipped",
+            recovery.skipped_bytes
+        ));
+    }
+    for kept in &recovery.kept {
+        out.push_str(&format!(", damaged log kept as {}", kept.display()));
+    }
+    out
 }
 
 /// Bytes a probe writes (and syncs) before a store that failed to write accepts changes.
