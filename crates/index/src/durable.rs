@@ -400,6 +400,7 @@ impl DurableStore {
             let mode = ReplayMode {
                 newest: i + 1 == logs.len(),
                 repair: true,
+                upto: None,
             };
             let replay = replay_log(&path, generation, &mut registry, now, mode)?;
             recovery.records += replay.records;
@@ -806,10 +807,10 @@ impl Shared {
                 log::error!("index: {e}");
             }
         }
-        let (generation, written) = (log.generation, log.written);
+        let (generation, written, synced) = (log.generation, log.written, log.synced);
         drop(log);
         if let Err(e) = result {
-            self.fail_round(&e, durable, generation, written);
+            self.fail_round(&e, durable, generation, written, synced);
             return;
         }
         let (woken, next) = {
@@ -851,7 +852,14 @@ impl Shared {
     /// synced byte). The refused requests are told only once the registry no longer shows
     /// their changes. Changes are then refused, unapplied, until a probe write succeeds
     /// ([`Shared::writable`]).
-    fn fail_round(&self, error: &IndexError, durable: Option<u64>, generation: u64, written: u64) {
+    fn fail_round(
+        &self,
+        error: &IndexError,
+        durable: Option<u64>,
+        generation: u64,
+        written: u64,
+        synced: u64,
+    ) {
         log::error!(
             "index: {error}; the changes not yet on disk are refused and undone, and changes \
              are refused until the data folder takes writes again"
@@ -875,7 +883,7 @@ impl Shared {
             woken
         };
         let now = self.clock.now();
-        match load_registry(&self.dir, state.registry.lease(), now) {
+        match load_registry(&self.dir, state.registry.lease(), now, (generation, synced)) {
             Ok(registry) => state.registry = registry,
             Err(e) => {
                 log::error!(
@@ -905,16 +913,17 @@ impl Shared {
             queue.reload_needed
         };
         let refused = |e: IndexError| IndexError::LogFailed(e.to_string());
-        {
+        let synced = {
             let mut log = lock(&self.log);
             if log.dirty {
                 log.cut_to_synced(&self.dir).map_err(refused)?;
             }
             probe_write(&self.dir).map_err(refused)?;
-        }
+            (log.generation, log.synced)
+        };
         if reload {
-            state.registry = load_registry(&self.dir, state.registry.lease(), self.clock.now())
-                .map_err(refused)?;
+            let (lease, now) = (state.registry.lease(), self.clock.now());
+            state.registry = load_registry(&self.dir, lease, now, synced).map_err(refused)?;
         }
         let mut queue = lock(&self.queue);
         queue.failed = None;
@@ -961,8 +970,14 @@ fn probe_write(dir: &Path) -> Result<(), IndexError> {
 }
 
 /// The registry as the data folder holds it, read only (to undo changes that failed to be
-/// written; the files were repaired when the store opened).
-fn load_registry(dir: &Path, lease: Duration, now: Duration) -> Result<Registry, IndexError> {
+/// written; the files were repaired when the store opened). `synced` is the current log's
+/// generation and its last synced byte: nothing after it is read.
+fn load_registry(
+    dir: &Path,
+    lease: Duration,
+    now: Duration,
+    synced: (u64, u64),
+) -> Result<Registry, IndexError> {
     let files = DataFiles::scan(dir)?;
     let mut registry = Registry::with_lease(lease);
     let base = files.snapshots.last().copied();
@@ -979,6 +994,7 @@ fn load_registry(dir: &Path, lease: Duration, now: Duration) -> Result<Registry,
         let mode = ReplayMode {
             newest: i + 1 == logs.len(),
             repair: false,
+            upto: (generation == synced.0).then_some(synced.1),
         };
         replay_log(
             &log_path(dir, generation),
@@ -1288,6 +1304,9 @@ struct ReplayMode {
     newest: bool,
     /// Repair the file (cut a torn tail, rewrite the log around damage); otherwise only read.
     repair: bool,
+    /// Read no further than this offset (the last synced byte, when undoing a failed write
+    /// whose partial bytes could not be cut off).
+    upto: Option<u64>,
 }
 
 /// A stretch of a log in which no intact record starts.
@@ -1314,7 +1333,8 @@ fn replay_log(
     let len = file
         .metadata()
         .map_err(data_error("cannot read the size of", path))?
-        .len();
+        .len()
+        .min(mode.upto.unwrap_or(u64::MAX));
     let mut scan = LogScan {
         reader: BufReader::with_capacity(READ_BUFFER, file),
         pos: 0,
@@ -1936,6 +1956,7 @@ impl DataFiles {
 mod tests {
     use super::*;
     use crate::ManualClock;
+    use std::sync::RwLock;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     /// A fresh folder under the system temp dir, removed when dropped.
@@ -1967,8 +1988,29 @@ mod tests {
         }
     }
 
+    /// Held (shared) by every store opening in these tests and while a disk is filled, and
+    /// exclusively while a test runs `mount` or `umount`: a child process holds copies of
+    /// this process's open files from its fork until its exec, so for that moment also the
+    /// lock of a data folder another test just closed (its reopening would find the folder
+    /// in use), or a filler file another test is deleting (its space would not return).
+    static SPAWNING: RwLock<()> = RwLock::new(());
+
+    fn open_store(
+        dir: &Path,
+        options: DurableOptions,
+    ) -> Result<(DurableStore, Recovery), IndexError> {
+        let _no_spawn = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
+        DurableStore::open_with_report(dir, options)
+    }
+
+    /// Runs `command` with no store being opened meanwhile (see [`SPAWNING`]).
+    fn run(command: &mut std::process::Command) -> io::Result<std::process::ExitStatus> {
+        let _spawning = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
+        command.status()
+    }
+
     fn open(dir: &TestDir, clock: &ManualClock) -> (DurableStore, Recovery) {
-        DurableStore::open_with_report(&dir.0, options(clock)).unwrap()
+        open_store(&dir.0, options(clock)).unwrap()
     }
 
     fn addr(s: &str) -> PeerAddr {
@@ -2105,7 +2147,7 @@ mod tests {
         let dir = TestDir::new();
         let clock = ManualClock::new();
         let (first, _) = open(&dir, &clock);
-        match DurableStore::open(&dir.0, options(&clock)) {
+        match open_store(&dir.0, options(&clock)).map(|(store, _)| store) {
             Err(IndexError::DataInUse { path }) => assert_eq!(path, dir.0.join(LOCK_FILE)),
             Err(other) => panic!("expected DataInUse, got {other}"),
             Ok(_) => panic!("two stores opened the same folder"),
@@ -2364,14 +2406,15 @@ mod tests {
         assert_eq!(names(&dir.0), ["LOCK", "log.2", "snapshot.2"]);
         let snapshot = fs::read(snapshot_path(&dir.0, 2)).unwrap();
         let log = fs::read(log_path(&dir.0, 2)).unwrap();
-        let refused = |missing: PathBuf| match DurableStore::open(&dir.0, options(&clock)) {
-            Err(IndexError::DataMissing { path, reason }) => {
-                assert_eq!(path, missing);
-                assert!(reason.contains("aside"), "{reason}");
-            }
-            Err(other) => panic!("expected DataMissing, got {other}"),
-            Ok(_) => panic!("started with a fraction of the registry"),
-        };
+        let refused =
+            |missing: PathBuf| match open_store(&dir.0, options(&clock)).map(|(store, _)| store) {
+                Err(IndexError::DataMissing { path, reason }) => {
+                    assert_eq!(path, missing);
+                    assert!(reason.contains("aside"), "{reason}");
+                }
+                Err(other) => panic!("expected DataMissing, got {other}"),
+                Ok(_) => panic!("started with a fraction of the registry"),
+            };
         // The snapshot is gone: log.2 alone would list b's file and none of a's.
         fs::remove_file(snapshot_path(&dir.0, 2)).unwrap();
         refused(snapshot_path(&dir.0, 2));
@@ -2414,10 +2457,16 @@ mod tests {
         newer[8..10].copy_from_slice(&2u16.to_be_bytes());
         fs::write(&path, newer).unwrap();
         let clock = ManualClock::new();
-        let err = DurableStore::open(&dir.0, options(&clock)).err().unwrap();
+        let err = open_store(&dir.0, options(&clock))
+            .map(|(store, _)| store)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("format version 2"), "{err}");
         fs::write(&path, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let err = DurableStore::open(&dir.0, options(&clock)).err().unwrap();
+        let err = open_store(&dir.0, options(&clock))
+            .map(|(store, _)| store)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("does not start with"), "{err}");
         // Refused, not cut: the file is untouched.
         assert_eq!(
@@ -2434,7 +2483,7 @@ mod tests {
         let log = log_path(&dir.0, 1);
         flip(&log, 3);
         let damaged = fs::read(&log).unwrap();
-        match DurableStore::open(&dir.0, options(&clock)) {
+        match open_store(&dir.0, options(&clock)).map(|(store, _)| store) {
             Err(IndexError::DataFormat { path, reason }) => {
                 assert_eq!(path, log);
                 assert!(reason.contains("move it aside"), "{reason}");
@@ -2490,7 +2539,9 @@ mod tests {
             compact_after: 4 << 10,
             ..options(&clock)
         };
-        let store = DurableStore::open(&dir.0, options.clone()).unwrap();
+        let store = open_store(&dir.0, options.clone())
+            .map(|(store, _)| store)
+            .unwrap();
         for n in 0..200 {
             store.register(&addr("a:1"), &[meta(n)]).unwrap();
         }
@@ -2501,7 +2552,7 @@ mod tests {
             thread::yield_now();
         }
         drop(store);
-        let (_, recovery) = DurableStore::open_with_report(&dir.0, options).unwrap();
+        let (_, recovery) = open_store(&dir.0, options).unwrap();
         assert!(recovery.snapshot.is_some());
         assert_eq!(recovery.registrations, 200);
     }
@@ -2597,10 +2648,9 @@ mod tests {
             }
             let dir = TestDir::new();
             fs::create_dir_all(&dir.0).unwrap();
-            let mounted = std::process::Command::new("mount")
+            let mounted = run(std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&dir.0)
-                .status();
+                .arg(&dir.0));
             match mounted {
                 Ok(status) if status.success() => Some(SmallDisk(dir)),
                 other => {
@@ -2612,6 +2662,9 @@ mod tests {
 
         /// Writes a file until the disk is full.
         fn fill(&self, name: &str) {
+            // No child process may hold a copy of this file's descriptor when the test
+            // deletes it to free the space (see [`SPAWNING`]).
+            let _no_spawn = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
             let mut file = File::create(self.0.0.join(name)).unwrap();
             let block = vec![0xA5u8; 64 << 10];
             loop {
@@ -2629,7 +2682,7 @@ mod tests {
 
     impl Drop for SmallDisk {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0.0).status();
+            let _ = run(std::process::Command::new("umount").arg(&self.0.0));
         }
     }
 
@@ -2863,6 +2916,6 @@ mod tests {
             lease: Duration::ZERO,
             ..DurableOptions::default()
         };
-        assert!(DurableStore::open(&dir.0, options).is_err());
+        assert!(open_store(&dir.0, options).map(|(store, _)| store).is_err());
     }
 }
