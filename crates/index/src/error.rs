@@ -79,8 +79,19 @@ pub enum IndexError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Writing the log failed earlier; the durable store refuses changes from then on, since
-    /// it could no longer promise they survive a crash. Restarting the index recovers.
-    #[error("the index's data log failed ({0}); changes are refused until the index restarts")]
+    /// A data file that others depend on is missing (a log continues a snapshot that is not
+    /// there, or a log in between is gone): starting would silently serve a fraction of the
+    /// registry.
+    #[error("{} is missing: {reason}", path.display())]
+    DataMissing {
+        /// The missing file.
+        path: PathBuf,
+        /// What depends on it and how to proceed.
+        reason: String,
+    },
+    /// The durable store could not write its log (a full disk, a failing one): the change
+    /// is refused and leaves no trace (whatever was not on disk is undone). Changes are
+    /// refused until the data folder takes writes again; then the store goes on by itself.
+    #[error("the index's data log failed ({0}); the change was refused and undone")]
     LogFailed(String),
 }

@@ -352,6 +352,7 @@ impl<T: Transport> Downloader<T> {
             refresh: Some(self.config.refresh),
             max_sources: self.config.max_sources.max(1),
             availability_wait: Duration::from_millis(500),
+            seeder_aware: swarming,
             picker: PickerConfig {
                 random: swarming,
                 seed: self.rng.random(),

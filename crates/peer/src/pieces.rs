@@ -145,6 +145,8 @@ enum Holding {
 #[derive(Debug)]
 struct Source {
     holding: Holding,
+    /// For a seeder that says so: the chunks it already sent to someone this round.
+    handed: Option<Bitset>,
     /// Every chunk this source was asked for: end-game never asks it twice for one.
     asked: HashSet<u32>,
     active: bool,
@@ -275,6 +277,7 @@ impl Picker {
     fn add(&mut self, holding: Holding) -> SourceId {
         self.sources.push(Source {
             holding,
+            handed: None,
             asked: HashSet::new(),
             active: true,
         });
@@ -338,6 +341,14 @@ impl Picker {
         }
     }
 
+    /// `source` (a complete holder) already sent the chunks of `sent` to someone this round:
+    /// it is asked for the others first.
+    pub(crate) fn set_handed(&mut self, source: SourceId, sent: Bitset) {
+        if let Some(s) = self.sources.get_mut(source) {
+            s.handed = Some(sent);
+        }
+    }
+
     /// `source` said it lacks chunk `i`: it is not asked for it again. A partial source that
     /// had claimed every chunk goes back to a bitmap of all but `i`.
     pub(crate) fn lacks(&mut self, source: SourceId, i: u32) {
@@ -389,7 +400,7 @@ impl Picker {
         let candidates: Vec<u32> = (0..self.total())
             .filter(|&i| self.chunks[i as usize] == Chunk::Queued && self.holds(source, i))
             .collect();
-        if let Some(first) = self.choose(&candidates) {
+        if let Some(first) = self.choose(source, &candidates) {
             let mut run = vec![first];
             while (run.len() as u32) < max.max(1) {
                 let next = run[run.len() - 1] + 1;
@@ -440,19 +451,36 @@ impl Picker {
         }
     }
 
-    /// Random for the first picks, then rarest first with random tie-breaks.
-    fn choose(&mut self, candidates: &[u32]) -> Option<u32> {
+    /// Random for the first picks, then rarest first with random tie-breaks; from a seeder
+    /// that lists what it sent, the chunks nobody was sent come before all others.
+    fn choose(&mut self, source: SourceId, candidates: &[u32]) -> Option<u32> {
         if candidates.is_empty() {
             return None;
         }
         if !self.config.random {
             return candidates.first().copied();
         }
+        let handed = self.sources.get(source).and_then(|s| s.handed.as_ref());
+        if let Some(sent) = handed {
+            let fresh: Vec<u32> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| !sent.contains(i))
+                .collect();
+            if !fresh.is_empty() {
+                return self.rarest(&fresh);
+            }
+        }
         if self.picked < self.config.random_first {
             return candidates
                 .get(self.rng.random_range(0..candidates.len()))
                 .copied();
         }
+        self.rarest(candidates)
+    }
+
+    /// The candidate the fewest known partial holders have, random among equals.
+    fn rarest(&mut self, candidates: &[u32]) -> Option<u32> {
         let rarity = |i: u32| self.availability.get(i as usize).copied().unwrap_or(0);
         let least = candidates.iter().map(|&i| rarity(i)).min()?;
         let rarest: Vec<u32> = candidates
@@ -569,6 +597,16 @@ mod tests {
         picker.release([3]);
         assert!(!picker.holds(b, 3));
         assert_eq!(picker.take(b, 4), Work::Wait);
+    }
+
+    #[test]
+    fn a_seeder_is_asked_first_for_what_it_sent_nobody() {
+        let mut picker = Picker::new(4, &[0, 1, 2, 3], PickerConfig::default());
+        let seeder = picker.add_complete();
+        picker.set_handed(seeder, bits(4, &[0, 1, 3]));
+        assert_eq!(picker.take(seeder, 1), Work::Chunks(vec![2]));
+        // Once all it lists were sent, any chunk will do.
+        assert!(matches!(picker.take(seeder, 1), Work::Chunks(_)));
     }
 
     #[test]

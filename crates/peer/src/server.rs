@@ -1,6 +1,6 @@
 //! The peer server: serves the manifests and chunks of the library's files.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
 use shoal_proto::{Connection, FileId, FileKey, PeerAddr, ProtoError, Transport, content};
 
 use crate::library::open_regular;
+use crate::pieces::Bitset;
 use crate::share::{Availability, PartialShare};
 use crate::{Library, PeerError};
 
@@ -195,6 +196,7 @@ impl<T: Transport> PeerServer<T> {
         let shared = Arc::new(Shared {
             uploads: UploadSlots::new(config.max_uploads),
             stats,
+            handed: HandedOut::default(),
         });
         spawn_accept_loop(&transport, listener, accept, move |stream, from| {
             serve(stream, from, &library, &config, &shared);
@@ -207,6 +209,61 @@ impl<T: Transport> PeerServer<T> {
 struct Shared {
     uploads: UploadSlots,
     stats: Arc<ServerStats>,
+    handed: HandedOut,
+}
+
+/// Files whose hand-outs are tracked at once; the least recently asked is forgotten.
+const HANDED_FILES: usize = 64;
+
+/// Which chunks of each complete file (in each requester grid) were already asked of this
+/// server in the current round: a seeder's answer to `Availability` lists them, so a crowd
+/// asks it for the chunks nobody has yet. Bounded: at most `HANDED_FILES` (file, grid)
+/// entries, one bit per chunk each.
+#[derive(Default)]
+struct HandedOut {
+    files: Mutex<HashMap<(FileId, u32), Handed>>,
+}
+
+struct Handed {
+    sent: Bitset,
+    last_used: Instant,
+}
+
+impl HandedOut {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(FileId, u32), Handed>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chunks `first..first + count` of a file of `chunks` chunks are being sent.
+    fn mark(&self, id: FileId, chunk_size: u32, chunks: u32, first: u32, count: u32) {
+        let mut files = self.lock();
+        if files.len() >= HANDED_FILES && !files.contains_key(&(id, chunk_size)) {
+            let oldest = files
+                .iter()
+                .min_by_key(|(_, h)| h.last_used)
+                .map(|(key, _)| *key);
+            if let Some(key) = oldest {
+                files.remove(&key);
+            }
+        }
+        let entry = files.entry((id, chunk_size)).or_insert_with(|| Handed {
+            sent: Bitset::new(chunks),
+            last_used: Instant::now(),
+        });
+        entry.last_used = Instant::now();
+        for i in first..first.saturating_add(count) {
+            entry.sent.insert(i);
+        }
+        if entry.sent.is_full() {
+            // A whole copy is out: the next round starts afresh.
+            entry.sent = Bitset::new(chunks);
+        }
+    }
+
+    /// The wire bitmap of what was sent this round, if anything was.
+    fn sent(&self, id: FileId, chunk_size: u32) -> Option<Vec<u8>> {
+        self.lock().get(&(id, chunk_size)).map(|h| h.sent.to_wire())
+    }
 }
 
 /// One connection: the handshake, then requests until the client leaves.
@@ -362,11 +419,13 @@ impl<S: Connection> Session<'_, S> {
         if let Err(e) = content::validate_chunk_size(chunk_size) {
             return self.refuse(ErrorCode::BadRequest, e.to_string());
         }
-        if self.library.get(&FileKey::Id(id)).is_some() {
-            return self.send(&PeerResponse::Availability {
-                seq: 0,
-                have: Have::All,
-            });
+        if let Some(file) = self.library.get(&FileKey::Id(id)) {
+            let chunks = content::chunk_count(file.meta.size, chunk_size);
+            let have = match self.shared.handed.sent(id, chunk_size) {
+                Some(sent) if sent.len() as u64 == chunks.div_ceil(8) => Have::Seeding(sent),
+                _ => Have::All,
+            };
+            return self.send(&PeerResponse::Availability { seq: 0, have });
         }
         let Some(share) = self.library.partial(&id) else {
             return self.refuse(ErrorCode::NotFound, format!("no file {id} here"));
@@ -401,6 +460,19 @@ impl<S: Connection> Session<'_, S> {
         count: u32,
     ) -> Result<(), ProtoError> {
         let max = self.config.max_uploads;
+        // Counted as handed out when asked for, before the wait for a slot: the next
+        // downloader to ask what is left already knows.
+        if let Some(file) = self.library.get(&FileKey::Id(id))
+            && content::validate_chunk_size(chunk_size).is_ok()
+        {
+            let chunks = content::chunk_count(file.meta.size, chunk_size);
+            if u64::from(first) + u64::from(count) <= chunks {
+                let chunks = u32::try_from(chunks).unwrap_or(u32::MAX);
+                self.shared
+                    .handed
+                    .mark(id, chunk_size, chunks, first, count);
+            }
+        }
         if !self.shared.uploads.acquire(self.config.upload_queue_wait) {
             log::info!("refused {}: {max} uploads already in progress", self.from);
             return self.refuse(

@@ -68,6 +68,9 @@ pub(crate) struct SwarmConfig {
     pub(crate) availability_wait: Duration,
     /// Piece-selection settings (seed included).
     pub(crate) picker: PickerConfig,
+    /// Swarm mode for complete holders: one chunk request at a time, each chosen after the
+    /// holder said what it already sent to others (so a seeder's upload goes out once).
+    pub(crate) seeder_aware: bool,
 }
 
 /// The first ask for new sources comes this soon after a download starts.
@@ -536,6 +539,15 @@ impl<S: Connection> Reader<'_, '_, S> {
         !self.job.scheduler.with(|p| p.holds_all(self.source))
     }
 
+    /// Whether availability is asked of this source beside each chunk request.
+    fn asks(&self) -> bool {
+        self.partial() || self.seeder_aware()
+    }
+
+    fn seeder_aware(&self) -> bool {
+        self.job.config.seeder_aware && self.report.complete
+    }
+
     fn chunks_in_flight(&self) -> usize {
         self.pending
             .iter()
@@ -545,16 +557,22 @@ impl<S: Connection> Reader<'_, '_, S> {
 
     fn exchange(&mut self) -> Result<(), DropReason> {
         let file = &self.job.manifest.file;
-        if self.partial() {
-            // What it has, before asking for anything.
+        if self.asks() {
+            // What it has (or, from a seeder, what it sent), before asking for anything.
             self.ask_availability(Duration::ZERO)?;
         }
+        let pipeline = if self.seeder_aware() {
+            1
+        } else {
+            self.job.config.pipeline
+        };
         loop {
             if self.verdicts.failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            // Top up the pipeline.
-            while self.chunks_in_flight() < self.job.config.pipeline {
+            // Top up the pipeline (a seeder's next chunk is chosen only once it answered
+            // what it sent meanwhile).
+            while self.chunks_in_flight() < pipeline && !(self.seeder_aware() && self.asking) {
                 match self
                     .job
                     .scheduler
@@ -573,8 +591,8 @@ impl<S: Connection> Reader<'_, '_, S> {
                         }
                         self.report.requests += 1;
                         self.pending.push_back(Pending::Chunks(run));
-                        // Beside each chunk request, what it verified since the last answer.
-                        if self.partial() && !self.asking {
+                        // Beside each chunk request, what it verified (or sent) since.
+                        if self.asks() && !self.asking {
                             self.ask_availability(Duration::ZERO)?;
                         }
                     }
@@ -762,6 +780,18 @@ impl<S: Connection> Reader<'_, '_, S> {
         let source = self.source;
         match have {
             Have::All => self.job.scheduler.with(|p| p.set_all(source)),
+            Have::Seeding(bytes) => {
+                let sent = Bitset::from_wire(&bytes, total).ok_or_else(|| {
+                    DropReason::Protocol(format!(
+                        "sent a {}-byte seeding bitmap for {total} chunks",
+                        bytes.len()
+                    ))
+                })?;
+                self.job.scheduler.with(|p| {
+                    p.set_all(source);
+                    p.set_handed(source, sent);
+                });
+            }
             Have::Bitmap(bytes) => {
                 let bits = Bitset::from_wire(&bytes, total).ok_or_else(|| {
                     DropReason::Protocol(format!(

@@ -225,6 +225,11 @@ pub enum Have {
     Bitmap(#[serde(deserialize_with = "grow_only::deserialize")] Vec<u8>),
     /// The chunks verified after the request's `since`, in the order they were verified.
     Added(#[serde(deserialize_with = "grow_only::deserialize")] Vec<u32>),
+    /// Every chunk (a complete holder), and a bitmap, laid out as `Bitmap`, of the chunks it
+    /// has already sent to some downloader in this round (a round ends when every chunk was
+    /// sent once). Downloaders ask a seeder first for the chunks nobody was sent yet, so its
+    /// upload goes out as one copy the crowd can trade (BitTorrent's super-seeding, in spirit).
+    Seeding(#[serde(deserialize_with = "grow_only::deserialize")] Vec<u8>),
 }
 
 /// A file's metadata and the chaining value of every chunk, in order.
