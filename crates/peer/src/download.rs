@@ -355,6 +355,7 @@ impl<T: Transport> Downloader<T> {
             seeder_aware: swarming,
             picker: PickerConfig {
                 random: swarming,
+                endgame_below: if swarming { 4 } else { usize::MAX },
                 seed: self.rng.random(),
                 ..PickerConfig::default()
             },

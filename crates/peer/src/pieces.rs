@@ -192,6 +192,10 @@ pub(crate) struct PickerConfig {
     pub(crate) random_first: usize,
     /// Most requests in flight for one chunk in end-game.
     pub(crate) max_copies: u8,
+    /// End-game starts once at most this many chunks remain (and none is queued). A swarm
+    /// keeps it small: its sources are busy serving a crowd, and early duplicates would
+    /// take their upload from chunks others need.
+    pub(crate) endgame_below: usize,
     /// Seeds the random choices.
     pub(crate) seed: u64,
 }
@@ -202,6 +206,7 @@ impl Default for PickerConfig {
             random: true,
             random_first: 4,
             max_copies: 3,
+            endgame_below: usize::MAX,
             seed: 0,
         }
     }
@@ -341,8 +346,9 @@ impl Picker {
         }
     }
 
-    /// `source` (a complete holder) already sent the chunks of `sent` to someone this round:
-    /// it is asked for the others first.
+    /// `source` (a complete holder) is sending, or just sent, the chunks of `sent` to
+    /// others: it is asked only for the others, and waited on if there are none (the
+    /// crowd trades those; its marks lapse within seconds, so nothing waits for good).
     pub(crate) fn set_handed(&mut self, source: SourceId, sent: Bitset) {
         if let Some(s) = self.sources.get_mut(source) {
             s.handed = Some(sent);
@@ -421,18 +427,21 @@ impl Picker {
             }
             return Work::Chunks(run);
         }
-        if self.queued > 0 {
+        if self.queued > 0 || self.remaining > self.config.endgame_below {
             return Work::Wait;
         }
         // End-game: the least-duplicated in-flight chunk this source holds and was not
         // asked for.
         let asked = self.sources.get(source).map(|s| &s.asked);
+        // Nor what a seeder is sending to someone right now.
+        let handed = self.sources.get(source).and_then(|s| s.handed.as_ref());
         let duplicate = (0..self.total())
             .filter_map(|i| match self.chunks[i as usize] {
                 Chunk::InFlight(n)
                     if n < self.config.max_copies
                         && self.holds(source, i)
-                        && !asked.is_some_and(|a| a.contains(&i)) =>
+                        && !asked.is_some_and(|a| a.contains(&i))
+                        && !handed.is_some_and(|h| h.contains(i)) =>
                 {
                     Some((n, i))
                 }
@@ -467,9 +476,7 @@ impl Picker {
                 .copied()
                 .filter(|&i| !sent.contains(i))
                 .collect();
-            if !fresh.is_empty() {
-                return self.rarest(&fresh);
-            }
+            return self.rarest(&fresh);
         }
         if self.picked < self.config.random_first {
             return candidates
@@ -481,6 +488,9 @@ impl Picker {
 
     /// The candidate the fewest known partial holders have, random among equals.
     fn rarest(&mut self, candidates: &[u32]) -> Option<u32> {
+        if candidates.is_empty() {
+            return None;
+        }
         let rarity = |i: u32| self.availability.get(i as usize).copied().unwrap_or(0);
         let least = candidates.iter().map(|&i| rarity(i)).min()?;
         let rarest: Vec<u32> = candidates
@@ -605,7 +615,10 @@ mod tests {
         let seeder = picker.add_complete();
         picker.set_handed(seeder, bits(4, &[0, 1, 3]));
         assert_eq!(picker.take(seeder, 1), Work::Chunks(vec![2]));
-        // Once all it lists were sent, any chunk will do.
+        // Everything else is on its way to someone: wait for the crowd, not a duplicate.
+        assert_eq!(picker.take(seeder, 1), Work::Wait);
+        // The marks lapsed (the seeder's next answer lists none): any chunk will do.
+        picker.set_handed(seeder, bits(4, &[]));
         assert!(matches!(picker.take(seeder, 1), Work::Chunks(_)));
     }
 

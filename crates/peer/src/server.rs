@@ -213,19 +213,26 @@ struct Shared {
 }
 
 /// Files whose hand-outs are tracked at once; the least recently asked is forgotten.
-const HANDED_FILES: usize = 64;
+const HANDED_FILES: usize = 16;
+/// A chunk counts as handed out while it is being sent and this long after: time for its
+/// receiver to verify it and for the crowd to learn that the receiver has it.
+const HANDED_GRACE: Duration = Duration::from_millis(1500);
 
-/// Which chunks of each complete file (in each requester grid) were already asked of this
-/// server in the current round: a seeder's answer to `Availability` lists them, so a crowd
-/// asks it for the chunks nobody has yet. Bounded: at most `HANDED_FILES` (file, grid)
-/// entries, one bit per chunk each.
+/// Which chunks of each complete file (in each requester grid) this server is sending or
+/// sent a moment ago: a seeder's answer to `Availability` lists them, so a crowd asks it
+/// for chunks nobody is getting yet and trades the rest. Bounded: at most `HANDED_FILES`
+/// (file, grid) entries, five bytes per chunk each.
 #[derive(Default)]
 struct HandedOut {
     files: Mutex<HashMap<(FileId, u32), Handed>>,
 }
 
 struct Handed {
-    sent: Bitset,
+    epoch: Instant,
+    /// Requests of each chunk being answered now.
+    sending: Vec<u8>,
+    /// When each chunk was last sent, in ms after `epoch` (0: never).
+    sent_ms: Vec<u32>,
     last_used: Instant,
 }
 
@@ -234,35 +241,67 @@ impl HandedOut {
         self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Chunks `first..first + count` of a file of `chunks` chunks are being sent.
-    fn mark(&self, id: FileId, chunk_size: u32, chunks: u32, first: u32, count: u32) {
+    /// Chunks `range` of a file of `chunks` chunks are about to be sent.
+    fn start(&self, key: (FileId, u32), chunks: u32, range: std::ops::Range<u32>) {
         let mut files = self.lock();
-        if files.len() >= HANDED_FILES && !files.contains_key(&(id, chunk_size)) {
+        if files.len() >= HANDED_FILES && !files.contains_key(&key) {
             let oldest = files
                 .iter()
                 .min_by_key(|(_, h)| h.last_used)
                 .map(|(key, _)| *key);
-            if let Some(key) = oldest {
-                files.remove(&key);
+            if let Some(oldest) = oldest {
+                files.remove(&oldest);
             }
         }
-        let entry = files.entry((id, chunk_size)).or_insert_with(|| Handed {
-            sent: Bitset::new(chunks),
-            last_used: Instant::now(),
+        let now = Instant::now();
+        let entry = files.entry(key).or_insert_with(|| Handed {
+            epoch: now,
+            sending: vec![0; chunks as usize],
+            sent_ms: vec![0; chunks as usize],
+            last_used: now,
         });
-        entry.last_used = Instant::now();
-        for i in first..first.saturating_add(count) {
-            entry.sent.insert(i);
-        }
-        if entry.sent.is_full() {
-            // A whole copy is out: the next round starts afresh.
-            entry.sent = Bitset::new(chunks);
+        entry.last_used = now;
+        for i in range {
+            if let Some(n) = entry.sending.get_mut(i as usize) {
+                *n = n.saturating_add(1);
+            }
         }
     }
 
-    /// The wire bitmap of what was sent this round, if anything was.
-    fn sent(&self, id: FileId, chunk_size: u32) -> Option<Vec<u8>> {
-        self.lock().get(&(id, chunk_size)).map(|h| h.sent.to_wire())
+    /// The requests of `range` are answered (or ended).
+    fn finish(&self, key: (FileId, u32), range: std::ops::Range<u32>) {
+        let mut files = self.lock();
+        let Some(entry) = files.get_mut(&key) else {
+            return;
+        };
+        let ms = u32::try_from(entry.epoch.elapsed().as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        for i in range {
+            if let (Some(n), Some(at)) = (
+                entry.sending.get_mut(i as usize),
+                entry.sent_ms.get_mut(i as usize),
+            ) {
+                *n = n.saturating_sub(1);
+                *at = ms;
+            }
+        }
+    }
+
+    /// The wire bitmap of the chunks being sent or sent within the grace, if any are.
+    fn handed(&self, key: (FileId, u32)) -> Option<Vec<u8>> {
+        let files = self.lock();
+        let entry = files.get(&key)?;
+        let now = entry.epoch.elapsed();
+        let mut bits = Bitset::new(entry.sending.len() as u32);
+        for (i, (&n, &at)) in entry.sending.iter().zip(&entry.sent_ms).enumerate() {
+            let recent =
+                at > 0 && now.saturating_sub(Duration::from_millis(u64::from(at))) < HANDED_GRACE;
+            if n > 0 || recent {
+                bits.insert(i as u32);
+            }
+        }
+        Some(bits.to_wire())
     }
 }
 
@@ -421,7 +460,7 @@ impl<S: Connection> Session<'_, S> {
         }
         if let Some(file) = self.library.get(&FileKey::Id(id)) {
             let chunks = content::chunk_count(file.meta.size, chunk_size);
-            let have = match self.shared.handed.sent(id, chunk_size) {
+            let have = match self.shared.handed.handed((id, chunk_size)) {
                 Some(sent) if sent.len() as u64 == chunks.div_ceil(8) => Have::Seeding(sent),
                 _ => Have::All,
             };
@@ -459,20 +498,37 @@ impl<S: Connection> Session<'_, S> {
         first: u32,
         count: u32,
     ) -> Result<(), ProtoError> {
-        let max = self.config.max_uploads;
         // Counted as handed out when asked for, before the wait for a slot: the next
         // downloader to ask what is left already knows.
-        if let Some(file) = self.library.get(&FileKey::Id(id))
-            && content::validate_chunk_size(chunk_size).is_ok()
-        {
+        let handed = self.library.get(&FileKey::Id(id)).and_then(|file| {
+            content::validate_chunk_size(chunk_size).ok()?;
             let chunks = content::chunk_count(file.meta.size, chunk_size);
-            if u64::from(first) + u64::from(count) <= chunks {
+            let end = u64::from(first) + u64::from(count);
+            (end <= chunks).then(|| {
                 let chunks = u32::try_from(chunks).unwrap_or(u32::MAX);
+                let range = first..first + count;
                 self.shared
                     .handed
-                    .mark(id, chunk_size, chunks, first, count);
-            }
+                    .start((id, chunk_size), chunks, range.clone());
+                range
+            })
+        });
+        let result = self.read_chunks_slot(id, chunk_size, first, count);
+        if let Some(range) = handed {
+            self.shared.handed.finish((id, chunk_size), range);
         }
+        result
+    }
+
+    /// `read_chunks` (or its partial variant) in an upload slot.
+    fn read_chunks_slot(
+        &mut self,
+        id: FileId,
+        chunk_size: u32,
+        first: u32,
+        count: u32,
+    ) -> Result<(), ProtoError> {
+        let max = self.config.max_uploads;
         if !self.shared.uploads.acquire(self.config.upload_queue_wait) {
             log::info!("refused {}: {max} uploads already in progress", self.from);
             return self.refuse(

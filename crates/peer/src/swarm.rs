@@ -609,6 +609,11 @@ impl<S: Connection> Reader<'_, '_, S> {
                         {
                             return Ok(());
                         }
+                        if self.seeder_aware() {
+                            // What it is sending changes as others are served: ask again.
+                            self.ask_availability(Duration::ZERO)?;
+                            break;
+                        }
                     }
                     Work::Wait => break,
                     Work::Finished => {
