@@ -16,7 +16,7 @@ use crate::message::{ChunkHash, Manifest};
 use crate::{FileId, FileMeta, ProtoError};
 
 /// Chunk size used for new files unless they are huge (see [`chunk_size_for`]).
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 18;
 /// Smallest accepted chunk size: BLAKE3's own chunk.
 pub const MIN_CHUNK_SIZE: u32 = blake3::CHUNK_LEN as u32;
 /// Largest accepted chunk size.
