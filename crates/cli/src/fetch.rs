@@ -41,6 +41,12 @@ pub(crate) struct GetArgs {
     /// machine reaches the index from.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Give up after SECS seconds per file, whatever is missing (what verified is kept for a
+    /// resume; the error names the holders still sending). Default: no deadline, though a
+    /// holder slower than 16 KiB/s, or stopped while others deliver, is dropped anyway.
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    deadline: Option<u64>,
     /// Do not share: no listening port, nothing registered with the index.
     #[arg(long, conflicts_with_all = ["listen", "seed"])]
     no_share: bool,
@@ -82,6 +88,7 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
     let index = parse_index_list(&args.index)?;
     let config = DownloaderConfig {
         max_sources: usize::from(args.max_sources),
+        deadline: args.deadline.map(Duration::from_secs),
         ..DownloaderConfig::default()
     };
     let transport = TcpTransport::default();

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use shoal_index::IndexClient;
 use shoal_proto::codec::{self, Service};
+use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{Manifest, PeerRequest, PeerResponse};
 use shoal_proto::{
     Connection, FileKey, FileMeta, MAX_NAME_LEN, PeerAddr, ProtoError, Transport, content,
@@ -26,6 +27,39 @@ use crate::resume::{Geometry, ResumeState};
 use crate::share::PartialShare;
 use crate::swarm::{self, ChunkSink, DropReason, SourceSpec, SwarmConfig};
 use crate::{Library, PeerError, SharedFile};
+
+/// A manifest may always take this long, however small.
+const MANIFEST_FLOOR: Duration = Duration::from_secs(5);
+
+/// Refuses a download the folder's file system has no room for, before anything is written:
+/// the bytes still missing (a resumed part file already holds the rest) against the space
+/// free for this user.
+fn check_space(dir: &Path, manifest: &Manifest) -> Result<(), PeerError> {
+    let meta = &manifest.file;
+    let part = part_path(dir, meta);
+    let held = fs::symlink_metadata(&part)
+        .ok()
+        .filter(|m| m.file_type().is_file() && m.len() == meta.size)
+        .map_or(0, |m| m.blocks().saturating_mul(512));
+    let needed = meta.size.saturating_sub(held);
+    let stats = match rustix::fs::statvfs(dir) {
+        Ok(stats) => stats,
+        Err(e) => {
+            log::debug!("cannot tell the free space of {}: {e}", dir.display());
+            return Ok(());
+        }
+    };
+    let available = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if needed > available {
+        return Err(PeerError::NoSpace {
+            name: meta.name.clone(),
+            dir: dir.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
 
 /// A sharing download renews its partial registration this often (a third of the default
 /// lease, as the announcer's heartbeat).
@@ -53,6 +87,13 @@ pub struct DownloaderConfig {
     /// Serve the verified chunks of a download while it runs and tell the index (a partial
     /// holder; default on). Needs a library and an address ([`Downloader::for_peer`]).
     pub share: bool,
+    /// Slowest useful holder, in bytes per second (default 16 KiB/s): a chunk that arrives
+    /// slower loses that holder its work, and a manifest must arrive at this rate too.
+    /// Independently, a holder that stops while the others deliver is dropped at once.
+    pub min_rate: u64,
+    /// Longest a whole download may take (default: none). Past it, the download stops with
+    /// what it has verified kept for a resume, and the error names the holders still busy.
+    pub deadline: Option<Duration>,
 }
 
 impl Default for DownloaderConfig {
@@ -65,6 +106,8 @@ impl Default for DownloaderConfig {
             request_bytes: 4 << 20,
             refresh: Duration::from_secs(1),
             share: true,
+            min_rate: 16 << 10,
+            deadline: None,
         }
     }
 }
@@ -297,6 +340,9 @@ impl<T: Transport> Downloader<T> {
         let (manifest, sources, mut failures) = self.fetch_manifest(meta, holders)?;
         let chunk_size = manifest.file.chunk_size;
         let total = manifest.chunk_hashes.len() as u32;
+        if let Target::Folder = target {
+            check_space(&self.dir, &manifest)?;
+        }
 
         let mut part = match target {
             Target::Folder => Some(PartFile::open(&self.dir, &manifest)?),
@@ -353,6 +399,8 @@ impl<T: Transport> Downloader<T> {
             max_sources: self.config.max_sources.max(1),
             availability_wait: Duration::from_millis(500),
             seeder_aware: swarming,
+            min_rate: self.config.min_rate,
+            deadline: self.config.deadline.map(|d| started + d),
             picker: PickerConfig {
                 random: swarming,
                 endgame_below: if swarming { 4 } else { usize::MAX },
@@ -447,6 +495,28 @@ impl<T: Transport> Downloader<T> {
             .collect();
         if !result.missing.is_empty() {
             self.withdraw(&manifest.file, share.is_some());
+            if let Some(part) = &part {
+                part.keep_for_resume();
+            }
+            // A disk that cannot take the chunks is not the holders' fault: say so.
+            let local = result.sources.iter().find_map(|s| match &s.dropped {
+                Some(DropReason::LocalWrite(reason)) => Some(reason.clone()),
+                _ => None,
+            });
+            if let Some(reason) = local {
+                let missing_bytes: u64 = result
+                    .missing
+                    .iter()
+                    .filter_map(|&i| content::chunk_len(meta.size, chunk_size, i))
+                    .map(u64::from)
+                    .sum();
+                return Err(PeerError::LocalDisk {
+                    name: meta.name.clone(),
+                    dir: self.dir.clone(),
+                    reason,
+                    verified_bytes: meta.size - missing_bytes,
+                });
+            }
             failures.append(&mut holders);
             let missing_bytes = result
                 .missing
@@ -620,10 +690,22 @@ impl<T: Transport> Downloader<T> {
             key: FileKey::Id(meta.id),
         };
         codec::write_frame(&mut stream, &request).map_err(|e| e.to_string())?;
-        let mut conn = BufReader::new(stream);
+        // The manifest must arrive whole at the minimum rate (at least in a few seconds),
+        // however slowly it trickles: a holder that drips it loses its turn to the next.
+        let expected = content::chunk_count(meta.size, meta.chunk_size).saturating_mul(33) + 512;
+        let budget = Duration::from_secs_f64(expected as f64 / self.config.min_rate.max(1) as f64)
+            .max(MANIFEST_FLOOR);
+        let mut conn = BufReader::new(FrameDeadline::new(stream, budget));
         let response: PeerResponse =
-            codec::read_frame(&mut conn, self.config.response_limit, &mut Vec::new())
-                .map_err(|e| e.to_string())?;
+            codec::read_frame(&mut conn, self.config.response_limit, &mut Vec::new()).map_err(
+                |e| match e {
+                    ProtoError::Io(io) if io.kind() == io::ErrorKind::TimedOut => format!(
+                        "too slow: the manifest did not arrive within {} s",
+                        budget.as_secs()
+                    ),
+                    other => other.to_string(),
+                },
+            )?;
         let manifest = match response {
             PeerResponse::Manifest(manifest) => manifest,
             PeerResponse::Error(reply) => return Err(format!("refused: {reply}")),
@@ -1067,6 +1149,39 @@ mod tests {
             },
             chunk_hashes,
         }
+    }
+
+    #[test]
+    fn a_download_larger_than_the_free_space_is_refused_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A valid manifest of a 4 TiB file (16 MiB chunks, the most a manifest may list).
+        let chunk_size = 16 << 20;
+        let size = 4u64 << 40;
+        let chunk_hashes = vec![[7u8; 32]; content::chunk_count(size, chunk_size) as usize];
+        let id = content::root_from_chunk_hashes(&chunk_hashes).unwrap();
+        let manifest = Manifest {
+            file: FileMeta {
+                name: "huge.img".into(),
+                size,
+                chunk_size,
+                id,
+            },
+            chunk_hashes,
+        };
+        match check_space(tmp.path(), &manifest) {
+            Err(PeerError::NoSpace {
+                needed, available, ..
+            }) => assert!(needed == size && available < size),
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        // A small file fits.
+        let small = manifest_of("small", &[1, 2, 3]);
+        assert!(check_space(tmp.path(), &small).is_ok());
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "nothing was written"
+        );
     }
 
     #[test]

@@ -61,6 +61,38 @@ pub enum PeerError {
         /// Every holder that was tried, with why it stopped.
         failures: Vec<HolderReport>,
     },
+    /// The folder's file system lacks the space a download needs; nothing was written.
+    #[error(
+        "not enough space for {name} in {}: it needs {needed} more bytes, {available} are free",
+        dir.display()
+    )]
+    NoSpace {
+        /// The file.
+        name: String,
+        /// The folder.
+        dir: PathBuf,
+        /// Bytes the download still has to write.
+        needed: u64,
+        /// Bytes free for this user on that file system.
+        available: u64,
+    },
+    /// The local disk failed while a download stored its chunks (full, or an I/O error):
+    /// not the holders' fault. What verified before is kept for a resume.
+    #[error(
+        "cannot store {name} in {}: {reason}; the {verified_bytes} bytes verified so far are \
+         kept, run the same download again once there is room",
+        dir.display()
+    )]
+    LocalDisk {
+        /// The file.
+        name: String,
+        /// The folder.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+        /// Bytes verified and kept.
+        verified_bytes: u64,
+    },
     /// Something already exists at a download's final path; shoal never overwrites it.
     #[error("{} already exists (with other content or not a regular file); not overwriting it", path.display())]
     AlreadyExists {

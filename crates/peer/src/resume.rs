@@ -149,10 +149,15 @@ impl ResumeState {
     /// new version, never a mix.
     pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
         let tmp = temp_path(path);
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&self.encode())?;
-        drop(file);
-        fs::rename(&tmp, path)
+        let written = fs::File::create(&tmp)
+            .and_then(|mut file| file.write_all(&self.encode()))
+            .and_then(|()| fs::rename(&tmp, path));
+        if written.is_err() {
+            // A full disk leaves no half-written temporary behind; the old sidecar (if any)
+            // still stands.
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
 
     pub(crate) fn geometry(&self) -> Geometry {
@@ -204,6 +209,23 @@ mod tests {
             size: 10 * 1024 + 5,
             chunk_size: 1024,
         }
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = ResumeState::new(Geometry {
+            id: shoal_proto::FileId([1; 32]),
+            size: 10,
+            chunk_size: 1024,
+        });
+        // The target is a folder: the rename fails after the temporary was written.
+        let target = tmp.path().join("busy");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("x"), b"x").unwrap();
+        assert!(state.save(&target).is_err());
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]

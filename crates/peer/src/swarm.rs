@@ -22,7 +22,7 @@
 //! so one slow holder cannot leave a download stuck at 99%.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -71,7 +71,22 @@ pub(crate) struct SwarmConfig {
     /// Swarm mode for complete holders: one chunk request at a time, each chosen after the
     /// holder said what it already sent to others (so a seeder's upload goes out once).
     pub(crate) seeder_aware: bool,
+    /// Slowest useful source, in bytes per second: a chunk body that arrives slower (with
+    /// a floor of [`STALL_FLOOR`]) loses the source its work, whatever the others do.
+    pub(crate) min_rate: u64,
+    /// The whole download stops at this moment, whatever is missing (`None`: no deadline).
+    pub(crate) deadline: Option<Instant>,
 }
+
+/// Reads wake at least this often to check the download's state: a blocked read ends
+/// within a tick of the download finishing, of its deadline, or of its source being
+/// judged stalled.
+const TICK: Duration = Duration::from_millis(200);
+/// No source is judged too slow before this much time on one chunk.
+pub(crate) const STALL_FLOOR: Duration = Duration::from_secs(2);
+/// A source whose chunk takes this many times the recent chunk time of the download,
+/// while the others deliver, is stalled (a stopped process, a dying link).
+const STALL_FACTOR: u32 = 10;
 
 /// The first ask for new sources comes this soon after a download starts.
 const FIRST_REFRESH: Duration = Duration::from_millis(100);
@@ -105,6 +120,10 @@ pub(crate) enum DropReason {
     Protocol(String),
     /// The local disk could not store a chunk (not the holder's fault).
     LocalWrite(String),
+    /// It sent too slowly, or stopped while the others went on.
+    Slow(String),
+    /// The download's deadline passed while it was sending.
+    Deadline,
 }
 
 impl std::fmt::Display for DropReason {
@@ -118,6 +137,10 @@ impl std::fmt::Display for DropReason {
             }
             DropReason::Protocol(e) => write!(f, "protocol error: {e}"),
             DropReason::LocalWrite(e) => write!(f, "cannot store its chunks here: {e}"),
+            DropReason::Slow(e) => write!(f, "too slow: {e}"),
+            DropReason::Deadline => {
+                f.write_str("still sending when the download's deadline passed")
+            }
         }
     }
 }
@@ -150,24 +173,69 @@ struct SchedState {
     picker: Picker,
     active_sources: usize,
     verified_bytes: u64,
+    /// Chunk bodies read so far (any source), and when the last one arrived.
+    delivered: u64,
+    last_delivery: Option<Instant>,
+    /// Recent time to read one chunk body, averaged over every source.
+    chunk_time: Option<Duration>,
 }
 
 /// The picker behind one lock, and the waits around it.
 struct Scheduler {
     state: Mutex<SchedState>,
     changed: Condvar,
+    deadline: Option<Instant>,
 }
 
 impl Scheduler {
-    fn new(total: u32, missing: &[u32], config: PickerConfig) -> Self {
+    fn new(total: u32, missing: &[u32], config: PickerConfig, deadline: Option<Instant>) -> Self {
         Scheduler {
             state: Mutex::new(SchedState {
                 picker: Picker::new(total, missing, config),
                 active_sources: 0,
                 verified_bytes: 0,
+                delivered: 0,
+                last_delivery: None,
+                chunk_time: None,
             }),
             changed: Condvar::new(),
+            deadline,
         }
+    }
+
+    /// The download is over: every chunk verified, or its deadline passed.
+    fn over(&self) -> bool {
+        self.remaining() == 0 || self.past_deadline()
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// A chunk body took `took` to read.
+    fn delivered(&self, took: Duration) {
+        let mut s = self.lock();
+        s.delivered += 1;
+        s.last_delivery = Some(Instant::now());
+        // An average of the last few chunks' times (weight 1/8 for the newest).
+        s.chunk_time = Some(match s.chunk_time {
+            None => took,
+            Some(avg) => (avg * 7 + took) / 8,
+        });
+    }
+
+    /// Whether a read waiting since `since` (with `delivered_then` bodies delivered by
+    /// then) is stalled relative to the others: it has waited `STALL_FACTOR` times the
+    /// recent chunk time (at least `STALL_FLOOR`) while the others delivered three chunks.
+    fn stalled(&self, since: Instant, delivered_then: u64) -> Option<Duration> {
+        let s = self.lock();
+        let waited = since.elapsed();
+        let limit = s.chunk_time?.saturating_mul(STALL_FACTOR).max(STALL_FLOOR);
+        (waited >= limit && s.delivered >= delivered_then + 3).then_some(waited)
+    }
+
+    fn delivered_count(&self) -> u64 {
+        self.lock().delivered
     }
 
     fn lock(&self) -> MutexGuard<'_, SchedState> {
@@ -304,7 +372,7 @@ pub(crate) fn run_swarm<T: Transport>(
     progress: ProgressFn<'_>,
 ) -> SwarmResult {
     let total = manifest.chunk_hashes.len() as u32;
-    let scheduler = Scheduler::new(total, missing, config.picker);
+    let scheduler = Scheduler::new(total, missing, config.picker, config.deadline);
     let job = Job {
         manifest,
         sink,
@@ -344,8 +412,12 @@ pub(crate) fn run_swarm<T: Transport>(
             let wait = interval
                 .map(|r| r.saturating_sub(last_refresh.elapsed()))
                 .unwrap_or(Duration::from_secs(3600));
+            let wait = match config.deadline {
+                Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
             job.scheduler.wait_done_or_idle(wait);
-            if job.scheduler.remaining() == 0 {
+            if job.scheduler.over() {
                 break;
             }
             let idle = job.scheduler.progress().1 == 0;
@@ -412,7 +484,7 @@ fn fetch_from<T: Transport>(
         requests: 0,
         dropped: None,
     };
-    let mut stream = match connect(transport, addr, job.config) {
+    let mut stream = match connect(transport, addr, job.config, job.scheduler) {
         Ok(stream) => stream,
         Err(reason) => {
             report.dropped = Some(reason);
@@ -449,6 +521,7 @@ fn fetch_from<T: Transport>(
             since: 0,
             asking: false,
             busy_since: None,
+            run_started: false,
         };
         let outcome = reader.run();
         drop(reader);
@@ -471,11 +544,12 @@ fn fetch_from<T: Transport>(
     report
 }
 
-fn connect<T: Transport>(
+fn connect<'s, T: Transport>(
     transport: &T,
     addr: &PeerAddr,
     config: &SwarmConfig,
-) -> Result<BufReader<T::Stream>, DropReason> {
+    scheduler: &'s Scheduler,
+) -> Result<BufReader<Guarded<'s, T::Stream>>, DropReason> {
     let mut stream = transport
         .connect(addr)
         .map_err(|e| DropReason::Unreachable(io_text(e)))?;
@@ -485,9 +559,119 @@ fn connect<T: Transport>(
         .and_then(|()| stream.set_write_timeout(timeout))
         .map_err(|e| DropReason::Unreachable(io_text(e)))?;
     match codec::client_handshake(&mut stream, Service::Peer) {
-        Ok(()) => Ok(BufReader::with_capacity(64 << 10, stream)),
-        Err(ProtoError::Busy) => Err(DropReason::Busy),
-        Err(e) => Err(DropReason::Unreachable(e.to_string())),
+        Ok(()) => {}
+        Err(ProtoError::Busy) => return Err(DropReason::Busy),
+        Err(e) => return Err(DropReason::Unreachable(e.to_string())),
+    }
+    // From here on reads wake every tick; `Guarded` keeps the real limits.
+    stream
+        .set_read_timeout(Some(TICK))
+        .map_err(|e| DropReason::Unreachable(io_text(e)))?;
+    Ok(BufReader::with_capacity(
+        64 << 10,
+        Guarded {
+            inner: stream,
+            scheduler,
+            limit: None,
+            tripped: None,
+        },
+    ))
+}
+
+/// What ends a read early.
+#[derive(Clone, Copy, Debug)]
+struct ReadLimit {
+    /// Fails at this moment (the I/O timeout, or a body's minimum-rate budget).
+    deadline: Instant,
+    /// Why, if it does: true for a chunk body (the source is too slow), false for silence.
+    body: bool,
+    /// Whether the source may be judged stalled relative to the others (data should be
+    /// flowing: a body, or the next chunk of a run already started).
+    relative: bool,
+    /// Relative stall detection: since when this read waits, and how many bodies the
+    /// download had then.
+    since: Instant,
+    delivered_then: u64,
+}
+
+/// A source's stream whose reads end when the download is over, at their deadline, or
+/// when the source is stalled relative to the others (see [`Scheduler::stalled`]).
+struct Guarded<'s, S> {
+    inner: S,
+    scheduler: &'s Scheduler,
+    limit: Option<ReadLimit>,
+    tripped: Option<Tripped>,
+}
+
+/// Why a guarded read ended early.
+#[derive(Clone, Debug)]
+enum Tripped {
+    /// Every chunk is verified: nothing to blame.
+    Complete,
+    Deadline,
+    Slow(String),
+}
+
+impl<S> Guarded<'_, S> {
+    /// Fails the read with `why`, kept for the reader to see.
+    fn trip(&mut self, why: Tripped) -> io::Error {
+        let text = match &why {
+            Tripped::Complete => "the download is complete".to_string(),
+            Tripped::Deadline => "the download's deadline passed".to_string(),
+            Tripped::Slow(reason) => reason.clone(),
+        };
+        self.tripped = Some(why);
+        // Not `Interrupted` (read_exact would retry) nor `TimedOut` (that reads as silence).
+        io::Error::other(text)
+    }
+}
+
+impl<S: Read> Read for Guarded<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.scheduler.remaining() == 0 {
+                return Err(self.trip(Tripped::Complete));
+            }
+            if self.scheduler.past_deadline() {
+                return Err(self.trip(Tripped::Deadline));
+            }
+            if let Some(limit) = self.limit {
+                if Instant::now() >= limit.deadline {
+                    let waited = limit.since.elapsed().as_secs_f64();
+                    let reason = if limit.body {
+                        format!("a chunk took over {waited:.1} s (below the minimum rate)")
+                    } else {
+                        format!("stalled: nothing arrived for {waited:.0} s")
+                    };
+                    return Err(self.trip(Tripped::Slow(reason)));
+                }
+                if limit.relative
+                    && let Some(waited) = self.scheduler.stalled(limit.since, limit.delivered_then)
+                {
+                    return Err(self.trip(Tripped::Slow(format!(
+                        "stalled: no chunk in {:.1} s while the other holders delivered",
+                        waited.as_secs_f64()
+                    ))));
+                }
+            }
+            match self.inner.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: Write> Write for Guarded<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -500,7 +684,7 @@ enum Pending {
 /// One source's reader: sends requests (keeping `pipeline` chunk requests in flight, and
 /// for a partial source one availability question) and reads the answers.
 struct Reader<'j, 'a, S: Connection> {
-    stream: &'j mut BufReader<S>,
+    stream: &'j mut BufReader<Guarded<'a, S>>,
     source: SourceId,
     job: &'j Job<'a>,
     to_verify: Sender<Arrived>,
@@ -516,11 +700,17 @@ struct Reader<'j, 'a, S: Connection> {
     asking: bool,
     /// When the source started answering busy (reset by a delivered chunk).
     busy_since: Option<Instant>,
+    /// The oldest chunk request in flight has delivered a chunk already.
+    run_started: bool,
 }
 
 impl<S: Connection> Reader<'_, '_, S> {
     fn run(&mut self) -> Result<(), DropReason> {
-        let result = self.exchange();
+        let result = match self.exchange() {
+            // Once every chunk is verified, nothing this source did is a failure.
+            Err(_) if self.job.scheduler.remaining() == 0 => Ok(()),
+            other => other,
+        };
         // Whatever this source still owed goes back to the queue for the others.
         let owed: Vec<u32> = self
             .pending
@@ -627,8 +817,12 @@ impl<S: Connection> Reader<'_, '_, S> {
             if self.pending.is_empty() {
                 continue;
             }
-            if self.job.scheduler.remaining() == 0 {
-                return Ok(());
+            if self.job.scheduler.over() {
+                return if self.job.scheduler.remaining() == 0 {
+                    Ok(())
+                } else {
+                    Err(DropReason::Deadline)
+                };
             }
             self.read_answer()?;
         }
@@ -658,10 +852,40 @@ impl<S: Connection> Reader<'_, '_, S> {
         Ok(())
     }
 
+    /// Bounds the next reads: `budget` from now, judged relative to the others if
+    /// `relative`.
+    fn limit(&mut self, budget: Duration, body: bool, relative: bool) {
+        let now = Instant::now();
+        self.stream.get_mut().limit = Some(ReadLimit {
+            deadline: now + budget,
+            body,
+            relative,
+            since: now,
+            delivered_then: self.job.scheduler.delivered_count(),
+        });
+    }
+
+    /// The drop reason for a failed read: what the guard saw, or the error itself.
+    fn read_failed(&mut self, fallback: DropReason) -> DropReason {
+        match self.stream.get_mut().tripped.take() {
+            Some(Tripped::Complete) => DropReason::Failed(String::new()),
+            Some(Tripped::Deadline) => DropReason::Deadline,
+            Some(Tripped::Slow(reason)) => DropReason::Slow(reason),
+            None => fallback,
+        }
+    }
+
     fn read_header(&mut self) -> Result<PeerResponse, DropReason> {
         let io_timeout = self.job.config.io_timeout;
-        codec::read_frame(self.stream, self.job.config.response_limit, &mut self.frame).map_err(
-            |e| match e {
+        let (waiting, in_run) = match self.pending.front() {
+            Some(Pending::Availability) => (self.job.config.availability_wait, false),
+            Some(Pending::Chunks(_)) => (Duration::ZERO, self.run_started),
+            None => (Duration::ZERO, false),
+        };
+        self.limit(io_timeout + waiting, false, in_run);
+        let read = codec::read_frame(self.stream, self.job.config.response_limit, &mut self.frame);
+        read.map_err(|e| {
+            let fallback = match e {
                 e if e.is_disconnect() => DropReason::Failed(e.to_string()),
                 ProtoError::Idle => DropReason::Failed(format!(
                     "stalled: nothing arrived for {} s",
@@ -669,8 +893,9 @@ impl<S: Connection> Reader<'_, '_, S> {
                 )),
                 io @ ProtoError::Io(_) => DropReason::Failed(io.to_string()),
                 other => DropReason::Protocol(other.to_string()),
-            },
-        )
+            };
+            self.read_failed(fallback)
+        })
     }
 
     /// Reads the answer to the oldest request in flight (one chunk of it, or all of an
@@ -744,11 +969,24 @@ impl<S: Connection> Reader<'_, '_, S> {
             .recv()
             .map_err(|_| DropReason::Failed("verifier stopped".into()))?;
         data.resize(len as usize, 0);
-        self.stream
-            .read_exact(&mut data)
-            .map_err(|e| DropReason::Failed(io_text(e)))?;
+        // A body gets the time the minimum rate allows (at least the stall floor), and is
+        // judged against the other sources meanwhile.
+        let budget =
+            Duration::from_secs_f64(f64::from(len) / self.job.config.min_rate.max(1) as f64)
+                .max(STALL_FLOOR);
+        let started = Instant::now();
+        self.limit(budget, true, true);
+        if let Err(e) = self.stream.read_exact(&mut data) {
+            let fallback = DropReason::Failed(io_text(e));
+            return Err(self.read_failed(fallback));
+        }
+        self.job.scheduler.delivered(started.elapsed());
         self.busy_since = None;
+        let Some(Pending::Chunks(run)) = self.pending.front_mut() else {
+            return Err(DropReason::Protocol("lost track of its requests".into()));
+        };
         run.remove(0);
+        self.run_started = !run.is_empty();
         if run.is_empty() {
             self.pending.pop_front();
         }

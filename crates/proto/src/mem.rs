@@ -11,6 +11,8 @@
 //! - [`MemNetwork::corrupt_at`]: byte N (from the start of the connection) is flipped;
 //! - [`MemNetwork::stall_after`]: after N bytes nothing more arrives, the connection stays open
 //!   (the reader's timeout fires);
+//! - [`MemNetwork::trickle_after`]: after N bytes the rest dribbles out at a few bytes a
+//!   second (a holder that sends just enough never to time out);
 //! - [`MemNetwork::heal`]: removes all faults.
 //!
 //! [`MemNetwork::limit_upload`] gives a host an upload rate shared by every connection it
@@ -54,6 +56,8 @@ struct Faults {
     cut_after: Option<u64>,
     corrupt_at: Option<u64>,
     stall_after: Option<u64>,
+    /// After this many bytes, at most this many bytes a second.
+    trickle_after: Option<(u64, u64)>,
 }
 
 /// Traffic counters of one listening endpoint.
@@ -168,6 +172,12 @@ impl MemNetwork {
                 free_at: Mutex::new(Instant::now()),
             }),
         );
+    }
+
+    /// `addr` sends at most `bytes_per_sec` (one write of at most that many bytes a second)
+    /// after the first `n` bytes of each new connection.
+    pub fn trickle_after(&self, addr: &PeerAddr, n: u64, bytes_per_sec: u64) {
+        self.update_faults(addr, |f| f.trickle_after = Some((n, bytes_per_sec.max(1))));
     }
 
     /// Removes every fault of `addr`.
@@ -411,6 +421,15 @@ impl Write for MemStream {
         let start = self.sent;
         let mut n = buf.len();
         let mut close_after = false;
+        if let Some((after, rate)) = self.faults.trickle_after {
+            if start >= after {
+                // One small write a second: short writes, so `write_all` keeps dribbling.
+                std::thread::sleep(Duration::from_secs(1));
+                n = n.min(usize::try_from(rate).unwrap_or(usize::MAX));
+            } else {
+                n = n.min(usize::try_from(after - start).unwrap_or(usize::MAX));
+            }
+        }
         if let Some(cut) = self.faults.cut_after {
             let room = cut.saturating_sub(start);
             if room == 0 {
