@@ -3,12 +3,14 @@
 //! timeout of an hour, so a test that relied on it would hang past its bounded wait and fail.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::mpsc::channel;
 use std::thread;
 use std::time::Duration;
 
-use rand::SeedableRng;
-use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
+use common::content;
+use shoal_index::IndexClient;
 use shoal_peer::{
     DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, Library, PeerError, PeerServer,
     PeerServerConfig, ServerHandle,
@@ -22,13 +24,6 @@ const CHUNK: u32 = 16 << 10;
 /// assertion: the faulty holders would hold it for an hour).
 const BOUND: Duration = Duration::from_secs(120);
 
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut bytes = vec![0u8; len];
-    rand::RngCore::fill_bytes(&mut rng, &mut bytes);
-    bytes
-}
-
 struct World {
     net: MemNetwork,
     index: ServerHandle,
@@ -39,13 +34,7 @@ struct World {
 impl World {
     fn new() -> World {
         let net = MemNetwork::new();
-        let index = IndexServer::new(
-            net.host("index"),
-            MemoryStore::with_seed(3),
-            IndexServerConfig::default(),
-        )
-        .spawn(&PeerAddr::new("index:1024").unwrap())
-        .unwrap();
+        let index = common::index(&net, 3);
         World {
             net,
             index,

@@ -4,13 +4,15 @@
 //! bottleneck; the assertions are about bytes, never about time.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::io::{BufReader, Write};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
-use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
+use common::content;
+use shoal_index::IndexClient;
 use shoal_peer::{
     DownloadOutcome, DownloadReport, DownloaderConfig, Library, Peer, PeerConfig, ServerHandle,
 };
@@ -25,13 +27,6 @@ const CHUNK: u32 = 16 << 10;
 /// Every host's upload link.
 const RATE: u64 = 1 << 20;
 
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut bytes = vec![0u8; len];
-    rand::RngCore::fill_bytes(&mut rng, &mut bytes);
-    bytes
-}
-
 struct Swarm {
     net: MemNetwork,
     index: ServerHandle,
@@ -41,13 +36,7 @@ struct Swarm {
 impl Swarm {
     fn new() -> Swarm {
         let net = MemNetwork::new();
-        let index = IndexServer::new(
-            net.host("index"),
-            MemoryStore::with_seed(7),
-            IndexServerConfig::default(),
-        )
-        .spawn(&PeerAddr::new("index:1024").unwrap())
-        .unwrap();
+        let index = common::index(&net, 7);
         Swarm {
             net,
             index,

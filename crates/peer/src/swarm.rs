@@ -1024,24 +1024,14 @@ impl<S: Connection> Reader<'_, '_, S> {
         match have {
             Have::All => self.job.scheduler.with(|p| p.set_all(source)),
             Have::Seeding(bytes) => {
-                let sent = Bitset::from_wire(&bytes, total).ok_or_else(|| {
-                    DropReason::Protocol(format!(
-                        "sent a {}-byte seeding bitmap for {total} chunks",
-                        bytes.len()
-                    ))
-                })?;
+                let sent = parse_bitmap(&bytes, total, "seeding bitmap")?;
                 self.job.scheduler.with(|p| {
                     p.set_all(source);
                     p.set_handed(source, sent);
                 });
             }
             Have::Bitmap(bytes) => {
-                let bits = Bitset::from_wire(&bytes, total).ok_or_else(|| {
-                    DropReason::Protocol(format!(
-                        "sent a {}-byte bitmap for {total} chunks",
-                        bytes.len()
-                    ))
-                })?;
+                let bits = parse_bitmap(&bytes, total, "bitmap")?;
                 self.job.scheduler.with(|p| p.set_have(source, &bits));
             }
             Have::Added(chunks) => {
@@ -1060,6 +1050,16 @@ impl<S: Connection> Reader<'_, '_, S> {
         self.since = seq;
         Ok(())
     }
+}
+
+/// A bitmap off the wire, or the protocol error that names what was wrong with it.
+fn parse_bitmap(bytes: &[u8], total: u32, what: &str) -> Result<Bitset, DropReason> {
+    Bitset::from_wire(bytes, total).ok_or_else(|| {
+        DropReason::Protocol(format!(
+            "sent a {}-byte {what} for {total} chunks",
+            bytes.len()
+        ))
+    })
 }
 
 /// Hashes each arrived chunk against the manifest, writes it, and marks it done.
