@@ -8,10 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::{RngCore, SeedableRng};
 use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
-use shoal_peer::{
-    DownloadOutcome, Downloader, DownloaderConfig, Library, PeerServer, PeerServerConfig,
-    ServerHandle,
-};
+use shoal_peer::{DownloadOutcome, Library, Peer, PeerConfig};
 use shoal_proto::content::{DEFAULT_CHUNK_SIZE, hash_reader};
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
@@ -32,8 +29,7 @@ pub(crate) struct DemoArgs {
 
 struct DemoPeer {
     name: String,
-    library: Library,
-    server: ServerHandle,
+    peer: Peer<TcpTransport>,
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> CliError {
@@ -105,28 +101,19 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     let mut names_by_addr = HashMap::new();
     for (n, dir) in dirs.iter().enumerate() {
         let library = Library::open(dir, DEFAULT_CHUNK_SIZE)?;
-        let server = PeerServer::new(
-            transport.clone(),
-            library.clone(),
-            PeerServerConfig::default(),
-        )
-        .spawn(&localhost)?;
-        let files = library.files();
-        IndexClient::new(transport.clone(), vec![index_addr.clone()])
-            .register(server.addr(), &files)?;
+        // Server, registration and heartbeat in one; no folder watcher for a demo.
+        let mut config = PeerConfig::new(vec![index_addr.clone()], localhost.clone());
+        config.watch = None;
+        let peer = Peer::start(transport.clone(), library.clone(), config)?;
         let name = format!("peer{}", n + 1);
         println!(
             "{name} listening on {}, sharing {} files ({})",
-            server.addr(),
-            files.len(),
+            peer.advertise(),
+            library.files().len(),
             units::bytes(library.total_bytes())
         );
-        names_by_addr.insert(server.addr().clone(), name.clone());
-        peers.push(DemoPeer {
-            name,
-            library,
-            server,
-        });
+        names_by_addr.insert(peer.advertise().clone(), name.clone());
+        peers.push(DemoPeer { name, peer });
     }
 
     println!(
@@ -138,15 +125,9 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     );
     let mut total_bytes = 0;
     for peer in &peers {
-        let mut downloader = Downloader::for_peer(
-            transport.clone(),
-            vec![index_addr.clone()],
-            peer.library.clone(),
-            peer.server.addr().clone(),
-            DownloaderConfig::default(),
-        );
+        let mut downloader = peer.peer.downloader();
         for (_, name, _) in &samples {
-            if peer.library.contains_name(name) {
+            if peer.peer.library().contains_name(name) {
                 continue;
             }
             let DownloadOutcome::Downloaded(report) =
@@ -154,7 +135,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
             else {
                 continue;
             };
-            let path = peer.library.dir().join(&report.file.name);
+            let path = peer.peer.library().dir().join(&report.file.name);
             let verified = rehash_matches(&path, &report.file)?;
             total_bytes += report.bytes;
             println!(
@@ -194,7 +175,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
         units::bytes(total_bytes)
     );
     for peer in peers {
-        peer.server.shutdown();
+        peer.peer.shutdown();
     }
     index.shutdown();
     Ok(())
