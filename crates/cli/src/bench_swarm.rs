@@ -272,9 +272,11 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         }
     }
     if contenders.is_empty() {
-        return Err(SwarmBenchError::Usage(
-            "no contender can run (see the skipped lines above)".into(),
-        ));
+        let why: Vec<&str> = skipped.iter().map(|(_, why)| why.as_str()).collect();
+        return Err(SwarmBenchError::Usage(format!(
+            "no contender can run: {}",
+            why.join("; ")
+        )));
     }
 
     let (work, temporary) = match &args.dir {
@@ -717,7 +719,7 @@ impl Bench {
             let out = path_arg(&dir.join(FILE_NAME));
             let args = strs(&["-sS", "--fail", "-o", &out, &url]);
             let mut cmd = net::command_in(host, Path::new("curl"), &args);
-            cmd.stdout(log_file(&log)?).stderr(log_file_append(&log)?);
+            to_log(&mut cmd, &log)?;
             let slot = procs.spawn("curl", &mut cmd)?;
             members.push(Member::new(host, dir, log, slot));
         }
@@ -765,9 +767,8 @@ impl Bench {
         ]);
         let tracker_log = logs.join("opentracker.log");
         let mut cmd = net::command_in(idx, Path::new("opentracker"), &tracker_args);
-        cmd.current_dir(&bt_dir)
-            .stdout(log_file(&tracker_log)?)
-            .stderr(log_file_append(&tracker_log)?);
+        cmd.current_dir(&bt_dir);
+        to_log(&mut cmd, &tracker_log)?;
         let slot = procs.spawn("opentracker", &mut cmd)?;
         self.wait_port(procs, slot, "opentracker", idx, TRACKER_PORT, &tracker_log)?;
 
@@ -784,8 +785,7 @@ impl Bench {
         let seed = &self.net.seeder;
         let seed_log = logs.join("seeder.log");
         let mut cmd = net::command_in(seed, python, &node_run(&self.seed_dir, seed));
-        cmd.stdout(log_file(&seed_log)?)
-            .stderr(log_file_append(&seed_log)?);
+        to_log(&mut cmd, &seed_log)?;
         let slot = procs.spawn("the libtorrent seeder", &mut cmd)?;
         self.wait_line(procs, slot, "the libtorrent seeder", &seed_log, "complete")?;
 
@@ -798,7 +798,7 @@ impl Bench {
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
             let log = logs.join(format!("p{i}.log"));
             let mut cmd = net::command_in(host, python, &node_run(&dir, host));
-            cmd.stdout(log_file(&log)?).stderr(log_file_append(&log)?);
+            to_log(&mut cmd, &log)?;
             let slot = procs.spawn("a libtorrent peer", &mut cmd)?;
             members.push(Member::new(host, dir, log, slot));
         }
@@ -837,7 +837,7 @@ impl Bench {
     /// `shoal ARGS` in `host`'s namespace, stdout and stderr into `log`.
     fn shoal_cmd(&self, host: &Host, args: &[String], log: &Path) -> Result<Command> {
         let mut cmd = net::command_in(host, &self.shoal, args);
-        cmd.stdout(log_file(log)?).stderr(log_file_append(log)?);
+        to_log(&mut cmd, log)?;
         Ok(cmd)
     }
 
@@ -1150,12 +1150,15 @@ fn log_file(path: &Path) -> Result<File> {
     File::create(path).map_err(io_err(format!("cannot create {}", path.display())))
 }
 
-fn log_file_append(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io_err(format!("cannot open {}", path.display())))
+/// Sends `cmd`'s stdout and stderr to one new file `log`: one open file, so the two share
+/// one offset and neither overwrites the other's lines.
+fn to_log(cmd: &mut Command, log: &Path) -> Result<()> {
+    let file = log_file(log)?;
+    let clone = file
+        .try_clone()
+        .map_err(io_err(format!("cannot share {}", log.display())))?;
+    cmd.stdout(file).stderr(clone);
+    Ok(())
 }
 
 /// A file's text so far ("" if it is not there yet).

@@ -157,6 +157,22 @@ impl Bench {
                 );
             }
         }
+        let bt_alone = results
+            .iter()
+            .find(|r| r.contender == Contender::Bt1)
+            .and_then(RunResult::last);
+        if let Some((crowd, alone)) = results
+            .iter()
+            .find(|r| r.contender == Contender::Bt)
+            .and_then(RunResult::last)
+            .zip(bt_alone)
+        {
+            println!(
+                "- libtorrent: {} peers take {:.2}x its own single download",
+                self.peers,
+                crowd / alone
+            );
+        }
         let failed = results
             .iter()
             .any(|r| r.error.is_some() || !r.failures.is_empty());
@@ -208,10 +224,10 @@ impl Bench {
     pub(super) fn print_summary(&self, contenders: &[Contender], all: &[Vec<RunResult>]) {
         println!("\n### all {} runs: median (min-max)\n", all.len());
         println!(
-            "| contender | complete runs | last | median | seeder upload (copies) | last / T1 | last / \
-             bound |"
+            "| contender | complete runs | last | median | seeder upload (copies) | peers upload \
+             (copies) | last / T1 | last / bound |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         let mut t1_ratio_medians: Vec<(Contender, Option<f64>)> = Vec::new();
         for &c in contenders {
             let runs: Vec<(&RunResult, Option<f64>)> = all
@@ -234,6 +250,11 @@ impl Bench {
                 .filter_map(|(r, _)| r.seeder_sent)
                 .map(|b| b as f64 / self.size as f64)
                 .collect();
+            let peer_copies: Vec<f64> = complete
+                .iter()
+                .filter_map(|(r, _)| r.peers_sent)
+                .map(|b| b as f64 / self.size as f64)
+                .collect();
             let t1s: Vec<f64> = complete
                 .iter()
                 .filter_map(|(r, t1)| r.last().zip(*t1).map(|(l, t)| l / t))
@@ -241,13 +262,14 @@ impl Bench {
             let bounds: Vec<f64> = lasts.iter().map(|l| l / self.bound).collect();
             t1_ratio_medians.push((c, median(&mut t1s.clone())));
             println!(
-                "| {} | {}/{} | {} | {} | {} | {} | {} |",
+                "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
                 c.label(peers),
                 complete.len(),
                 runs.len(),
                 spread(&lasts, " s"),
                 spread(&medians, " s"),
                 spread(&copies, ""),
+                spread(&peer_copies, ""),
                 spread(&t1s, "x"),
                 spread(&bounds, "x"),
             );
