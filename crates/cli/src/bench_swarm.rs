@@ -789,18 +789,32 @@ impl Bench {
         let slot = procs.spawn("the libtorrent seeder", &mut cmd)?;
         self.wait_line(procs, slot, "the libtorrent seeder", &seed_log, "complete")?;
 
-        self.level_page_cache(n)?;
-        let before = self.counters(n)?;
-        let t0 = Instant::now();
+        // Started before the clock, as the consoles are: Python and its session are up and
+        // listening, and the torrent is added when the node reads a line.
         let mut members = Vec::with_capacity(n);
+        let mut stdins: Vec<ChildStdin> = Vec::new();
         for (i, host) in self.net.peers.iter().take(n).enumerate() {
             let dir = data.join(format!("p{i}"));
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
             let log = logs.join(format!("p{i}.log"));
             let mut cmd = net::command_in(host, python, &node_run(&dir, host));
             to_log(&mut cmd, &log)?;
-            let slot = procs.spawn("a libtorrent peer", &mut cmd)?;
+            let slot = procs.spawn("a libtorrent peer", cmd.stdin(Stdio::piped()))?;
+            if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
+                stdins.push(stdin);
+            }
             members.push(Member::new(host, dir, log, slot));
+        }
+        for m in &members {
+            self.wait_line(procs, m.slot, "a libtorrent peer", &m.log, "ready")?;
+        }
+        self.level_page_cache(n)?;
+        let before = self.counters(n)?;
+        let t0 = Instant::now();
+        for stdin in &mut stdins {
+            writeln!(stdin, "go")
+                .and_then(|()| stdin.flush())
+                .map_err(io_err("cannot write to a libtorrent peer"))?;
         }
         let finish = Finish::Line("complete");
         let timed_out = self.wait_crowd(procs, &mut members, &finish, t0, self.run_timeout(n))?;
