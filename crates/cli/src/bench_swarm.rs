@@ -402,7 +402,6 @@ enum Finish {
 
 /// One downloader of a contender run.
 struct Member {
-    host: Host,
     dir: PathBuf,
     log: PathBuf,
     /// Where its `--json` records go (`shoal get`).
@@ -413,9 +412,8 @@ struct Member {
 }
 
 impl Member {
-    fn new(host: &Host, dir: PathBuf, log: PathBuf, slot: usize) -> Member {
+    fn new(dir: PathBuf, log: PathBuf, slot: usize) -> Member {
         Member {
-            host: host.clone(),
             dir,
             log,
             json: None,
@@ -437,8 +435,8 @@ struct RunResult {
     peers: usize,
     /// Seconds from the start to each peer's complete copy.
     times: Vec<Option<f64>>,
-    /// One line per peer that failed.
-    failures: Vec<String>,
+    /// The peers that failed (`p3`) and why.
+    failures: Vec<(String, String)>,
     /// The run was stopped after this long.
     timed_out: Option<f64>,
     /// Bytes the seeder's link sent during the run.
@@ -614,7 +612,7 @@ impl Bench {
                 if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
                     stdins.push(stdin);
                 }
-                members.push(Member::new(host, dir, log, slot));
+                members.push(Member::new(dir, log, slot));
             }
             for m in &members {
                 self.wait_line(procs, m.slot, "a peer console", &m.log, "listening on")?;
@@ -638,7 +636,7 @@ impl Bench {
                 let mut cmd = net::command_in(host, &self.shoal, &args);
                 cmd.stdout(log_file(&json)?).stderr(log_file(&log)?);
                 let slot = procs.spawn("shoal get", &mut cmd)?;
-                let mut member = Member::new(host, dir, log, slot);
+                let mut member = Member::new(dir, log, slot);
                 member.json = Some(json);
                 members.push(member);
             }
@@ -721,7 +719,7 @@ impl Bench {
             let mut cmd = net::command_in(host, Path::new("curl"), &args);
             to_log(&mut cmd, &log)?;
             let slot = procs.spawn("curl", &mut cmd)?;
-            members.push(Member::new(host, dir, log, slot));
+            members.push(Member::new(dir, log, slot));
         }
         let timed_out =
             self.wait_crowd(procs, &mut members, &Finish::Exit, t0, self.run_timeout(n))?;
@@ -803,7 +801,7 @@ impl Bench {
             if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
                 stdins.push(stdin);
             }
-            members.push(Member::new(host, dir, log, slot));
+            members.push(Member::new(dir, log, slot));
         }
         for m in &members {
             self.wait_line(procs, m.slot, "a libtorrent peer", &m.log, "ready")?;
@@ -1044,16 +1042,11 @@ impl Bench {
                 .map_or(0, |(a, b)| a.saturating_sub(*b))
         };
         let mut failures = Vec::new();
-        for m in &members {
+        for (i, m) in members.iter().enumerate() {
             if let Some(why) = &m.failed {
-                failures.push(format!("{} ({}): {why}", m.host.ns, m.host.ip));
+                failures.push((format!("p{i}"), why.clone()));
             } else if m.done.is_none() {
-                failures.push(format!(
-                    "{} ({}): no complete copy at the timeout (log {})",
-                    m.host.ns,
-                    m.host.ip,
-                    m.log.display()
-                ));
+                failures.push((format!("p{i}"), "no complete copy at the timeout".into()));
             }
         }
         Ok(RunResult {

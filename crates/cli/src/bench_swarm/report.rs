@@ -130,17 +130,31 @@ impl Bench {
             if let Some(e) = &r.error {
                 println!("- {}: could not run: {e}", r.contender.label(r.peers));
             }
-            for f in r.failures.iter().take(3) {
-                println!("- {}: {f}", r.contender.label(r.peers));
+            // One line per reason, naming the peers (logs: p3.log in the run's folder).
+            let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+            for (peer, why) in &r.failures {
+                match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
+                    Some((_, peers)) => peers.push(peer),
+                    None => reasons.push((why, vec![peer])),
+                }
             }
-            if r.failures.len() > 3 {
+            for (why, peers) in &reasons {
+                let names = if peers.len() > 8 {
+                    format!("{}, ...", peers[..8].join(", "))
+                } else {
+                    peers.join(", ")
+                };
                 println!(
-                    "- {}: ... and {} more",
+                    "- {}: {} of {} ({names}): {why}",
                     r.contender.label(r.peers),
-                    r.failures.len() - 3
+                    peers.len(),
+                    r.peers
                 );
             }
-            let unknown_arg = r.failures.iter().any(|f| f.contains("unexpected argument"));
+            let unknown_arg = r
+                .failures
+                .iter()
+                .any(|(_, why)| why.contains("unexpected argument"));
             if r.contender == Contender::Get && unknown_arg {
                 println!(
                     "- {}: this shoal does not know an argument of --get-args ({:?}, which make \
@@ -177,7 +191,13 @@ impl Bench {
             .iter()
             .any(|r| r.error.is_some() || !r.failures.is_empty());
         if failed && !self.keep_logs {
-            println!("- the logs go when the bench ends; --dir DIR keeps them");
+            println!(
+                "- logs: {}/logs/run<rep>-<contender>/ (removed when the bench ends; --dir DIR \
+                 keeps them)",
+                self.work.display()
+            );
+        } else if failed {
+            println!("- logs: {}/logs/run<rep>-<contender>/", self.work.display());
         }
         let bt = results
             .iter()
