@@ -12,7 +12,9 @@
 //! - `bt`, `bt1`: libtorrent-rasterbar + opentracker with N peers, and with one (BitTorrent).
 //!
 //! A contender's time runs from the instant the crowd is started (servers already up, the
-//! file registered) to each peer's complete copy; seeder and peer uploads come from the
+//! file registered) to each peer's complete copy. Consoles and libtorrent nodes are running
+//! before that instant and are then told the file (a line on stdin); `shoal get` and `curl`
+//! are started at it, their start-up is part of their time. Seeder and peer uploads come from the
 //! byte counters of their links (`ip -s link`), headers included. Right before every timed
 //! run a scratch file as large as everything the run will write is written and deleted, for
 //! every contender alike, so no run starts with more free page cache than another.
@@ -258,6 +260,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
     for ns in net::remove_stale() {
         eprintln!("removed namespace {ns}, left by an earlier run that was killed");
     }
+    remove_stale_work_dirs();
 
     // Who can run: the rest is said once, clearly, and left out.
     let mut contenders = Vec::new();
@@ -1248,6 +1251,27 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Removes the temporary work folders of benches that were killed before they could.
+fn remove_stale_work_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let dead = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shoal-bench-swarm-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if dead && fs::remove_dir_all(entry.path()).is_ok() {
+            eprintln!(
+                "removed {}, left by an earlier run that was killed",
+                entry.path().display()
+            );
+        }
+    }
 }
 
 /// Removes a folder on drop.
