@@ -35,6 +35,8 @@ use rand::{RngCore, SeedableRng};
 use net::{Host, Net, Procs, Rates};
 use report::median;
 
+/// The temporary work folder: this, then the run's id.
+const WORK_PREFIX: &str = "shoal-bench-swarm-";
 /// The shared file's name.
 const FILE_NAME: &str = "payload.bin";
 const INDEX_PORT: u16 = 1024;
@@ -261,6 +263,8 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         eprintln!("removed namespace {ns}, left by an earlier run that was killed");
     }
     remove_stale_work_dirs();
+    // Held until every namespace and the work folder are gone (dropped last).
+    let run_lock = net::RunLock::take()?;
 
     // Who can run: the rest is said once, clearly, and left out.
     let mut contenders = Vec::new();
@@ -285,7 +289,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
     let (work, temporary) = match &args.dir {
         Some(dir) => (dir.clone(), false),
         None => (
-            std::env::temp_dir().join(format!("shoal-bench-swarm-{}", std::process::id())),
+            std::env::temp_dir().join(format!("{WORK_PREFIX}{}", run_lock.id)),
             true,
         ),
     };
@@ -304,7 +308,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         host_mbit: args.rate_mbit,
         seeder_mbit,
     };
-    let net = Net::build(peers, rates)?;
+    let net = Net::build(&run_lock, peers, rates)?;
     let bound = size as f64 * 8.0 / (f64::from(args.rate_mbit.min(seeder_mbit)) * 1e6);
     let mut bench = Bench {
         net,
@@ -1260,12 +1264,11 @@ fn remove_stale_work_dirs() {
     };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let dead = name
+        let over = name
             .to_str()
-            .and_then(|n| n.strip_prefix("shoal-bench-swarm-"))
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-        if dead && fs::remove_dir_all(entry.path()).is_ok() {
+            .and_then(|n| net::run_id(n, WORK_PREFIX))
+            .is_some_and(net::run_is_over);
+        if over && fs::remove_dir_all(entry.path()).is_ok() {
             eprintln!(
                 "removed {}, left by an earlier run that was killed",
                 entry.path().display()
