@@ -106,11 +106,19 @@ impl Bench {
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in results {
+            // An incomplete run: when the copies that did arrive were done.
+            let partial = r
+                .times
+                .iter()
+                .flatten()
+                .copied()
+                .reduce(f64::max)
+                .map_or_else(String::new, |l| format!("; those done by {l:.2} s"));
             let last = match (r.last(), r.timed_out, &r.error) {
                 (Some(l), _, _) => format!("{l:.2} s"),
                 (None, _, Some(_)) => "failed".into(),
-                (None, Some(t), None) => format!("timed out ({t:.0} s)"),
-                (None, None, None) => "failed".into(),
+                (None, Some(t), None) => format!("timed out ({t:.0} s{partial})"),
+                (None, None, None) => format!("failed{partial}"),
             };
             println!(
                 "| {} | {}/{} | {last} | {} | {} | {} | {} | {} |",
