@@ -12,7 +12,9 @@
 //! - `bt`, `bt1`: libtorrent-rasterbar + opentracker with N peers, and with one (BitTorrent).
 //!
 //! A contender's time runs from the instant the crowd is started (servers already up, the
-//! file registered) to each peer's complete copy; seeder and peer uploads come from the
+//! file registered) to each peer's complete copy. Consoles and libtorrent nodes are running
+//! before that instant and are then told the file (a line on stdin); `shoal get` and `curl`
+//! are started at it, their start-up is part of their time. Seeder and peer uploads come from the
 //! byte counters of their links (`ip -s link`), headers included. Right before every timed
 //! run a scratch file as large as everything the run will write is written and deleted, for
 //! every contender alike, so no run starts with more free page cache than another.
@@ -33,6 +35,8 @@ use rand::{RngCore, SeedableRng};
 use net::{Host, Net, Procs, Rates};
 use report::median;
 
+/// The temporary work folder: this, then the run's id.
+const WORK_PREFIX: &str = "shoal-bench-swarm-";
 /// The shared file's name.
 const FILE_NAME: &str = "payload.bin";
 const INDEX_PORT: u16 = 1024;
@@ -258,6 +262,9 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
     for ns in net::remove_stale() {
         eprintln!("removed namespace {ns}, left by an earlier run that was killed");
     }
+    remove_stale_work_dirs();
+    // Held until every namespace and the work folder are gone (dropped last).
+    let run_lock = net::RunLock::take()?;
 
     // Who can run: the rest is said once, clearly, and left out.
     let mut contenders = Vec::new();
@@ -272,15 +279,17 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         }
     }
     if contenders.is_empty() {
-        return Err(SwarmBenchError::Usage(
-            "no contender can run (see the skipped lines above)".into(),
-        ));
+        let why: Vec<&str> = skipped.iter().map(|(_, why)| why.as_str()).collect();
+        return Err(SwarmBenchError::Usage(format!(
+            "no contender can run: {}",
+            why.join("; ")
+        )));
     }
 
     let (work, temporary) = match &args.dir {
         Some(dir) => (dir.clone(), false),
         None => (
-            std::env::temp_dir().join(format!("shoal-bench-swarm-{}", std::process::id())),
+            std::env::temp_dir().join(format!("{WORK_PREFIX}{}", run_lock.id)),
             true,
         ),
     };
@@ -299,7 +308,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         host_mbit: args.rate_mbit,
         seeder_mbit,
     };
-    let net = Net::build(peers, rates)?;
+    let net = Net::build(&run_lock, peers, rates)?;
     let bound = size as f64 * 8.0 / (f64::from(args.rate_mbit.min(seeder_mbit)) * 1e6);
     let mut bench = Bench {
         net,
@@ -400,7 +409,6 @@ enum Finish {
 
 /// One downloader of a contender run.
 struct Member {
-    host: Host,
     dir: PathBuf,
     log: PathBuf,
     /// Where its `--json` records go (`shoal get`).
@@ -411,9 +419,8 @@ struct Member {
 }
 
 impl Member {
-    fn new(host: &Host, dir: PathBuf, log: PathBuf, slot: usize) -> Member {
+    fn new(dir: PathBuf, log: PathBuf, slot: usize) -> Member {
         Member {
-            host: host.clone(),
             dir,
             log,
             json: None,
@@ -435,8 +442,8 @@ struct RunResult {
     peers: usize,
     /// Seconds from the start to each peer's complete copy.
     times: Vec<Option<f64>>,
-    /// One line per peer that failed.
-    failures: Vec<String>,
+    /// The peers that failed (`p3`) and why.
+    failures: Vec<(String, String)>,
     /// The run was stopped after this long.
     timed_out: Option<f64>,
     /// Bytes the seeder's link sent during the run.
@@ -612,7 +619,7 @@ impl Bench {
                 if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
                     stdins.push(stdin);
                 }
-                members.push(Member::new(host, dir, log, slot));
+                members.push(Member::new(dir, log, slot));
             }
             for m in &members {
                 self.wait_line(procs, m.slot, "a peer console", &m.log, "listening on")?;
@@ -636,7 +643,7 @@ impl Bench {
                 let mut cmd = net::command_in(host, &self.shoal, &args);
                 cmd.stdout(log_file(&json)?).stderr(log_file(&log)?);
                 let slot = procs.spawn("shoal get", &mut cmd)?;
-                let mut member = Member::new(host, dir, log, slot);
+                let mut member = Member::new(dir, log, slot);
                 member.json = Some(json);
                 members.push(member);
             }
@@ -717,9 +724,9 @@ impl Bench {
             let out = path_arg(&dir.join(FILE_NAME));
             let args = strs(&["-sS", "--fail", "-o", &out, &url]);
             let mut cmd = net::command_in(host, Path::new("curl"), &args);
-            cmd.stdout(log_file(&log)?).stderr(log_file_append(&log)?);
+            to_log(&mut cmd, &log)?;
             let slot = procs.spawn("curl", &mut cmd)?;
-            members.push(Member::new(host, dir, log, slot));
+            members.push(Member::new(dir, log, slot));
         }
         let timed_out =
             self.wait_crowd(procs, &mut members, &Finish::Exit, t0, self.run_timeout(n))?;
@@ -765,9 +772,8 @@ impl Bench {
         ]);
         let tracker_log = logs.join("opentracker.log");
         let mut cmd = net::command_in(idx, Path::new("opentracker"), &tracker_args);
-        cmd.current_dir(&bt_dir)
-            .stdout(log_file(&tracker_log)?)
-            .stderr(log_file_append(&tracker_log)?);
+        cmd.current_dir(&bt_dir);
+        to_log(&mut cmd, &tracker_log)?;
         let slot = procs.spawn("opentracker", &mut cmd)?;
         self.wait_port(procs, slot, "opentracker", idx, TRACKER_PORT, &tracker_log)?;
 
@@ -784,23 +790,36 @@ impl Bench {
         let seed = &self.net.seeder;
         let seed_log = logs.join("seeder.log");
         let mut cmd = net::command_in(seed, python, &node_run(&self.seed_dir, seed));
-        cmd.stdout(log_file(&seed_log)?)
-            .stderr(log_file_append(&seed_log)?);
+        to_log(&mut cmd, &seed_log)?;
         let slot = procs.spawn("the libtorrent seeder", &mut cmd)?;
         self.wait_line(procs, slot, "the libtorrent seeder", &seed_log, "complete")?;
 
-        self.level_page_cache(n)?;
-        let before = self.counters(n)?;
-        let t0 = Instant::now();
+        // Started before the clock, as the consoles are: Python and its session are up and
+        // listening, and the torrent is added when the node reads a line.
         let mut members = Vec::with_capacity(n);
+        let mut stdins: Vec<ChildStdin> = Vec::new();
         for (i, host) in self.net.peers.iter().take(n).enumerate() {
             let dir = data.join(format!("p{i}"));
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
             let log = logs.join(format!("p{i}.log"));
             let mut cmd = net::command_in(host, python, &node_run(&dir, host));
-            cmd.stdout(log_file(&log)?).stderr(log_file_append(&log)?);
-            let slot = procs.spawn("a libtorrent peer", &mut cmd)?;
-            members.push(Member::new(host, dir, log, slot));
+            to_log(&mut cmd, &log)?;
+            let slot = procs.spawn("a libtorrent peer", cmd.stdin(Stdio::piped()))?;
+            if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
+                stdins.push(stdin);
+            }
+            members.push(Member::new(dir, log, slot));
+        }
+        for m in &members {
+            self.wait_line(procs, m.slot, "a libtorrent peer", &m.log, "ready")?;
+        }
+        self.level_page_cache(n)?;
+        let before = self.counters(n)?;
+        let t0 = Instant::now();
+        for stdin in &mut stdins {
+            writeln!(stdin, "go")
+                .and_then(|()| stdin.flush())
+                .map_err(io_err("cannot write to a libtorrent peer"))?;
         }
         let finish = Finish::Line("complete");
         let timed_out = self.wait_crowd(procs, &mut members, &finish, t0, self.run_timeout(n))?;
@@ -837,7 +856,7 @@ impl Bench {
     /// `shoal ARGS` in `host`'s namespace, stdout and stderr into `log`.
     fn shoal_cmd(&self, host: &Host, args: &[String], log: &Path) -> Result<Command> {
         let mut cmd = net::command_in(host, &self.shoal, args);
-        cmd.stdout(log_file(log)?).stderr(log_file_append(log)?);
+        to_log(&mut cmd, log)?;
         Ok(cmd)
     }
 
@@ -1030,16 +1049,11 @@ impl Bench {
                 .map_or(0, |(a, b)| a.saturating_sub(*b))
         };
         let mut failures = Vec::new();
-        for m in &members {
+        for (i, m) in members.iter().enumerate() {
             if let Some(why) = &m.failed {
-                failures.push(format!("{} ({}): {why}", m.host.ns, m.host.ip));
+                failures.push((format!("p{i}"), why.clone()));
             } else if m.done.is_none() {
-                failures.push(format!(
-                    "{} ({}): no complete copy at the timeout (log {})",
-                    m.host.ns,
-                    m.host.ip,
-                    m.log.display()
-                ));
+                failures.push((format!("p{i}"), "no complete copy at the timeout".into()));
             }
         }
         Ok(RunResult {
@@ -1150,12 +1164,15 @@ fn log_file(path: &Path) -> Result<File> {
     File::create(path).map_err(io_err(format!("cannot create {}", path.display())))
 }
 
-fn log_file_append(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io_err(format!("cannot open {}", path.display())))
+/// Sends `cmd`'s stdout and stderr to one new file `log`: one open file, so the two share
+/// one offset and neither overwrites the other's lines.
+fn to_log(cmd: &mut Command, log: &Path) -> Result<()> {
+    let file = log_file(log)?;
+    let clone = file
+        .try_clone()
+        .map_err(io_err(format!("cannot share {}", log.display())))?;
+    cmd.stdout(file).stderr(clone);
+    Ok(())
 }
 
 /// A file's text so far ("" if it is not there yet).
@@ -1238,6 +1255,26 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Removes the temporary work folders of benches that were killed before they could.
+fn remove_stale_work_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let over = name
+            .to_str()
+            .and_then(|n| net::run_id(n, WORK_PREFIX))
+            .is_some_and(net::run_is_over);
+        if over && fs::remove_dir_all(entry.path()).is_ok() {
+            eprintln!(
+                "removed {}, left by an earlier run that was killed",
+                entry.path().display()
+            );
+        }
+    }
 }
 
 /// Removes a folder on drop.

@@ -3,7 +3,8 @@
 
   bt_node.py make FILE TRACKER_URL OUT.torrent   make a v1-only torrent (256 KiB pieces) and
                                                  print its info-hash (for opentracker's -w list)
-  bt_node.py run TORRENT SAVE_DIR LISTEN_IP      seed (SAVE_DIR holds the file) or download;
+  bt_node.py run TORRENT SAVE_DIR LISTEN_IP      print 'ready', wait for a line on stdin, then
+                                                 seed (SAVE_DIR holds the file) or download;
                                                  print 'complete SECS' once every piece is
                                                  verified, then keep seeding until killed
 Only the tracker in the torrent is used: no DHT, local discovery, UPnP, NAT-PMP or uTP.
@@ -38,7 +39,13 @@ def run(torrent, save, ip):
         "allow_multiple_connections_per_ip": True,
         "alert_mask": 0,
     })
-    h = ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": save})
+    ti = lt.torrent_info(torrent)
+    # Up and listening; the torrent is added (and announced) once a line arrives on stdin
+    # (at once for a seeder whose stdin is /dev/null), so a crowd starts without Python's
+    # start-up in its time.
+    print("ready", flush=True)
+    sys.stdin.readline()
+    h = ses.add_torrent({"ti": ti, "save_path": save})
     t0 = time.time()
     said = False
     while True:

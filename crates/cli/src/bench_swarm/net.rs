@@ -3,16 +3,23 @@
 //! (upload: the host's side of its veth; download: the hub's side). Addresses live only
 //! inside the namespaces made here, in 10.77.0.0/16. Everything is torn down on drop.
 
-use std::fs;
+use std::fs::{self, File, TryLockError};
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rand::{RngCore, SeedableRng};
+
 use super::SwarmBenchError;
 
-/// Every namespace this bench makes starts with this, then the bench's pid and a dash.
+/// Every namespace this bench makes starts with this, then the run's id and a dash.
 pub(super) const NS_PREFIX: &str = "shoal-bench-";
+/// A run holds an exclusive lock on `LOCK_DIR/shoal-bench-ID.lock` from before its first
+/// namespace to after its last is gone: namespaces and folders of a run whose lock nobody
+/// holds were left by a bench killed with -9. A lock rather than a pid, because benches in
+/// other pid namespaces (containers) share /run/netns and their pids are not in our /proc.
+const LOCK_DIR: &str = "/run";
 /// The private /16 the hosts live in.
 const NET: [u8; 2] = [10, 77];
 /// Where `ip netns` keeps its namespaces.
@@ -63,8 +70,8 @@ pub(super) struct Rates {
 
 impl Net {
     /// Builds the bridge and `peers + 2` shaped hosts.
-    pub(super) fn build(peers: usize, rates: Rates) -> Result<Net, SwarmBenchError> {
-        let prefix = format!("{NS_PREFIX}{}-", std::process::id());
+    pub(super) fn build(run: &RunLock, peers: usize, rates: Rates) -> Result<Net, SwarmBenchError> {
+        let prefix = format!("{NS_PREFIX}{}-", run.id);
         let hub = format!("{prefix}hub");
         let mut made = Namespaces(Vec::new());
         run_ok("ip", &["netns", "add", &hub])?;
@@ -206,8 +213,68 @@ fn kill_all_in(ns: &str) {
     std::thread::sleep(Duration::from_millis(50));
 }
 
-/// Removes namespaces left by an earlier bench that was killed before it could clean up
-/// (its pid is gone); returns their names.
+/// This run's id and its lock (see [`LOCK_DIR`]); the lock file goes on drop.
+pub(super) struct RunLock {
+    /// Eight hex digits, random: unique across pid namespaces too.
+    pub(super) id: String,
+    path: PathBuf,
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes a fresh id and locks it.
+    pub(super) fn take() -> Result<RunLock, SwarmBenchError> {
+        let id = format!("{:08x}", rand::rngs::StdRng::from_os_rng().next_u32());
+        let path = lock_path(&id);
+        let file = File::create_new(&path).map_err(|source| SwarmBenchError::Io {
+            what: format!("cannot create {}", path.display()),
+            source,
+        })?;
+        file.try_lock().map_err(|e| SwarmBenchError::Io {
+            what: format!("cannot lock {}", path.display()),
+            source: e.into(),
+        })?;
+        Ok(RunLock {
+            id,
+            path,
+            _file: file,
+        })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn lock_path(id: &str) -> PathBuf {
+    Path::new(LOCK_DIR).join(format!("{NS_PREFIX}{id}.lock"))
+}
+
+/// The run id in `name` after `prefix` (eight hex digits, then `-` or the end).
+pub(super) fn run_id<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = name.strip_prefix(prefix)?;
+    let id = rest.get(..8)?;
+    let tail = rest.get(8..)?;
+    (id.bytes().all(|b| b.is_ascii_hexdigit()) && (tail.is_empty() || tail.starts_with('-')))
+        .then_some(id)
+}
+
+/// Whether run `id` is over: its lock file is gone or nobody holds its lock.
+pub(super) fn run_is_over(id: &str) -> bool {
+    match File::open(lock_path(id)) {
+        Err(_) => true,
+        Ok(file) => match file.try_lock() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(_)) => false,
+        },
+    }
+}
+
+/// Removes the namespaces (and the lock files) of runs that are over: a bench killed before
+/// it could clean up. Returns the namespaces removed.
 pub(super) fn remove_stale() -> Vec<String> {
     let Ok(entries) = fs::read_dir(NETNS_DIR) else {
         return Vec::new();
@@ -215,18 +282,18 @@ pub(super) fn remove_stale() -> Vec<String> {
     let mut stale: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| {
-            name.strip_prefix(NS_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        })
+        .filter(|name| run_id(name, NS_PREFIX).is_some_and(run_is_over))
         .collect();
     // Hubs last: the hosts' veths hang on their bridge.
     stale.sort_by_key(|name| name.ends_with("-hub"));
     for ns in &stale {
         kill_all_in(ns);
         let _ = run_ok("ip", &["netns", "del", ns]);
+    }
+    for ns in &stale {
+        if let Some(id) = run_id(ns, NS_PREFIX) {
+            let _ = fs::remove_file(lock_path(id));
+        }
     }
     stale
 }
@@ -311,5 +378,22 @@ mod tests {
         }));
         assert_eq!(host_ip(0), Ipv4Addr::new(10, 77, 0, 1));
         assert_eq!(host_ip(MAX_PEERS + 1).octets()[2], 249);
+    }
+
+    #[test]
+    fn run_ids_are_eight_hex_digits() {
+        assert_eq!(
+            run_id("shoal-bench-0a1b2c3d-p12", NS_PREFIX),
+            Some("0a1b2c3d")
+        );
+        assert_eq!(
+            run_id("shoal-bench-0a1b2c3d-hub", NS_PREFIX),
+            Some("0a1b2c3d")
+        );
+        assert_eq!(run_id("x-0a1b2c3d", "x-"), Some("0a1b2c3d"));
+        // An older bench's pid-named namespaces, and anything else, are not ours to judge.
+        assert_eq!(run_id("shoal-bench-11658-p0", NS_PREFIX), None);
+        assert_eq!(run_id("shoal-bench-0a1b2c3dx-p0", NS_PREFIX), None);
+        assert_eq!(run_id("other-0a1b2c3d-p0", NS_PREFIX), None);
     }
 }

@@ -106,11 +106,19 @@ impl Bench {
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in results {
+            // An incomplete run: when the copies that did arrive were done.
+            let partial = r
+                .times
+                .iter()
+                .flatten()
+                .copied()
+                .reduce(f64::max)
+                .map_or_else(String::new, |l| format!("; those done by {l:.2} s"));
             let last = match (r.last(), r.timed_out, &r.error) {
                 (Some(l), _, _) => format!("{l:.2} s"),
                 (None, _, Some(_)) => "failed".into(),
-                (None, Some(t), None) => format!("timed out ({t:.0} s)"),
-                (None, None, None) => "failed".into(),
+                (None, Some(t), None) => format!("timed out ({t:.0} s{partial})"),
+                (None, None, None) => format!("failed{partial}"),
             };
             println!(
                 "| {} | {}/{} | {last} | {} | {} | {} | {} | {} |",
@@ -130,17 +138,31 @@ impl Bench {
             if let Some(e) = &r.error {
                 println!("- {}: could not run: {e}", r.contender.label(r.peers));
             }
-            for f in r.failures.iter().take(3) {
-                println!("- {}: {f}", r.contender.label(r.peers));
+            // One line per reason, naming the peers (logs: p3.log in the run's folder).
+            let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+            for (peer, why) in &r.failures {
+                match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
+                    Some((_, peers)) => peers.push(peer),
+                    None => reasons.push((why, vec![peer])),
+                }
             }
-            if r.failures.len() > 3 {
+            for (why, peers) in &reasons {
+                let names = if peers.len() > 8 {
+                    format!("{}, ...", peers[..8].join(", "))
+                } else {
+                    peers.join(", ")
+                };
                 println!(
-                    "- {}: ... and {} more",
+                    "- {}: {} of {} ({names}): {why}",
                     r.contender.label(r.peers),
-                    r.failures.len() - 3
+                    peers.len(),
+                    r.peers
                 );
             }
-            let unknown_arg = r.failures.iter().any(|f| f.contains("unexpected argument"));
+            let unknown_arg = r
+                .failures
+                .iter()
+                .any(|(_, why)| why.contains("unexpected argument"));
             if r.contender == Contender::Get && unknown_arg {
                 println!(
                     "- {}: this shoal does not know an argument of --get-args ({:?}, which make \
@@ -157,11 +179,33 @@ impl Bench {
                 );
             }
         }
+        let bt_alone = results
+            .iter()
+            .find(|r| r.contender == Contender::Bt1)
+            .and_then(RunResult::last);
+        if let Some((crowd, alone)) = results
+            .iter()
+            .find(|r| r.contender == Contender::Bt)
+            .and_then(RunResult::last)
+            .zip(bt_alone)
+        {
+            println!(
+                "- libtorrent: {} peers take {:.2}x its own single download",
+                self.peers,
+                crowd / alone
+            );
+        }
         let failed = results
             .iter()
             .any(|r| r.error.is_some() || !r.failures.is_empty());
         if failed && !self.keep_logs {
-            println!("- the logs go when the bench ends; --dir DIR keeps them");
+            println!(
+                "- logs: {}/logs/run<rep>-<contender>/ (removed when the bench ends; --dir DIR \
+                 keeps them)",
+                self.work.display()
+            );
+        } else if failed {
+            println!("- logs: {}/logs/run<rep>-<contender>/", self.work.display());
         }
         let bt = results
             .iter()
@@ -208,10 +252,10 @@ impl Bench {
     pub(super) fn print_summary(&self, contenders: &[Contender], all: &[Vec<RunResult>]) {
         println!("\n### all {} runs: median (min-max)\n", all.len());
         println!(
-            "| contender | complete runs | last | median | seeder upload (copies) | last / T1 | last / \
-             bound |"
+            "| contender | complete runs | last | median | seeder upload (copies) | peers upload \
+             (copies) | last / T1 | last / bound |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         let mut t1_ratio_medians: Vec<(Contender, Option<f64>)> = Vec::new();
         for &c in contenders {
             let runs: Vec<(&RunResult, Option<f64>)> = all
@@ -234,6 +278,11 @@ impl Bench {
                 .filter_map(|(r, _)| r.seeder_sent)
                 .map(|b| b as f64 / self.size as f64)
                 .collect();
+            let peer_copies: Vec<f64> = complete
+                .iter()
+                .filter_map(|(r, _)| r.peers_sent)
+                .map(|b| b as f64 / self.size as f64)
+                .collect();
             let t1s: Vec<f64> = complete
                 .iter()
                 .filter_map(|(r, t1)| r.last().zip(*t1).map(|(l, t)| l / t))
@@ -241,13 +290,14 @@ impl Bench {
             let bounds: Vec<f64> = lasts.iter().map(|l| l / self.bound).collect();
             t1_ratio_medians.push((c, median(&mut t1s.clone())));
             println!(
-                "| {} | {}/{} | {} | {} | {} | {} | {} |",
+                "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
                 c.label(peers),
                 complete.len(),
                 runs.len(),
                 spread(&lasts, " s"),
                 spread(&medians, " s"),
                 spread(&copies, ""),
+                spread(&peer_copies, ""),
                 spread(&t1s, "x"),
                 spread(&bounds, "x"),
             );
