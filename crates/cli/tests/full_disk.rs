@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use common::content;
 use shoal_index::IndexClient;
 use shoal_peer::{
-    DownloadOutcome, DownloaderConfig, Library, PeerConfig, PeerError, PeerServer,
-    PeerServerConfig,
+    DownloadOutcome, DownloaderConfig, Library, PeerConfig, PeerError, PeerServer, PeerServerConfig,
 };
 use shoal_proto::mem::MemNetwork;
 use shoal_proto::{FileKey, PeerAddr};
@@ -111,12 +110,8 @@ fn a_full_disk_is_refused_or_blamed_kept_resumable_and_resumed() {
         seed: Some(1),
         ..DownloaderConfig::default()
     };
-    let bob = shoal_peer::Peer::start(
-        net.host("bob"),
-        Library::empty(&disk.path, CHUNK),
-        config,
-    )
-    .unwrap();
+    let bob = shoal_peer::Peer::start(net.host("bob"), Library::empty(&disk.path, CHUNK), config)
+        .unwrap();
 
     // 4 MiB into a 3 MiB disk: refused before anything is written.
     let err = bob
@@ -132,11 +127,7 @@ fn a_full_disk_is_refused_or_blamed_kept_resumable_and_resumed() {
     let (result, filler) = std::thread::scope(|scope| {
         let download = scope.spawn(|| downloader.fetch(&FileKey::Name("f.bin".into())));
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !library
-            .downloads()
-            .iter()
-            .any(|d| d.verified_chunks() >= 2)
-        {
+        while !library.downloads().iter().any(|d| d.verified_chunks() >= 2) {
             assert!(Instant::now() < deadline, "the download never started");
             std::thread::sleep(Duration::from_millis(5));
         }

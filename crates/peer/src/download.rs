@@ -888,18 +888,26 @@ impl PartFile {
         lock_part(&file, &path, meta)?;
         file.set_len(meta.size)
             .map_err(|e| PeerError::io("size the part file", &path, e))?;
-        Ok(PartFile {
+        let state = ResumeState::new(geometry);
+        let part = PartFile {
             path,
             state_path,
             file,
             record: Mutex::new(Record {
-                state: ResumeState::new(geometry),
+                state,
                 last_save: Instant::now(),
-                dirty: true,
+                dirty: false,
                 keep: false,
             }),
             share: None,
-        })
+        };
+        // The sidecar exists from the start, at its final length: should the disk fill,
+        // it can still be updated in place and the verified part stays resumable.
+        part.lock()
+            .state
+            .save(&part.state_path)
+            .map_err(|e| PeerError::io("create the resume record", &part.state_path, e))?;
+        Ok(part)
     }
 
     fn resume(

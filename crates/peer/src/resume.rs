@@ -149,15 +149,24 @@ impl ResumeState {
     /// new version, never a mix.
     pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
         let tmp = temp_path(path);
+        let bytes = self.encode();
         let written = fs::File::create(&tmp)
-            .and_then(|mut file| file.write_all(&self.encode()))
+            .and_then(|mut file| file.write_all(&bytes))
             .and_then(|()| fs::rename(&tmp, path));
-        if written.is_err() {
-            // A full disk leaves no half-written temporary behind; the old sidecar (if any)
-            // still stands.
-            let _ = fs::remove_file(&tmp);
+        let Err(e) = written else {
+            return Ok(());
+        };
+        // A full disk leaves no half-written temporary behind. The sidecar of a download
+        // always has the same length, so the existing one can take the new record in place
+        // without a new block: not atomic, but a torn record fails its checksum and is
+        // discarded on load, never trusted.
+        let _ = fs::remove_file(&tmp);
+        match fs::OpenOptions::new().write(true).open(path) {
+            Ok(mut file) if file.metadata().is_ok_and(|m| m.len() == bytes.len() as u64) => {
+                file.write_all(&bytes)
+            }
+            _ => Err(e),
         }
-        written
     }
 
     pub(crate) fn geometry(&self) -> Geometry {
