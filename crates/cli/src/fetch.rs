@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_index::IndexClient;
 use shoal_peer::{DownloadOutcome, Downloader, DownloaderConfig, Library, Peer, PeerConfig};
@@ -97,6 +97,9 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
     } else {
         share_peer(&transport, &index, args, config.clone())
     };
+    if let Some(peer) = &peer {
+        withdraw_on_interrupt(&transport, &index, peer.advertise().clone())?;
+    }
     let mut downloader = match &peer {
         Some(peer) => peer.downloader(),
         None => Downloader::new(transport, index, &args.out, config),
@@ -137,7 +140,8 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
             if let Some(addr) = peer.listen_addr() {
                 log::warn!("seeding on {addr} for {} s (Ctrl-C to stop)", args.seed);
             }
-            wait_or_interrupt(Duration::from_secs(args.seed))?;
+            // Ctrl-C ends it early (see `withdraw_on_interrupt`).
+            std::thread::sleep(Duration::from_secs(args.seed));
         }
         log::info!(
             "served {} to other peers; unregistering",
@@ -192,21 +196,41 @@ fn share_peer(
     }
 }
 
-/// Sleeps for `period`, or until SIGINT/SIGTERM.
-fn wait_or_interrupt(period: Duration) -> Result<(), CliError> {
+/// On SIGINT or SIGTERM (a download or the seeding cut short), unregisters everything this
+/// `get` registered, complete and partial, so the index sends nobody to a process that is
+/// gone, then exits with status 130. What verified stays in the part file for a resume.
+fn withdraw_on_interrupt(
+    transport: &TcpTransport,
+    index: &[PeerAddr],
+    holder: PeerAddr,
+) -> Result<(), CliError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| CliError::Io {
             what: "cannot install the Ctrl-C handler".into(),
             source,
         })?;
-    let deadline = Instant::now() + period;
-    while Instant::now() < deadline {
-        if signals.pending().next().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100).min(deadline - Instant::now()));
-    }
+    let transport = transport.clone();
+    let index = index.to_vec();
+    std::thread::Builder::new()
+        .name("interrupt".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                for addr in index {
+                    let mut client = IndexClient::new(transport.clone(), vec![addr])
+                        .with_timeout(Duration::from_secs(2));
+                    let _ = client.unregister(&holder, &[]);
+                }
+                eprintln!(
+                    "shoal: interrupted; the verified part is kept, run the same get to resume"
+                );
+                std::process::exit(130);
+            }
+        })
+        .map_err(|source| CliError::Io {
+            what: "cannot start the Ctrl-C handler".into(),
+            source,
+        })?;
     Ok(())
 }
 

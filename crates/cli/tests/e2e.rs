@@ -494,3 +494,43 @@ fn six_console_peers_asking_at_once_swarm_and_upload_to_each_other() {
         "peers uploaded only {uploaded} B to each other"
     );
 }
+
+#[test]
+fn a_seeding_get_serves_then_withdraws_everything_on_ctrl_c() {
+    let root = tempfile::tempdir().unwrap();
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let seed_dir = root.path().join("seeder");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    write_file(&seed_dir, "song.ogg", 300_000);
+    let (_seeder, _) = start_long_lease_peer(&seed_dir, &index);
+    let out = root.path().join("out");
+    let mut get = shoal()
+        .args(["get", "song.ogg", "--index", &index, "--out"])
+        .arg(&out)
+        .args(["--json", "--seed", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(get.stdout.take().unwrap());
+    let record = lines.recv_timeout(WAIT).unwrap();
+    assert!(record.contains("\"downloaded\""), "{record}");
+    let holders = |index: &str| -> u64 {
+        let out = run(&["search", "song.ogg", "--index", index, "--json"]);
+        let line = String::from_utf8(out.stdout).unwrap();
+        let hit: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        hit["holders"].as_u64().unwrap()
+    };
+    // Seeding: the new copy is a holder now.
+    assert_eq!(holders(&index), 2);
+    let killed = Command::new("kill")
+        .args(["-INT", &get.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = get.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // Gone from the index at once, not a lease later.
+    assert_eq!(holders(&index), 1);
+}
