@@ -254,7 +254,7 @@ fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
                 .iter()
                 .filter_map(|h| {
                     h.dropped.as_ref().map(
-                        |why| serde_json::json!({"holder": h.holder.to_string(), "reason": why}),
+                        |why| serde_json::json!({"holder": h.holder.to_string(), "reason": why.to_string()}),
                     )
                 })
                 .collect();

@@ -99,7 +99,7 @@ fn dropped_reason(report: &DownloadReport, holder: &PeerAddr) -> String {
         .holders
         .iter()
         .find(|h| &h.holder == holder)
-        .and_then(|h| h.dropped.clone())
+        .and_then(|h| h.dropped.as_ref().map(ToString::to_string))
         .unwrap_or_default()
 }
 
@@ -180,7 +180,7 @@ fn a_deadline_ends_the_download_and_names_the_holder_still_sending() {
     let named = failures
         .iter()
         .find(|f| f.holder == stuck)
-        .and_then(|f| f.dropped.clone())
+        .and_then(|f| f.dropped.as_ref().map(ToString::to_string))
         .unwrap_or_default();
     assert!(
         named.contains("deadline") || named.contains("too slow"),

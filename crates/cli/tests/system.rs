@@ -230,6 +230,7 @@ fn a_holder_that_cuts_the_connection_leaves_no_file_behind() {
                     .dropped
                     .as_ref()
                     .unwrap()
+                    .to_string()
                     .contains("stopped sending")
             );
         }
@@ -421,6 +422,7 @@ fn a_dead_and_a_lying_holder_do_not_stop_the_download() {
             .dropped
             .as_ref()
             .unwrap()
+            .to_string()
             .contains("failed verification")
     );
     assert!(
@@ -428,6 +430,7 @@ fn a_dead_and_a_lying_holder_do_not_stop_the_download() {
             .dropped
             .as_ref()
             .unwrap()
+            .to_string()
             .contains("stopped sending")
     );
     // The dead and lying holders' shares came from the honest one.

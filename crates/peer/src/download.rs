@@ -133,7 +133,7 @@ pub struct HolderReport {
     /// Whether it was still downloading the file (a partial holder) when first asked.
     pub partial: bool,
     /// Why it was dropped before the end, if it was.
-    pub dropped: Option<String>,
+    pub dropped: Option<DropReason>,
     /// The chunk it sent that failed verification, if it did.
     pub corrupt_chunk: Option<u32>,
 }
@@ -486,7 +486,7 @@ impl<T: Transport> Downloader<T> {
                 bytes: s.bytes,
                 requests: s.requests,
                 partial: !s.complete,
-                dropped: s.dropped.as_ref().map(ToString::to_string),
+                dropped: s.dropped.clone(),
                 corrupt_chunk: match s.dropped {
                     Some(DropReason::Corrupt { chunk }) => Some(chunk),
                     _ => None,
@@ -661,7 +661,7 @@ impl<T: Transport> Downloader<T> {
                         bytes: 0,
                         requests: 0,
                         partial: !spec.complete,
-                        dropped: Some(reason),
+                        dropped: Some(DropReason::Manifest(reason)),
                         corrupt_chunk: None,
                     });
                 }

@@ -93,4 +93,5 @@ pub use peer::{Peer, PeerConfig};
 pub use server::{PeerServer, PeerServerConfig, ServerStats};
 pub use share::PartialShare;
 pub use shoal_proto::server::ServerHandle;
+pub use swarm::DropReason;
 pub use watch::{FolderWatcher, WatchConfig};

@@ -105,9 +105,11 @@ pub(crate) struct SourceSpec {
     pub(crate) complete: bool,
 }
 
-/// Why a source stopped serving this download early.
+/// Why a holder stopped serving a download early (in [`crate::HolderReport`]); its
+/// `Display` is one sentence naming the cause.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum DropReason {
+#[non_exhaustive]
+pub enum DropReason {
     /// It could not be reached or refused the handshake.
     Unreachable(String),
     /// It answered busy (at its upload limit).
@@ -115,7 +117,12 @@ pub(crate) enum DropReason {
     /// It stopped sending (connection closed, reset or timed out).
     Failed(String),
     /// It sent a chunk that failed verification.
-    Corrupt { chunk: u32 },
+    Corrupt {
+        /// The chunk.
+        chunk: u32,
+    },
+    /// It gave no usable manifest (refused, sent a bad one, too slowly, ...).
+    Manifest(String),
     /// It broke the protocol or refused a request.
     Protocol(String),
     /// The local disk could not store a chunk (not the holder's fault).
@@ -137,6 +144,7 @@ impl std::fmt::Display for DropReason {
             }
             DropReason::Protocol(e) => write!(f, "protocol error: {e}"),
             DropReason::LocalWrite(e) => write!(f, "cannot store its chunks here: {e}"),
+            DropReason::Manifest(e) => f.write_str(e),
             DropReason::Slow(e) => write!(f, "too slow: {e}"),
             DropReason::Deadline => {
                 f.write_str("still sending when the download's deadline passed")

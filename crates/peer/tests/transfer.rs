@@ -357,6 +357,7 @@ fn a_cut_connection_leaves_no_file_behind() {
                     .dropped
                     .as_ref()
                     .unwrap()
+                    .to_string()
                     .contains("stopped sending")
             );
         }
