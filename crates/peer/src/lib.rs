@@ -72,6 +72,7 @@ mod download;
 mod error;
 mod hash_cache;
 mod library;
+mod part;
 mod peer;
 mod pieces;
 mod resume;
