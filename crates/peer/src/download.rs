@@ -225,7 +225,19 @@ impl<T: Transport> Downloader<T> {
             FileKey::Name(name) => {
                 refuse_hidden(name)?;
                 if let Some(present) = self.present(name)? {
-                    return Ok(DownloadOutcome::AlreadyPresent(present));
+                    // Same name, but the same content? The index says which content the name
+                    // stands for; if it cannot say (unreachable, or it does not know the
+                    // name), what is here stands.
+                    return match self.index.sources(key) {
+                        Ok(sources) if sources.file.id != present.id => {
+                            Err(PeerError::DifferentContent {
+                                path: self.dir.join(name),
+                                here: present.id,
+                                listed: sources.file.id,
+                            })
+                        }
+                        _ => Ok(DownloadOutcome::AlreadyPresent(present)),
+                    };
                 }
             }
             FileKey::Id(_) => {

@@ -93,6 +93,21 @@ pub enum PeerError {
         /// Bytes verified and kept.
         verified_bytes: u64,
     },
+    /// The folder already has a file of that name with other content than the index lists
+    /// under the name; shoal never overwrites it.
+    #[error(
+        "{} is already here with other content (id {}) than the index lists under that name \
+         (id {}); move it aside to fetch the other, or ask by id",
+        path.display(), here.short(), listed.short()
+    )]
+    DifferentContent {
+        /// The file in the folder.
+        path: PathBuf,
+        /// Its id.
+        here: shoal_proto::FileId,
+        /// The id the index lists under its name.
+        listed: shoal_proto::FileId,
+    },
     /// Something already exists at a download's final path; shoal never overwrites it.
     #[error("{} already exists (with other content or not a regular file); not overwriting it", path.display())]
     AlreadyExists {

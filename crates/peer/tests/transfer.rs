@@ -449,7 +449,7 @@ fn unknown_and_hostile_names_are_refused() {
 }
 
 #[test]
-fn a_file_already_present_is_not_fetched_and_the_index_is_not_asked() {
+fn a_file_already_present_is_not_fetched_and_no_holder_is_asked() {
     let world = World::new();
     let bytes = data(50_000, 7);
     let alice = world.peer("alice", &[("a.bin", &bytes)]);
@@ -478,7 +478,9 @@ fn a_file_already_present_is_not_fetched_and_the_index_is_not_asked() {
         DownloadOutcome::AlreadyPresent(_)
     ));
 
-    assert_eq!(world.net.stats(world.index.addr()).connections, before);
+    // The index is asked which content the name stands for (by id: not at all); no holder
+    // is contacted.
+    assert!(world.net.stats(world.index.addr()).connections <= before + 2);
     assert_eq!(world.net.stats(&alice.addr).connections, 0);
 }
 
@@ -559,4 +561,31 @@ fn a_manifest_that_does_not_match_the_index_is_refused() {
     };
     assert!(last_error.contains("bad manifest"), "{last_error}");
     assert!(listing(&out).is_empty());
+}
+
+#[test]
+fn a_different_file_under_the_same_name_is_refused_naming_both_ids() {
+    let world = World::new();
+    let theirs = data(50_000, 8);
+    let alice = world.peer("alice", &[("a.bin", &theirs)]);
+    let out = world.folder("out");
+    let mine = data(40_000, 9);
+    fs::write(out.join("a.bin"), &mine).unwrap();
+    let err = world
+        .downloader("bob", &out, 1)
+        .fetch(&key("a.bin"))
+        .unwrap_err();
+    let PeerError::DifferentContent { here, listed, .. } = &err else {
+        panic!("expected DifferentContent, got {err}");
+    };
+    assert_eq!(*listed, alice.meta("a.bin").id);
+    assert_ne!(here, listed);
+    let text = err.to_string();
+    assert!(
+        text.contains(&here.short()) && text.contains(&listed.short()),
+        "{text}"
+    );
+    // Nothing was fetched or overwritten.
+    assert_eq!(fs::read(out.join("a.bin")).unwrap(), mine);
+    assert_eq!(world.net.stats(&alice.addr).connections, 0);
 }
