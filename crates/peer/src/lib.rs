@@ -1,6 +1,15 @@
 //! A shoal peer: the folder it shares, the server that hands out its files, and the
 //! downloader that fetches files from other peers.
 //!
+//! - [`Peer`]: one running peer, built from a [`PeerConfig`]: it owns the server of its
+//!   library, the announcer and the folder watcher, starts and stops them in order, and
+//!   hands out downloaders that share what they fetch. Start here to embed a peer.
+//! - Swarming: a downloader of a [`Peer`] (or [`Downloader::for_peer`] beside a
+//!   [`PeerServer`] of the same library) serves each chunk as soon as it verified (a
+//!   [`PartialShare`], listed in [`Library::downloads`]) and registers itself with the index as
+//!   a partial holder; downloaders learn what partial holders have on the open connection,
+//!   pick the rarest chunks first, and ask the index for newcomers while they run. A seeder
+//!   tells downloaders what it is already sending, so its upload goes out about once.
 //! - [`Library`]: the shared folder. It lists the regular files directly in it (no hidden
 //!   files, no symlinks, no subfolders) with each file's id (its BLAKE3 hash, what `b3sum`
 //!   prints) and the hashes of its chunks. Only files in the library are ever served.
