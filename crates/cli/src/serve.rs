@@ -47,6 +47,14 @@ pub(crate) struct IndexArgs {
     /// on another machine's behalf or drop another host's registrations.
     #[arg(long)]
     trust_announced_host: bool,
+    /// Most files one holder (a peer's address and port) may have registered; a
+    /// registration past it is refused. Downloads in progress count apart, likewise.
+    #[arg(long, value_name = "N", default_value_t = shoal_index::DEFAULT_MAX_PER_HOLDER)]
+    max_files_per_holder: usize,
+    /// Most files the holders registered from one host (every port of a machine, or every
+    /// peer behind one NAT or proxy) may have registered together.
+    #[arg(long, value_name = "N", default_value_t = shoal_index::DEFAULT_MAX_PER_ADDRESS)]
+    max_files_per_address: usize,
 }
 
 /// `shoal peer`
@@ -121,6 +129,8 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         max_connections: args.max_connections,
         frame_timeout: std::time::Duration::from_secs(args.frame_timeout),
         trust_announced_host: args.trust_announced_host,
+        max_registrations_per_holder: args.max_files_per_holder,
+        max_registrations_per_address: args.max_files_per_address,
         ..IndexServerConfig::default()
     };
     let lease = std::time::Duration::from_secs(args.lease);

@@ -98,7 +98,8 @@ use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 use crate::partial::{Partials, Sources};
 use crate::registry::{DEFAULT_LEASE, ListingView};
-use crate::{Clock, IndexError, Registry, Store, SystemClock};
+use crate::store::search_in_slices;
+use crate::{Clock, IndexError, RegistrationLimits, Registry, Store, SystemClock};
 
 /// The on-disk format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
@@ -594,6 +595,16 @@ impl Drop for DurableStore {
 
 impl Store for DurableStore {
     fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.register_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
+    }
+
+    fn register_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
         // Encoded before taking the lock: the lock is held only to apply and queue.
         let mut record = Vec::new();
         encode_record(
@@ -615,7 +626,9 @@ impl Store for DurableStore {
                 )?;
             }
             let expired = !out.is_empty();
-            let added = registry.register(holder, files, now);
+            // A refusal changes nothing (and drops the expiry record with it): the caps are
+            // checked before the lapsed holder's files go.
+            let added = registry.register_within(holder, address, files, now, limits)?;
             if added > 0 || expired {
                 out.extend_from_slice(&record);
             }
@@ -655,8 +668,13 @@ impl Store for DurableStore {
     }
 
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
-        let (complete, now) =
-            self.read(|state, now| (state.registry.search(query, limit, now), now));
+        let now = self.shared.clock.now();
+        let complete = search_in_slices(
+            || RegistryGuard(lock(&self.shared.state)),
+            query,
+            limit,
+            now,
+        );
         Ok(self.partials.search(query, limit, complete, now))
     }
 
@@ -696,6 +714,32 @@ impl Store for DurableStore {
     fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
         let (complete, now) = self.read(|state, now| (state.registry.holders(key, now), now));
         Ok(self.partials.sources(key, complete, now))
+    }
+
+    fn register_partial_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        Ok(self.partials.register_within(
+            holder,
+            address,
+            files,
+            self.shared.clock.now(),
+            limits,
+        )?)
+    }
+}
+
+/// The registry part of a locked [`State`].
+struct RegistryGuard<'a>(MutexGuard<'a, State>);
+
+impl std::ops::Deref for RegistryGuard<'_> {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        &self.0.registry
     }
 }
 

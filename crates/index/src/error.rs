@@ -89,6 +89,11 @@ pub enum IndexError {
         /// What depends on it and how to proceed.
         reason: String,
     },
+    /// A registration would take its holder, or the holders of its source address, past
+    /// a cap ([`crate::IndexServerConfig::max_registrations_per_holder`] and
+    /// [`crate::IndexServerConfig::max_registrations_per_address`]); nothing was stored.
+    #[error("{0}")]
+    OverLimit(#[from] crate::LimitExceeded),
     /// The durable store could not write its log (a full disk, a failing one): the change
     /// is refused and leaves no trace (whatever was not on disk is undone). Changes are
     /// refused until the data folder takes writes again; then the store goes on by itself.

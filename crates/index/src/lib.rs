@@ -55,7 +55,12 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
 pub use partial::{Partials, Sources};
-pub use registry::{DEFAULT_LEASE, ListingView, Registry};
-pub use server::{IndexServer, IndexServerConfig};
+pub use registry::{
+    DEFAULT_LEASE, LimitExceeded, ListingView, RegistrationLimits, Registry, Search,
+};
+pub use server::{
+    DEFAULT_MAX_PER_ADDRESS, DEFAULT_MAX_PER_HOLDER, DEFAULT_MAX_QUERY_LEN, IndexServer,
+    IndexServerConfig,
+};
 pub use shoal_proto::server::ServerHandle;
 pub use store::{MemoryStore, Store};

@@ -13,7 +13,8 @@ use std::time::Duration;
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
-use crate::Registry;
+use crate::store::search_in_slices;
+use crate::{LimitExceeded, RegistrationLimits, Registry};
 
 /// Everyone who can serve a file: complete holders and partial ones, marked apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +56,22 @@ impl Partials {
         // A registration renews every download of the holder, not only the ones listed.
         registry.renew(holder, now);
         registry.register(holder, files, now)
+    }
+
+    /// [`Partials::register`] within `limits` (see [`Registry::register_within`]): partial
+    /// registrations count against the caps apart from complete ones. A refused request
+    /// still renews the holder's other downloads.
+    pub fn register_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        now: Duration,
+        limits: &RegistrationLimits,
+    ) -> Result<u32, LimitExceeded> {
+        let mut registry = self.lock();
+        registry.renew(holder, now);
+        registry.register_within(holder, address, files, now, limits)
     }
 
     /// `holder` stopped downloading `ids` (empty: everything) or finished them.
@@ -119,7 +136,7 @@ impl Partials {
         complete: Vec<SearchHit>,
         now: Duration,
     ) -> Vec<SearchHit> {
-        let partial = self.lock().search(query, limit, now);
+        let partial = search_in_slices(|| self.lock(), query, limit, now);
         if partial.is_empty() {
             return complete;
         }

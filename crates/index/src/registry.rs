@@ -24,6 +24,14 @@ const PICK_TRIES: usize = 8;
 /// Slot numbers stay below this: the top bit of a key-index value marks a shared list.
 const MAX_SLOTS: u32 = SHARED;
 const SHARED: u32 = 1 << 31;
+/// Tables (slabs, maps, vectors) are shrunk once their live entries fill less than a
+/// `SHRINK_BELOW`th of what they hold room for...
+const SHRINK_BELOW: usize = 4;
+/// ... and hold room for at least this many (small tables are not worth the rehash).
+const SHRINK_FROM: usize = 1024;
+/// Times a sliced search starts over because the registry compacted its slots under it;
+/// the next attempt runs in one slice, so a search always ends.
+const SEARCH_RESTARTS: u32 = 3;
 
 /// Which peers hold which files, with a lease per holder.
 ///
@@ -62,6 +70,9 @@ pub struct Registry {
     by_id: KeyIndex,
     holders: Slab<Holder>,
     holder_slots: HashMap<PeerAddr, u32>,
+    /// The addresses registrations came from, with what is charged to each.
+    addresses: Slab<Address>,
+    address_slots: HashMap<Box<str>, u32>,
     /// Position indexes of the few holder sets larger than `INDEX_FROM`, by listing slot
     /// (kept out of `Listing` so the common small listing does not pay for the field).
     positions: HashMap<u32, HashMap<u32, u32>>,
@@ -69,6 +80,9 @@ pub struct Registry {
     /// No lease ends before this (a lower bound, exact after a sweep). Until then every
     /// holder is live and lookups skip the per-holder check.
     earliest_expiry: Duration,
+    /// Bumped whenever listings change slot (compaction), so a sliced search knows to
+    /// start over.
+    generation: u64,
 }
 
 /// One (name, id) and its holders. Stored decomposed rather than as a `FileMeta`, and with
@@ -102,6 +116,68 @@ struct Holder {
     listings: Vec<u32>,
     /// The holder is live while `now < expires`.
     expires: Duration,
+    /// The address (slot in `addresses`) its registrations are charged to: the host it
+    /// first registered from.
+    address: u32,
+}
+
+/// A source address: the host registrations arrived from.
+struct Address {
+    host: Box<str>,
+    /// Registrations of the holders charged to it.
+    registrations: usize,
+    /// Holders charged to it (the entry goes with the last).
+    holders: usize,
+}
+
+/// Caps on what one holder, and the holders registered from one source address, may hold;
+/// see [`Registry::register_within`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Most registrations one holder may have.
+    pub per_holder: usize,
+    /// Most registrations the holders first registered from one host may have together.
+    pub per_address: usize,
+}
+
+impl RegistrationLimits {
+    /// No cap at all (replaying a log, restoring a snapshot, tests).
+    pub const UNLIMITED: RegistrationLimits = RegistrationLimits {
+        per_holder: usize::MAX,
+        per_address: usize::MAX,
+    };
+}
+
+/// A registration refused because it would take a holder or an address past its cap.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// The holder would hold more than [`RegistrationLimits::per_holder`].
+    #[error(
+        "{holder} would hold {would} registrations; the limit is {limit} per holder \
+         (unregister files first)"
+    )]
+    Holder {
+        /// The holder.
+        holder: PeerAddr,
+        /// Registrations it would have after the request.
+        would: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// The holders charged to the address would hold more than
+    /// [`RegistrationLimits::per_address`].
+    #[error(
+        "holders registered from {address} would hold {would} registrations; the limit is \
+         {limit} per source address"
+    )]
+    Address {
+        /// The host the registrations come from.
+        address: String,
+        /// Registrations its holders would have after the request.
+        would: usize,
+        /// The cap.
+        limit: usize,
+    },
 }
 
 /// A listing as [`Registry::export_listings`] shows it (its holders come alongside, as numbers).
@@ -138,9 +214,12 @@ impl Registry {
             by_id: KeyIndex::default(),
             holders: Slab::default(),
             holder_slots: HashMap::new(),
+            addresses: Slab::default(),
+            address_slots: HashMap::new(),
             positions: HashMap::new(),
             registrations: 0,
             earliest_expiry: Duration::MAX,
+            generation: 0,
         }
     }
 
@@ -160,13 +239,112 @@ impl Registry {
     /// listing is the first one registered (same name and id). An empty `files` changes
     /// nothing.
     pub fn register(&mut self, holder: &PeerAddr, files: &[FileMeta], now: Duration) -> u32 {
+        self.register_charged(holder, holder.host(), files, now)
+    }
+
+    /// [`Registry::register`] within `limits`: `address` is the host the request came from,
+    /// which a new holder's registrations are charged to (an existing holder stays charged
+    /// to the address it first registered from). A request that would take the holder, or
+    /// its address, past a cap is refused whole and changes nothing; files the holder
+    /// already has do not count.
+    pub fn register_within(
+        &mut self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        now: Duration,
+        limits: &RegistrationLimits,
+    ) -> Result<u32, LimitExceeded> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        // What the holder and its address hold now (a lapsed holder starts afresh, charged
+        // to this address).
+        let existing = self.holder_slots.get(holder).copied();
+        let entry = existing.and_then(|h| self.holders.get(h));
+        let live = entry.filter(|e| now < e.expires);
+        let held = live.map_or(0, |e| e.listings.len());
+        let (charged, charged_now) = match live {
+            Some(e) => {
+                let a = self.addresses.get(e.address);
+                (
+                    a.map_or(address, |a| &*a.host),
+                    a.map_or(0, |a| a.registrations),
+                )
+            }
+            None => {
+                let mut count = self
+                    .address_slots
+                    .get(address)
+                    .and_then(|&a| self.addresses.get(a))
+                    .map_or(0, |a| a.registrations);
+                // A lapsed holder's old registrations go before the new ones come.
+                if let Some(e) = entry
+                    && self
+                        .addresses
+                        .get(e.address)
+                        .is_some_and(|a| &*a.host == address)
+                {
+                    count = count.saturating_sub(e.listings.len());
+                }
+                (address, count)
+            }
+        };
+        let fits = |n: usize| {
+            held.saturating_add(n) <= limits.per_holder
+                && charged_now.saturating_add(n) <= limits.per_address
+        };
+        if !fits(files.len()) {
+            // Close to a cap: count exactly what is new.
+            let new = self.count_new(live.and(existing), files);
+            if held.saturating_add(new) > limits.per_holder {
+                return Err(LimitExceeded::Holder {
+                    holder: holder.clone(),
+                    would: held.saturating_add(new),
+                    limit: limits.per_holder,
+                });
+            }
+            if charged_now.saturating_add(new) > limits.per_address {
+                return Err(LimitExceeded::Address {
+                    address: charged.to_string(),
+                    would: charged_now.saturating_add(new),
+                    limit: limits.per_address,
+                });
+            }
+        }
+        let charged = charged.to_string();
+        Ok(self.register_charged(holder, &charged, files, now))
+    }
+
+    /// How many of `files` holder `h` (if known and live) does not have yet.
+    fn count_new(&self, h: Option<u32>, files: &[FileMeta]) -> usize {
+        let mut seen: HashSet<(&str, FileId)> = HashSet::new();
+        files
+            .iter()
+            .filter(|meta| {
+                let had = h.is_some_and(|h| {
+                    self.find_listing(meta)
+                        .is_some_and(|slot| self.position(slot, h).is_some())
+                });
+                !had && seen.insert((meta.name.as_str(), meta.id))
+            })
+            .count()
+    }
+
+    fn register_charged(
+        &mut self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        now: Duration,
+    ) -> u32 {
         if files.is_empty() {
             return 0;
         }
         if self.lapsed(holder, now) {
             self.unregister(holder, &[]);
         }
-        let Some(h) = self.holder_or_insert(holder, now) else {
+        let Some(h) = self.holder_or_insert(holder, address, now) else {
             return 0;
         };
         let mut added = 0u32;
@@ -182,7 +360,30 @@ impl Registry {
                 added = added.saturating_add(1);
             }
         }
+        self.charge(h, added as usize, true);
         added
+    }
+
+    /// Adds (or takes back) `n` registrations to holder `h`'s address.
+    fn charge(&mut self, h: u32, n: usize, add: bool) {
+        let Some(a) = self.holders.get(h).map(|e| e.address) else {
+            return;
+        };
+        if let Some(address) = self.addresses.get_mut(a) {
+            address.registrations = if add {
+                address.registrations.saturating_add(n)
+            } else {
+                address.registrations.saturating_sub(n)
+            };
+        }
+    }
+
+    /// Registrations charged to `address` (a host), for tests and diagnostics.
+    pub fn address_registrations(&self, address: &str) -> usize {
+        self.address_slots
+            .get(address)
+            .and_then(|&a| self.addresses.get(a))
+            .map_or(0, |a| a.registrations)
     }
 
     /// Whether `holder` is known but its lease ended at or before `now`.
@@ -234,17 +435,128 @@ impl Registry {
             targets
         };
         let holder_done = entry.listings.is_empty();
+        shrink_vec(&mut entry.listings);
         let mut removed = 0u32;
         for slot in targets {
             if self.remove_registration(h, slot) {
                 removed = removed.saturating_add(1);
             }
         }
+        self.charge(h, removed as usize, false);
         if holder_done {
-            self.holders.remove(h);
-            self.holder_slots.remove(holder);
+            self.remove_holder(h);
         }
+        self.reclaim();
         removed
+    }
+
+    /// Removes holder slot `h` (its registrations already gone) and, with its last holder,
+    /// its address.
+    fn remove_holder(&mut self, h: u32) {
+        let Some(entry) = self.holders.remove(h) else {
+            return;
+        };
+        self.holder_slots.remove(&entry.addr);
+        let gone = match self.addresses.get_mut(entry.address) {
+            Some(address) => {
+                address.holders = address.holders.saturating_sub(1);
+                address.holders == 0
+            }
+            None => false,
+        };
+        if gone && let Some(address) = self.addresses.remove(entry.address) {
+            self.address_slots.remove(&address.host);
+        }
+    }
+
+    /// Gives memory back once tables are mostly empty: listings move down into free slots
+    /// so the slab can shrink, and maps and vectors are shrunk to what they hold. Each
+    /// shrink follows at least three quarters of a table's entries going, so the work is
+    /// amortised over the removals.
+    fn reclaim(&mut self) {
+        if mostly_empty(self.listings.len(), self.listings.capacity()) {
+            self.compact_listings();
+        }
+        if mostly_empty(self.holders.len(), self.holders.capacity()) {
+            self.holders.trim();
+        }
+        if mostly_empty(self.addresses.len(), self.addresses.capacity()) {
+            self.addresses.trim();
+        }
+        shrink_map(&mut self.holder_slots);
+        shrink_map(&mut self.address_slots);
+        shrink_map(&mut self.positions);
+        self.by_name.reclaim();
+        self.by_id.reclaim();
+    }
+
+    /// Moves every listing above slot `len` into a free slot below it, then cuts the slab
+    /// to `len`. Costs the moved listings plus the reverse indexes of their holders.
+    fn compact_listings(&mut self) {
+        let live = self.listings.len();
+        let mut low_free: Vec<u32> = self
+            .listings
+            .free
+            .iter()
+            .copied()
+            .filter(|&s| (s as usize) < live)
+            .collect();
+        let mut moved: HashMap<u32, u32> = HashMap::new();
+        let mut touched: Vec<u32> = Vec::new();
+        for from in live..self.listings.capacity() {
+            let from = to_u32(from);
+            if self.listings.get(from).is_none() {
+                continue;
+            }
+            let Some(to) = low_free.pop() else {
+                break;
+            };
+            self.move_listing(from, to);
+            if let Some(listing) = self.listings.get(to) {
+                touched.extend_from_slice(listing.holders.as_slice());
+            }
+            moved.insert(from, to);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for h in touched {
+            if let Some(entry) = self.holders.get_mut(h) {
+                for slot in &mut entry.listings {
+                    if let Some(&to) = moved.get(slot) {
+                        *slot = to;
+                    }
+                }
+            }
+        }
+        // The low free slots taken are live now; the ones left (none, as many listings
+        // moved as there were holes) stay free, and every slot above `live` is empty.
+        self.listings.free = low_free;
+        self.listings.trim();
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Moves the listing in slot `from` to the free slot `to`, with every index naming it
+    /// but its holders' reverse lists (the caller fixes those, in one pass).
+    fn move_listing(&mut self, from: u32, to: u32) {
+        let Some(listing) = self
+            .listings
+            .entries
+            .get_mut(from as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        let name_hash = self.by_name.hash(&*listing.name);
+        self.by_name.replace(name_hash, from, to);
+        let id_hash = self.by_id.hash(&listing.id);
+        self.by_id.replace(id_hash, from, to);
+        if let Some(index) = self.positions.remove(&from) {
+            self.positions.insert(to, index);
+        }
+        // The free list is rebuilt by the trim that ends the compaction.
+        if let Some(entry) = self.listings.entries.get_mut(to as usize) {
+            *entry = Some(listing);
+        }
     }
 
     /// Removes every holder whose lease ended at or before `now`, with all its
@@ -350,33 +662,57 @@ impl Registry {
     /// sorted by (name, id), at most `limit` of them. Holder counts count live holders only;
     /// a file with none is not listed.
     pub fn search(&self, query: &str, limit: usize, now: Duration) -> Vec<SearchHit> {
-        if limit == 0 {
-            return Vec::new();
+        let mut search = Search::new(query, limit);
+        while !self.search_some(&mut search, now, usize::MAX) {}
+        search.finish()
+    }
+
+    /// Goes on with `search` over at most `budget` listing slots; returns true when it
+    /// has seen every slot ([`Search::finish`] then gives the hits). A caller that holds a
+    /// lock around the registry releases it between calls, so a search over a large
+    /// registry never holds it for long. Changes between calls are seen or not, as with
+    /// any request racing a search; should listings move slots in between (after mass
+    /// removals), the search starts over, and after a few restarts finishes in one call.
+    pub fn search_some(&self, search: &mut Search, now: Duration, budget: usize) -> bool {
+        if search.limit == 0 {
+            return true;
         }
-        let query = query.to_lowercase();
-        let mut found: Vec<(&Listing, usize)> = self
-            .listings
-            .iter()
-            .filter(|(_, l)| contains_ignoring_case(&l.name, &query))
-            .map(|(_, l)| (l, self.live_count(l, now)))
-            .filter(|&(_, count)| count > 0)
-            .collect();
-        let order = |a: &(&Listing, usize), b: &(&Listing, usize)| a.0.key().cmp(&b.0.key());
-        // Select the first `limit` before sorting: a broad query over a large registry
-        // then sorts only what it returns.
-        if found.len() > limit {
-            found.select_nth_unstable_by(limit, order);
-            found.truncate(limit);
+        let mut budget = budget;
+        match search.generation {
+            Some(g) if g != self.generation => {
+                search.restart();
+                if search.restarts > SEARCH_RESTARTS {
+                    budget = usize::MAX;
+                }
+            }
+            _ => {}
         }
-        found.sort_unstable_by(order);
-        found
-            .into_iter()
-            .map(|(l, count)| SearchHit {
-                file: l.meta(),
-                holders: u32::try_from(count).unwrap_or(u32::MAX),
-                downloading: 0,
-            })
-            .collect()
+        search.generation = Some(self.generation);
+        let end = self.listings.capacity();
+        let stop = search.next.saturating_add(budget).min(end);
+        let entries = self.listings.entries.get(search.next..stop).unwrap_or(&[]);
+        for listing in entries.iter().flatten() {
+            if search
+                .bound
+                .as_ref()
+                .is_some_and(|(name, id)| listing.key() > (name.as_str(), *id))
+            {
+                continue;
+            }
+            if !search.query.matches(&listing.name, &mut search.lowered) {
+                continue;
+            }
+            let count = self.live_count(listing, now);
+            if count > 0 {
+                search.push(SearchHit {
+                    file: listing.meta(),
+                    holders: u32::try_from(count).unwrap_or(u32::MAX),
+                    downloading: 0,
+                });
+            }
+        }
+        search.next = stop;
+        stop >= end
     }
 
     /// Distinct (name, id) listings, expired holders' included until swept.
@@ -438,7 +774,7 @@ impl Registry {
     /// number to name it by in [`Registry::restore_listing`], or `None` if the registry is
     /// full. Call [`Registry::finish_restore`] after the last listing.
     pub fn restore_holder(&mut self, holder: &PeerAddr, now: Duration) -> Option<u32> {
-        self.holder_or_insert(holder, now)
+        self.holder_or_insert(holder, holder.host(), now)
     }
 
     /// Restores one listing from a snapshot: `holders` are numbers returned by
@@ -456,6 +792,7 @@ impl Registry {
             if let Some(entry) = self.holders.get_mut(h) {
                 entry.listings.push(slot);
             }
+            self.charge(h, 1, true);
             self.registrations += 1;
             added = added.saturating_add(1);
         }
@@ -479,13 +816,14 @@ impl Registry {
             .map(|(_, entry)| entry.addr.clone())
             .collect();
         for addr in empty {
-            if let Some(h) = self.holder_slots.remove(&addr) {
-                self.holders.remove(h);
+            if let Some(&h) = self.holder_slots.get(&addr) {
+                self.remove_holder(h);
             }
         }
+        self.reclaim();
     }
 
-    fn holder_or_insert(&mut self, holder: &PeerAddr, now: Duration) -> Option<u32> {
+    fn holder_or_insert(&mut self, holder: &PeerAddr, address: &str, now: Duration) -> Option<u32> {
         let expires = now.saturating_add(self.lease);
         let h = match self.holder_slots.get(holder) {
             Some(&h) => {
@@ -495,11 +833,34 @@ impl Registry {
                 h
             }
             None => {
-                let h = self.holders.insert(Holder {
+                let a = match self.address_slots.get(address) {
+                    Some(&a) => a,
+                    None => {
+                        let a = self.addresses.insert(Address {
+                            host: address.into(),
+                            registrations: 0,
+                            holders: 0,
+                        })?;
+                        self.address_slots.insert(address.into(), a);
+                        a
+                    }
+                };
+                let Some(h) = self.holders.insert(Holder {
                     addr: holder.clone(),
                     listings: Vec::new(),
                     expires,
-                })?;
+                    address: a,
+                }) else {
+                    if self.addresses.get(a).is_some_and(|e| e.holders == 0)
+                        && let Some(gone) = self.addresses.remove(a)
+                    {
+                        self.address_slots.remove(&gone.host);
+                    }
+                    return None;
+                };
+                if let Some(entry) = self.addresses.get_mut(a) {
+                    entry.holders += 1;
+                }
                 self.holder_slots.insert(holder.clone(), h);
                 h
             }
@@ -556,6 +917,16 @@ impl Registry {
             .copied()
             .filter(|&s| self.listings.get(s).is_some_and(|l| l.id == *id))
             .collect()
+    }
+
+    /// The listing of (name, id), if there is one.
+    fn find_listing(&self, meta: &FileMeta) -> Option<u32> {
+        let key = (meta.name.as_str(), meta.id);
+        let candidates = self
+            .by_name
+            .candidates(self.by_name.hash(meta.name.as_str()));
+        let i = self.sorted_position(candidates, key).ok()?;
+        candidates.get(i).copied()
     }
 
     fn listing_slot_or_insert(&mut self, meta: &FileMeta) -> Option<u32> {
@@ -723,19 +1094,165 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// `query` must already be lowercase. ASCII names (the common case) are compared without
-/// allocating.
-fn contains_ignoring_case(name: &str, query: &str) -> bool {
-    if query.is_empty() {
-        return true;
+/// A search in progress over a [`Registry`], in slices (see [`Registry::search_some`]):
+/// the query is prepared once, and at most `2 * limit` hits are held at any time.
+pub struct Search {
+    query: Query,
+    limit: usize,
+    /// The next listing slot to look at.
+    next: usize,
+    /// The registry generation the slots were numbered in.
+    generation: Option<u64>,
+    restarts: u32,
+    hits: Vec<SearchHit>,
+    /// Once `limit` hits are held, the largest (name, id) among them: larger listings
+    /// cannot make the answer, so they are skipped without being matched or copied.
+    bound: Option<(String, FileId)>,
+    /// Reused buffer for lowercasing names.
+    lowered: Vec<u8>,
+}
+
+impl Search {
+    /// A search for names containing `query` (ignoring case), at most `limit` hits.
+    pub fn new(query: &str, limit: usize) -> Search {
+        Search {
+            query: Query::new(query),
+            limit,
+            next: 0,
+            generation: None,
+            restarts: 0,
+            hits: Vec::new(),
+            bound: None,
+            lowered: Vec::new(),
+        }
     }
-    if name.is_ascii() && query.is_ascii() {
-        return name
-            .as_bytes()
-            .windows(query.len())
-            .any(|w| w.eq_ignore_ascii_case(query.as_bytes()));
+
+    /// The hits, sorted by (name, id), at most `limit`.
+    pub fn finish(mut self) -> Vec<SearchHit> {
+        self.prune();
+        self.hits
+            .sort_unstable_by(|a, b| hit_key(a).cmp(&hit_key(b)));
+        self.hits
     }
-    name.to_lowercase().contains(query)
+
+    fn restart(&mut self) {
+        self.next = 0;
+        self.restarts += 1;
+        self.hits.clear();
+        self.bound = None;
+    }
+
+    fn push(&mut self, hit: SearchHit) {
+        self.hits.push(hit);
+        if self.hits.len() >= self.limit.saturating_mul(2).max(64) {
+            self.prune();
+        }
+    }
+
+    /// Keeps the `limit` smallest hits, and remembers the largest of them.
+    fn prune(&mut self) {
+        if self.hits.len() <= self.limit {
+            return;
+        }
+        let order = |a: &SearchHit, b: &SearchHit| hit_key(a).cmp(&hit_key(b));
+        let last = self.limit.saturating_sub(1);
+        self.hits.select_nth_unstable_by(last, order);
+        self.hits.truncate(self.limit);
+        self.bound = self
+            .hits
+            .get(last)
+            .map(|h| (h.file.name.clone(), h.file.id));
+    }
+}
+
+fn hit_key(hit: &SearchHit) -> (&str, FileId) {
+    (&hit.file.name, hit.file.id)
+}
+
+/// A search query, lowercased once, with its skip table for a Horspool substring search.
+struct Query {
+    lower: Vec<u8>,
+    ascii: bool,
+    /// How far the window may move when its last byte is `b`.
+    skip: Box<[usize; 256]>,
+}
+
+impl Query {
+    fn new(query: &str) -> Query {
+        let lower = query.to_lowercase().into_bytes();
+        let mut skip = Box::new([lower.len().max(1); 256]);
+        let last = lower.len().saturating_sub(1);
+        for (j, &b) in lower.iter().enumerate().take(last) {
+            if let Some(entry) = skip.get_mut(usize::from(b)) {
+                *entry = last - j;
+            }
+        }
+        Query {
+            ascii: lower.is_ascii(),
+            lower,
+            skip,
+        }
+    }
+
+    /// Whether `name` contains the query, ignoring case. ASCII names (the common case) are
+    /// lowercased into `buf` without allocating.
+    fn matches(&self, name: &str, buf: &mut Vec<u8>) -> bool {
+        if self.lower.is_empty() {
+            return true;
+        }
+        if name.is_ascii() {
+            // Lowercase ASCII stays ASCII: it cannot contain a non-ASCII query.
+            if !self.ascii || name.len() < self.lower.len() {
+                return false;
+            }
+            buf.clear();
+            buf.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+            return self.find_in(buf);
+        }
+        // Lowercasing grows a name by half at most (İ, 2 bytes, becomes 3).
+        if name.len().saturating_mul(2) < self.lower.len() {
+            return false;
+        }
+        self.find_in(name.to_lowercase().as_bytes())
+    }
+
+    /// Horspool: compares from each window's last byte and skips by the table.
+    fn find_in(&self, hay: &[u8]) -> bool {
+        let needle = self.lower.as_slice();
+        let Some((&last_byte, head)) = needle.split_last() else {
+            return true;
+        };
+        let last = head.len();
+        let mut at = 0;
+        while let Some(window) = hay.get(at..at + needle.len()) {
+            let Some(&b) = window.get(last) else {
+                return false;
+            };
+            if b == last_byte && window.get(..last) == Some(head) {
+                return true;
+            }
+            at += self.skip.get(usize::from(b)).copied().unwrap_or(1).max(1);
+        }
+        false
+    }
+}
+
+/// Whether a table with `len` entries and room for `capacity` should shrink.
+fn mostly_empty(len: usize, capacity: usize) -> bool {
+    capacity >= SHRINK_FROM && len.saturating_mul(SHRINK_BELOW) < capacity
+}
+
+fn shrink_map<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
+    if mostly_empty(map.len(), map.capacity()) {
+        map.shrink_to_fit();
+    }
+}
+
+fn shrink_vec<T>(list: &mut Vec<T>) {
+    // Small lists too: a holder's reverse index is one of these per holder.
+    if list.len().saturating_mul(SHRINK_BELOW) < list.capacity() {
+        list.shrink_to_fit();
+    }
 }
 
 /// A listing's holders: one inline (most files have one holder, and a vector would cost a
@@ -832,6 +1349,31 @@ impl KeyIndex {
                     }
                 }
             }
+        }
+    }
+
+    /// Renames listing slot `from` to `to` (the order of the list, by key, is unchanged).
+    fn replace(&mut self, hash: u32, from: u32, to: u32) {
+        let Some(v) = self.map.get_mut(&hash) else {
+            return;
+        };
+        if *v & SHARED == 0 {
+            if *v == from {
+                *v = to;
+            }
+            return;
+        }
+        if let Some(list) = self.shared.get_mut(*v & !SHARED) {
+            for s in list.iter_mut().filter(|s| **s == from) {
+                *s = to;
+            }
+        }
+    }
+
+    fn reclaim(&mut self) {
+        shrink_map(&mut self.map);
+        if mostly_empty(self.shared.len(), self.shared.capacity()) {
+            self.shared.trim();
         }
     }
 
@@ -943,6 +1485,18 @@ impl<T> Slab<T> {
     /// Highest slot number + 1.
     fn capacity(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Drops the free slots at the end and gives back the room no entry uses. Live slots
+    /// keep their numbers.
+    fn trim(&mut self) {
+        while self.entries.last().is_some_and(Option::is_none) {
+            self.entries.pop();
+        }
+        let end = self.entries.len();
+        self.free.retain(|&s| (s as usize) < end);
+        self.entries.shrink_to_fit();
+        self.free.shrink_to_fit();
     }
 
     fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
@@ -1307,6 +1861,273 @@ mod tests {
         // Restored holders got a fresh lease from the restore time.
         assert!(back.holders(&name("big"), secs(64)).is_some());
         assert!(back.holders(&name("big"), secs(65)).is_none());
+    }
+
+    fn many(prefix: &str, n: u32) -> Vec<FileMeta> {
+        (0..n)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                id[4..8].copy_from_slice(&(prefix.len() as u32).to_le_bytes());
+                id[8] = prefix.as_bytes()[0];
+                FileMeta {
+                    name: format!("{prefix}{i}.bin"),
+                    size: 1,
+                    chunk_size: 1024,
+                    id: FileId(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Room in the big tables: listing slots, holder slots, the two key indexes, holders.
+    fn capacities(r: &Registry) -> [usize; 5] {
+        [
+            r.listings.entries.capacity(),
+            r.holders.entries.capacity(),
+            r.by_name.map.capacity(),
+            r.by_id.map.capacity(),
+            r.holder_slots.capacity(),
+        ]
+    }
+
+    /// Issue 9, memory per holder: a holder that registers a mass of files and then goes
+    /// (unregistering everything, some by id, or lapsing) leaves the tables as small as
+    /// what remains, even when an honest holder registered in between.
+    #[test]
+    fn a_mass_unregister_gives_the_memory_back() {
+        for how in ["all", "by id", "lapse"] {
+            let mut r = Registry::with_lease(LEASE);
+            let honest = addr("honest:1");
+            r.register(&honest, &many("keep", 50), secs(0));
+            let empty = capacities(&r);
+            let flood = addr("flood:1");
+            let files = many("x", 40_000);
+            r.register(&flood, &files, secs(0));
+            // An honest file in a slot above the flood's: the slab cannot just be cut.
+            let late = addr("late:1");
+            r.register(&late, &many("late", 10), secs(10));
+            r.renew(&honest, secs(10));
+            assert!(capacities(&r)[0] >= 40_000);
+            match how {
+                "all" => assert_eq!(r.unregister(&flood, &[]), 40_000),
+                "by id" => {
+                    for chunk in files.chunks(3000) {
+                        let ids: Vec<FileId> = chunk.iter().map(|f| f.id).collect();
+                        r.unregister(&flood, &ids);
+                    }
+                }
+                _ => assert_eq!(r.sweep(secs(60)), vec![(flood.clone(), 40_000)]),
+            }
+            assert_eq!((r.listing_count(), r.holder_count()), (60, 2), "{how}");
+            let after = capacities(&r);
+            for (i, (&now, &before)) in after.iter().zip(&empty).enumerate() {
+                assert!(
+                    now <= before.max(1024),
+                    "{how}: table {i} holds room for {now} entries after the flood left \
+                     (it held {before} before): {after:?}"
+                );
+            }
+            // Everything left still answers, under its moved slots.
+            assert_eq!(r.search("", 1000, secs(10)).len(), 60);
+            assert_eq!(
+                r.holders(&name("late3.bin"), secs(10)).unwrap().1,
+                vec![late.clone()]
+            );
+            assert_eq!(
+                r.holders(&FileKey::Id(many("keep", 50)[7].id), secs(10))
+                    .unwrap()
+                    .1,
+                vec![honest.clone()]
+            );
+            assert_eq!(r.unregister(&late, &[many("late", 10)[2].id]), 1);
+            assert_eq!(r.unregister(&honest, &[]), 50);
+            assert_eq!(r.unregister(&late, &[]), 9);
+            assert_eq!((r.listing_count(), r.registration_count()), (0, 0));
+        }
+    }
+
+    /// Compaction moves listings between slots: every lookup, removal and search must still
+    /// agree with a model after rounds of floods and removals (seeded).
+    #[test]
+    fn compaction_keeps_every_lookup_right() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut r = Registry::new();
+        let holders: Vec<PeerAddr> = (0..4).map(|i| addr(&format!("h{i}:1"))).collect();
+        let files = many("f", 3000);
+        let mut model: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+        for round in 0..6 {
+            for (h, holder) in holders.iter().enumerate() {
+                let picked: Vec<usize> = (0..1500)
+                    .map(|_| rng.random_range(0..files.len()))
+                    .collect();
+                let metas: Vec<FileMeta> = picked.iter().map(|&f| files[f].clone()).collect();
+                r.register(holder, &metas, T0);
+                for f in picked {
+                    model.entry(f).or_default().insert(h);
+                }
+            }
+            for (h, holder) in holders.iter().enumerate() {
+                let keep = rng.random_range(0..40);
+                let gone: Vec<usize> = (0..files.len()).filter(|f| f % 40 != keep).collect();
+                let ids: Vec<FileId> = gone.iter().map(|&f| files[f].id).collect();
+                r.unregister(holder, &ids);
+                for f in gone {
+                    if let Some(hs) = model.get_mut(&f) {
+                        hs.remove(&h);
+                    }
+                }
+            }
+            model.retain(|_, hs| !hs.is_empty());
+            assert_eq!(r.listing_count(), model.len(), "round {round}");
+            for (f, file) in files.iter().enumerate() {
+                let expected = model.get(&f).map(|hs| {
+                    (
+                        file.clone(),
+                        hs.iter().map(|&h| holders[h].clone()).collect::<Vec<_>>(),
+                    )
+                });
+                assert_eq!(
+                    r.holders(&FileKey::Id(file.id), T0),
+                    expected,
+                    "round {round}"
+                );
+            }
+            let hits = r.search(".BIN", usize::MAX, T0);
+            assert_eq!(hits.len(), model.len());
+        }
+    }
+
+    /// Issue 9, memory per holder: the caps refuse a request whole, count only new
+    /// registrations, and charge a new holder to the address it registered from.
+    #[test]
+    fn registrations_are_capped_per_holder_and_per_address() {
+        let mut r = Registry::with_lease(LEASE);
+        let limits = RegistrationLimits {
+            per_holder: 10,
+            per_address: 15,
+        };
+        let a = addr("10.0.0.1:1");
+        let files = many("f", 30);
+        assert_eq!(
+            r.register_within(&a, "10.0.0.1", &files[..8], T0, &limits),
+            Ok(8)
+        );
+        // Already held files do not count; new ones past the cap refuse the whole request.
+        assert_eq!(
+            r.register_within(&a, "10.0.0.1", &files[..10], T0, &limits),
+            Ok(2)
+        );
+        let refused = r.register_within(&a, "10.0.0.1", &files[5..11], T0, &limits);
+        assert_eq!(
+            refused,
+            Err(LimitExceeded::Holder {
+                holder: a.clone(),
+                would: 11,
+                limit: 10
+            })
+        );
+        assert_eq!(r.registration_count(), 10);
+        // A second holder on the same address shares the address's cap.
+        let b = addr("10.0.0.1:2");
+        assert_eq!(
+            r.register_within(&b, "10.0.0.1", &files[..5], T0, &limits),
+            Ok(5)
+        );
+        let refused = r.register_within(&b, "10.0.0.1", &files[5..6], T0, &limits);
+        assert!(
+            matches!(&refused, Err(LimitExceeded::Address { address, would: 16, limit: 15 }) if address == "10.0.0.1"),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("limit is 15 per source address")
+        );
+        // Another address has its own.
+        let c = addr("10.0.0.2:1");
+        assert_eq!(
+            r.register_within(&c, "10.0.0.2", &files[..10], T0, &limits),
+            Ok(10)
+        );
+        // Going frees the room; a lapsed holder starts afresh.
+        assert_eq!(r.unregister(&b, &[]), 5);
+        assert_eq!(r.address_registrations("10.0.0.1"), 10);
+        assert_eq!(
+            r.register_within(&b, "10.0.0.1", &files[20..25], T0, &limits),
+            Ok(5)
+        );
+        assert_eq!(
+            r.register_within(&a, "10.0.0.1", &files[..10], secs(60), &limits),
+            Ok(10)
+        );
+        assert_eq!(r.address_registrations("10.0.0.1"), 15);
+        r.sweep(secs(61));
+        assert_eq!(r.address_registrations("10.0.0.1"), 10);
+        r.sweep(secs(200));
+        assert_eq!(r.address_registrations("10.0.0.1"), 0);
+        assert!(r.address_slots.is_empty());
+        assert_eq!(r.addresses.len(), 0);
+    }
+
+    /// Issue 9, search cost: a search in slices (the lock released between them) finds what
+    /// one pass finds, and scans no more than its budget per slice, even while the
+    /// registry changes and compacts between slices.
+    #[test]
+    fn a_search_in_slices_agrees_with_one_pass() {
+        let mut r = Registry::new();
+        let a = addr("a:1");
+        r.register(&a, &many("Song", 5000), T0);
+        r.register(&addr("b:1"), &many("other", 1000), T0);
+        for (query, limit) in [
+            ("song", 20),
+            ("SONG4", 1000),
+            ("", 7),
+            ("ng49", 3),
+            ("zzz", 5),
+        ] {
+            let whole = r.search(query, limit, T0);
+            let mut search = Search::new(query, limit);
+            let mut slices = 0;
+            while !r.search_some(&mut search, T0, 500) {
+                slices += 1;
+                assert!(search.hits.len() <= (2 * limit).max(64));
+            }
+            assert_eq!(slices, 11, "{query}");
+            assert_eq!(search.finish(), whole, "{query:?}");
+        }
+        // A compaction between slices: the search starts over and still finds every file.
+        let mut search = Search::new("other", usize::MAX);
+        assert!(!r.search_some(&mut search, T0, 3000));
+        r.unregister(&a, &[]);
+        while !r.search_some(&mut search, T0, 500) {}
+        assert_eq!(search.finish().len(), 1000);
+    }
+
+    #[test]
+    fn the_substring_search_finds_what_contains_finds() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let alphabet = ['a', 'b', 'A', 'B', 'é', 'É', 'İ', 'K'];
+        let word = |rng: &mut StdRng, n: usize| -> String {
+            (0..n)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect()
+        };
+        let mut buf = Vec::new();
+        for _ in 0..5000 {
+            let (name_len, query_len) = (rng.random_range(1..12), rng.random_range(0..4));
+            let name = word(&mut rng, name_len);
+            let query = word(&mut rng, query_len);
+            let expected = name.to_lowercase().contains(&query.to_lowercase());
+            assert_eq!(
+                Query::new(&query).matches(&name, &mut buf),
+                expected,
+                "{name:?} {query:?}"
+            );
+        }
+        assert!(Query::new("").matches("x", &mut buf));
+        assert!(!Query::new(&"a".repeat(65536)).matches(&"a".repeat(255), &mut buf));
     }
 
     #[test]

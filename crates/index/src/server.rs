@@ -14,12 +14,21 @@ use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
 };
 
-use crate::{IndexError, Store};
+use crate::{IndexError, RegistrationLimits, Store};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
 const READ_BUFFER: usize = 4 << 10;
 /// Floor on the sweep interval, so a tiny test lease does not make the sweeper spin.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Default [`IndexServerConfig::max_query_len`]: twice the longest name.
+pub const DEFAULT_MAX_QUERY_LEN: usize = 512;
+/// Default [`IndexServerConfig::max_registrations_per_holder`]: far more files than a
+/// shared folder holds, and about 45 MB of index memory (some 170 bytes each).
+pub const DEFAULT_MAX_PER_HOLDER: usize = 250_000;
+/// Default [`IndexServerConfig::max_registrations_per_address`]: four such holders, about
+/// 170 MB.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 1_000_000;
 
 /// Limits and timeouts of an [`IndexServer`].
 #[derive(Clone, Debug)]
@@ -32,6 +41,15 @@ pub struct IndexServerConfig {
     pub max_files_per_register: usize,
     /// Server-side cap on search results, whatever the client asks for.
     pub search_limit: u32,
+    /// Longest search query accepted, in bytes (a name is at most 255): a search costs
+    /// listings times query length, so a longer one is refused.
+    pub max_query_len: usize,
+    /// Most registrations one holder may have (complete ones; partial ones count apart,
+    /// against the same cap). A registration past it is refused whole.
+    pub max_registrations_per_holder: usize,
+    /// Most registrations the holders registered from one host may have together (every
+    /// port of a machine, or every peer behind one NAT), likewise.
+    pub max_registrations_per_address: usize,
     /// How long a connection may sit idle between requests; `None` waits forever.
     pub idle_timeout: Option<Duration>,
     /// A request (or the handshake) must arrive whole within this long of its first byte,
@@ -52,6 +70,9 @@ impl Default for IndexServerConfig {
             request_limit: codec::DEFAULT_REQUEST_LIMIT,
             max_files_per_register: 100_000,
             search_limit: 1000,
+            max_query_len: DEFAULT_MAX_QUERY_LEN,
+            max_registrations_per_holder: DEFAULT_MAX_PER_HOLDER,
+            max_registrations_per_address: DEFAULT_MAX_PER_ADDRESS,
             idle_timeout: Some(Duration::from_secs(300)),
             frame_timeout: Duration::from_secs(10),
             trust_announced_host: false,
@@ -272,6 +293,26 @@ fn not_found(key: &FileKey) -> IndexResponse {
     refuse(ErrorCode::NotFound, format!("no peer holds {key}"))
 }
 
+/// A change the store refused or failed: over a cap is the client's doing.
+fn change_failed(e: &IndexError, holder: &PeerAddr, from: &PeerAddr) -> IndexResponse {
+    match e {
+        IndexError::OverLimit(limit) => {
+            log::warn!("index: refused a registration of {holder} from {from}: {limit}");
+            refuse(ErrorCode::BadRequest, limit.to_string())
+        }
+        other => store_failed(other),
+    }
+}
+
+impl IndexServerConfig {
+    fn registration_limits(&self) -> RegistrationLimits {
+        RegistrationLimits {
+            per_holder: self.max_registrations_per_holder,
+            per_address: self.max_registrations_per_address,
+        }
+    }
+}
+
 fn store_failed(e: &IndexError) -> IndexResponse {
     log::warn!("index: {e}");
     refuse(ErrorCode::Internal, e.to_string())
@@ -322,12 +363,13 @@ fn answer<S: Store>(
                 log::info!("index: refused a registration of {holder} from {from}: {refusal}");
                 return IndexResponse::Error(refusal);
             }
-            match store.register(&holder, &files) {
+            let limits = config.registration_limits();
+            match store.register_within(&holder, from.host(), &files, &limits) {
                 Ok(added) => {
                     log::info!("{holder} registered {} files ({added} new)", files.len());
                     IndexResponse::Registered { added }
                 }
-                Err(e) => store_failed(&e),
+                Err(e) => change_failed(&e, &holder, from),
             }
         }
         IndexRequest::RegisterPartial { holder, files } => {
@@ -339,7 +381,8 @@ fn answer<S: Store>(
                 log::info!("index: refused a partial registration of {holder}: {refusal}");
                 return IndexResponse::Error(refusal);
             }
-            match store.register_partial(&holder, &files) {
+            let limits = config.registration_limits();
+            match store.register_partial_within(&holder, from.host(), &files, &limits) {
                 Ok(added) => {
                     if added > 0 {
                         log::info!(
@@ -349,7 +392,7 @@ fn answer<S: Store>(
                     }
                     IndexResponse::Registered { added }
                 }
-                Err(e) => store_failed(&e),
+                Err(e) => change_failed(&e, &holder, from),
             }
         }
         IndexRequest::UnregisterPartial { holder, ids } => {
@@ -427,6 +470,22 @@ fn answer<S: Store>(
             Err(refusal) => refusal,
         },
         IndexRequest::Search { query, limit } => {
+            if query.len() > config.max_query_len {
+                log::info!(
+                    "index: refused {from}'s search of {} bytes (limit {})",
+                    query.len(),
+                    config.max_query_len
+                );
+                return refuse(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the search query is {} bytes; the limit is {} (a name is at most {})",
+                        query.len(),
+                        config.max_query_len,
+                        shoal_proto::MAX_NAME_LEN
+                    ),
+                );
+            }
             let limit = limit.min(config.search_limit);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             match store.search(&query, limit) {

@@ -7,7 +7,11 @@ use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 use crate::partial::{Partials, Sources};
-use crate::{Clock, IndexError, Registry, SystemClock};
+use crate::{Clock, IndexError, RegistrationLimits, Registry, Search, SystemClock};
+
+/// Listing slots a search looks at per hold of the registry lock (a few milliseconds at
+/// most): other requests get their turn between slices.
+pub(crate) const SEARCH_SLICE: usize = 4096;
 
 /// Where registrations live.
 ///
@@ -53,6 +57,48 @@ pub trait Store: Send + Sync + 'static {
     fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError>;
     /// Every live complete and partial holder of the file, marked apart.
     fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError>;
+
+    /// [`Store::register`] within `limits`: `address` is the host the request came from.
+    /// A request that would take the holder, or the holders registered from its address,
+    /// past a cap is refused whole with [`IndexError::OverLimit`] and stores nothing.
+    ///
+    /// The default checks nothing and registers: a store that keeps registrations must
+    /// override it (both stores here do) to be safe in front of untrusted peers.
+    fn register_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        let _ = (address, limits);
+        self.register(holder, files)
+    }
+
+    /// [`Store::register_partial`] within `limits`, as [`Store::register_within`]; partial
+    /// registrations are counted apart from complete ones, against the same caps.
+    fn register_partial_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        let _ = (address, limits);
+        self.register_partial(holder, files)
+    }
+}
+
+/// Runs `search` over the registry `lock` gives, one [`SEARCH_SLICE`] per hold of the lock.
+pub(crate) fn search_in_slices<G: std::ops::Deref<Target = Registry>>(
+    mut lock: impl FnMut() -> G,
+    query: &str,
+    limit: usize,
+    now: Duration,
+) -> Vec<SearchHit> {
+    let mut search = Search::new(query, limit);
+    while !lock().search_some(&mut search, now, SEARCH_SLICE) {}
+    search.finish()
 }
 
 /// A [`Registry`] and its random generator behind one mutex.
@@ -113,6 +159,16 @@ impl MemoryStore {
     }
 }
 
+/// The registry part of a locked [`Inner`].
+struct RegistryGuard<'a>(MutexGuard<'a, Inner>);
+
+impl std::ops::Deref for RegistryGuard<'_> {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        &self.0.registry
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -121,10 +177,35 @@ impl Default for MemoryStore {
 
 impl Store for MemoryStore {
     fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.register_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
+    }
+
+    fn register_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
         let now = self.clock.now();
-        let added = self.lock().registry.register(holder, files, now);
+        let added = self
+            .lock()
+            .registry
+            .register_within(holder, address, files, now, limits)?;
         self.partials.complete(holder, files);
         Ok(added)
+    }
+
+    fn register_partial_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        Ok(self
+            .partials
+            .register_within(holder, address, files, self.clock.now(), limits)?)
     }
 
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
@@ -147,7 +228,7 @@ impl Store for MemoryStore {
 
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
         let now = self.clock.now();
-        let complete = self.lock().registry.search(query, limit, now);
+        let complete = search_in_slices(|| RegistryGuard(self.lock()), query, limit, now);
         Ok(self.partials.search(query, limit, complete, now))
     }
 

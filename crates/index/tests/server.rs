@@ -463,3 +463,123 @@ fn nobody_registers_or_drops_files_for_another_host() {
     let (_, holders) = proxy.holders(&FileKey::Name("c.txt".into())).unwrap();
     assert_eq!(holders, vec![addr("inside:7000")]);
 }
+
+fn files(prefix: &str, n: u32) -> Vec<FileMeta> {
+    (0..n)
+        .map(|i| {
+            let mut id = [prefix.as_bytes()[0]; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            FileMeta {
+                name: format!("{prefix}{i}.bin"),
+                size: 4096,
+                chunk_size: 1024,
+                id: FileId(id),
+            }
+        })
+        .collect()
+}
+
+fn refusal(result: Result<u32, IndexError>) -> String {
+    match result {
+        Err(IndexError::Refused(reply)) => {
+            assert_eq!(reply.code, ErrorCode::BadRequest, "{reply}");
+            reply.message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Issue 9, memory per holder: one holder, or one machine with many holders (ports), can
+/// register only so much, complete or partial, with a refusal that names the limit; what
+/// is refused is not stored, and others register as before. Over both stores.
+#[test]
+fn registrations_are_capped_per_holder_and_per_source_address() {
+    let dir = std::env::temp_dir().join(format!("shoal-caps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let durable = shoal_index::DurableStore::open(
+        &dir,
+        shoal_index::DurableOptions {
+            seed: Some(1),
+            ..shoal_index::DurableOptions::default()
+        },
+    )
+    .unwrap();
+    let config = IndexServerConfig {
+        max_registrations_per_holder: 100,
+        max_registrations_per_address: 250,
+        ..IndexServerConfig::default()
+    };
+    let net = MemNetwork::new();
+    let memory = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), config.clone())
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let durable = IndexServer::new(net.host("index2"), durable, config)
+        .spawn(&addr("index2:0"))
+        .unwrap();
+    for index in [&memory, &durable] {
+        let mut flood = client(&net, "flood", index);
+        let many = files("f", 300);
+        assert_eq!(flood.register(&addr("flood:1"), &many[..60]).unwrap(), 60);
+        // Registering again what it has costs nothing; 41 new ones take it past 100.
+        assert_eq!(flood.register(&addr("flood:1"), &many[..100]).unwrap(), 40);
+        let message = refusal(flood.register(&addr("flood:1"), &many[..101]));
+        assert!(
+            message.contains("flood:1") && message.contains("limit is 100 per holder"),
+            "{message}"
+        );
+        // More ports on the same machine share its address's cap.
+        assert_eq!(
+            flood.register(&addr("flood:2"), &many[100..200]).unwrap(),
+            100
+        );
+        let message = refusal(flood.register(&addr("flood:3"), &many[200..251]));
+        assert!(
+            message.contains("flood") && message.contains("limit is 250 per source address"),
+            "{message}"
+        );
+        // Nothing of the refused requests was stored.
+        assert_eq!(flood.search("f250.bin", 10).unwrap(), vec![]);
+        assert!(matches!(
+            flood.holders(&name("f100.bin")),
+            Ok((_, holders)) if holders == vec![addr("flood:2")]
+        ));
+        // Partial registrations have caps of their own.
+        let message = refusal(flood.register_partial(&addr("flood:4"), &files("p", 101)));
+        assert!(message.contains("limit is 100 per holder"), "{message}");
+        // Another machine is not affected.
+        let mut honest = client(&net, "honest", index);
+        assert_eq!(
+            honest.register(&addr("honest:1"), &many[..100]).unwrap(),
+            100
+        );
+        // Going frees the room.
+        assert_eq!(flood.unregister(&addr("flood:2"), &[]).unwrap(), 100);
+        assert_eq!(
+            flood.register(&addr("flood:3"), &many[200..300]).unwrap(),
+            100
+        );
+    }
+    drop(durable);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 9, search cost: a query longer than the limit is refused with a message that
+/// names it (a 30 KB query used to be matched against every listing); one at the limit
+/// works.
+#[test]
+fn a_search_query_longer_than_the_limit_is_refused() {
+    let net = MemNetwork::new();
+    let index = start(&net);
+    let mut c = client(&net, "c", &index);
+    c.register(&addr("c:1"), &files("song", 50)).unwrap();
+    match c.search(&"é".repeat(15 << 10), 10) {
+        Err(IndexError::Refused(reply)) => {
+            assert_eq!(reply.code, ErrorCode::BadRequest, "{reply}");
+            assert!(reply.message.contains("the limit is 512"), "{reply}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let at_limit = format!("song1{}", "x".repeat(507));
+    assert_eq!(c.search(&at_limit, 10).unwrap(), vec![]);
+    assert_eq!(c.search("SONG1", 100).unwrap().len(), 11);
+}

@@ -17,11 +17,17 @@
 //!
 //! A periodic full rescan ([`WatchConfig::rescan_interval`]) catches whatever the watcher
 //! missed (an event queue overflow, a file system without change events).
+//!
+//! Memory stays bounded however fast the folder churns and however long a rescan takes
+//! (hashing a huge file): events are not queued but folded, as they arrive, into one record
+//! (the first and last event time, and the names being written, one entry per name). Past
+//! `MAX_TRACKED` (4096) names being written, the record forgets them and asks for a full rescan
+//! at once, as after a kernel queue overflow.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -30,6 +36,15 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 use crate::{Library, LibraryChange, PeerError};
+
+/// Most names tracked as being written at once (about 100 bytes each); past it the watcher
+/// forgets them and rescans the whole folder at once.
+const MAX_TRACKED: usize = 4096;
+
+fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    // `Pending` holds no invariant a panic could break halfway.
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Timing of a [`FolderWatcher`].
 #[derive(Clone, Debug)]
@@ -83,10 +98,14 @@ impl FolderWatcher {
             dir: library.dir().to_path_buf(),
             reason: e.to_string(),
         })?;
-        let (events_tx, events) = crossbeam_channel::unbounded();
+        let pending = Arc::new(Mutex::new(Pending::new(&dir, &config, Instant::now())));
+        // Events are folded into `pending` as they come; the channel only wakes the thread,
+        // and one wake-up waiting is enough.
+        let (wake_tx, events) = crossbeam_channel::bounded(1);
+        let inbox = Arc::clone(&pending);
         let watcher = notify::recommended_watcher(move |event| {
-            // Nobody listening means the watcher is stopping.
-            let _ = events_tx.send(event);
+            lock(&inbox).note(event, Instant::now());
+            let _ = wake_tx.try_send(());
         })
         .and_then(|mut watcher| {
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -120,9 +139,7 @@ impl FolderWatcher {
             .spawn(move || {
                 // Owned here so the OS watch ends with the thread.
                 let _watcher = watcher;
-                run(
-                    &library, &dir, &config, &events, &stopped, &counter, &on_change,
-                );
+                run(&library, &pending, &events, &stopped, &counter, &on_change);
             })
             .map_err(|source| PeerError::Thread {
                 what: "folder watcher",
@@ -165,34 +182,28 @@ impl Drop for FolderWatcher {
 
 fn run(
     library: &Library,
-    dir: &Path,
-    config: &WatchConfig,
-    events: &Receiver<notify::Result<notify::Event>>,
+    pending: &Mutex<Pending>,
+    wake: &Receiver<()>,
     stopped: &Receiver<()>,
     hashed: &AtomicU64,
     on_change: &dyn Fn(LibraryChange),
 ) {
-    let mut pending = Pending::new(dir, config, Instant::now());
     loop {
         let now = Instant::now();
-        let due = pending.due();
+        let due = lock(pending).due();
         if due > now {
             select! {
-                recv(events) -> event => match event {
-                    Ok(event) => pending.note(event, Instant::now()),
-                    Err(_) => return,
+                recv(wake) -> woke => if woke.is_err() {
+                    // The OS watcher is gone: the watcher is stopping.
+                    return;
                 },
                 recv(stopped) -> _ => return,
                 default(due - now) => {}
             }
             continue;
         }
-        // Take in what already arrived, so the busy set is current.
-        while let Ok(event) = events.try_recv() {
-            pending.note(event, Instant::now());
-        }
-        let now = Instant::now();
-        let busy = pending.begin_rescan(now);
+        // A copy: events go on being noted while the rescan runs.
+        let busy = lock(pending).begin_rescan(Instant::now());
         match library.rescan_skipping(&|name| busy.contains_key(name)) {
             Ok(report) => {
                 hashed.fetch_add(report.hashed as u64, Ordering::Relaxed);
@@ -210,7 +221,7 @@ fn run(
             }
             Err(e) => log::warn!("rescan failed: {e}"),
         }
-        pending.rescanned(Instant::now());
+        lock(pending).rescanned(Instant::now());
     }
 }
 
@@ -230,6 +241,11 @@ struct Pending {
     last_rescan: Instant,
     /// A rescan is due now (at start, and after a watcher error).
     now: bool,
+    /// A rescan is running: what is noted meanwhile is kept for the next one.
+    scanning: bool,
+    /// `dirty` and `now` as noted since the running rescan began.
+    dirty_during: Option<(Instant, Instant)>,
+    now_during: bool,
 }
 
 impl Pending {
@@ -244,7 +260,15 @@ impl Pending {
             writing: HashMap::new(),
             last_rescan: now,
             now: true,
+            scanning: false,
+            dirty_during: None,
+            now_during: false,
         }
+    }
+
+    fn want_now(&mut self) {
+        self.now = true;
+        self.now_during |= self.scanning;
     }
 
     /// When the next rescan is due.
@@ -269,14 +293,14 @@ impl Pending {
             Ok(event) => event,
             Err(e) => {
                 log::warn!("folder watcher: {e}; rescanning");
-                self.now = true;
+                self.want_now();
                 return;
             }
         };
         if event.need_rescan() {
             // The kernel's queue overflowed: events were lost, and so may closes have been.
             self.writing.clear();
-            self.now = true;
+            self.want_now();
             return;
         }
         #[derive(PartialEq)]
@@ -312,7 +336,22 @@ impl Pending {
             }
             match what {
                 What::Written => {
-                    self.writing.insert(name.to_string(), now);
+                    if let Some(last) = self.writing.get_mut(name) {
+                        *last = now;
+                    } else {
+                        if self.writing.len() >= MAX_TRACKED {
+                            // Too many files being written to follow one by one: forget
+                            // them and rescan everything, as after a lost event queue.
+                            log::debug!(
+                                "folder watcher: more than {MAX_TRACKED} files being written; \
+                                 rescanning the whole folder"
+                            );
+                            self.writing.clear();
+                            self.writing.shrink_to_fit();
+                            self.want_now();
+                        }
+                        self.writing.insert(name.to_string(), now);
+                    }
                 }
                 What::Closed | What::Gone => {
                     self.writing.remove(name);
@@ -326,19 +365,28 @@ impl Pending {
     fn touch(&mut self, now: Instant) {
         let first = self.dirty.map_or(now, |(first, _)| first);
         self.dirty = Some((first, now));
+        if self.scanning {
+            let first = self.dirty_during.map_or(now, |(first, _)| first);
+            self.dirty_during = Some((first, now));
+        }
     }
 
-    /// Forgets writes that have settled; returns the names still being written.
-    fn begin_rescan(&mut self, now: Instant) -> &HashMap<String, Instant> {
+    /// Forgets writes that have settled; returns (a copy of) the names still being
+    /// written. Events noted from now until [`Pending::rescanned`] call for another rescan.
+    fn begin_rescan(&mut self, now: Instant) -> HashMap<String, Instant> {
         let settle = self.settle;
         self.writing
             .retain(|_, last| now.saturating_duration_since(*last) < settle);
-        &self.writing
+        self.scanning = true;
+        self.dirty_during = None;
+        self.now_during = false;
+        self.writing.clone()
     }
 
     fn rescanned(&mut self, now: Instant) {
-        self.dirty = None;
-        self.now = false;
+        self.dirty = self.dirty_during.take();
+        self.now = std::mem::take(&mut self.now_during);
+        self.scanning = false;
         self.last_rescan = now;
     }
 }
@@ -445,6 +493,57 @@ mod tests {
             t0 + 3001 * MS,
         );
         assert!(p.begin_rescan(t0 + 3002 * MS).is_empty());
+    }
+
+    /// Issue 9, the folder watcher's queue: while a rescan runs (hashing a huge file), a
+    /// folder that churns through names costs at most `MAX_TRACKED` entries: events for one
+    /// name fold into one, and past the bound the watcher forgets the names and rescans
+    /// everything at once.
+    #[test]
+    fn a_churning_folder_is_followed_in_bounded_memory() {
+        let t0 = Instant::now();
+        let mut p = pending(t0);
+        let write = |name: &str| {
+            event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &Path::new("/shared").join(name),
+            )
+        };
+        // One name written a hundred thousand times is one entry.
+        for i in 0..100_000u32 {
+            p.note(write("busy.log"), t0 + Duration::from_micros(u64::from(i)));
+        }
+        assert_eq!(p.writing.len(), 1);
+        assert!(p.due() > t0);
+        // A hundred thousand names: never more than the bound, and a full rescan is due.
+        for i in 0..100_000u32 {
+            p.note(write(&format!("f{i}")), t0 + Duration::from_millis(200));
+            assert!(
+                p.writing.len() <= 10_000,
+                "{} names tracked",
+                p.writing.len()
+            );
+        }
+        assert!(p.due() <= t0 + Duration::from_millis(200));
+    }
+
+    /// What happens while a rescan runs is not forgotten when it ends.
+    #[test]
+    fn events_during_a_rescan_call_for_another() {
+        let t0 = Instant::now();
+        let mut p = pending(t0);
+        let file = Path::new("/shared/a.txt");
+        p.note(event(EventKind::Create(CreateKind::File), file), t0);
+        let _ = p.begin_rescan(t0 + 300 * MS);
+        p.note(
+            event(EventKind::Create(CreateKind::File), file),
+            t0 + 400 * MS,
+        );
+        p.rescanned(t0 + 500 * MS);
+        assert_eq!(p.due(), t0 + 700 * MS);
+        let _ = p.begin_rescan(t0 + 700 * MS);
+        p.rescanned(t0 + 800 * MS);
+        assert_eq!(p.due(), t0 + 60_800 * MS);
     }
 
     #[test]
