@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shoal_proto::codec::{self, Service};
 use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, ErrorReply, Have, Manifest, PeerRequest, PeerResponse};
-use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
+use shoal_proto::server::{AcceptConfig, LiveConnection, ServerHandle, spawn_accept_loop};
 use shoal_proto::{Connection, FileId, FileKey, PeerAddr, ProtoError, Transport, content};
 
 use crate::library::open_regular;
@@ -198,8 +198,8 @@ impl<T: Transport> PeerServer<T> {
             stats,
             handed: HandedOut::default(),
         });
-        spawn_accept_loop(&transport, listener, accept, move |stream, from| {
-            serve(stream, from, &library, &config, &shared);
+        spawn_accept_loop(&transport, listener, accept, move |stream, from, live| {
+            serve(stream, from, live, &library, &config, &shared);
         })
         .map_err(bind_error)
     }
@@ -309,6 +309,7 @@ impl HandedOut {
 fn serve<S: Connection>(
     stream: S,
     from: PeerAddr,
+    live: &LiveConnection,
     library: &Library,
     config: &PeerServerConfig,
     shared: &Shared,
@@ -333,6 +334,7 @@ fn serve<S: Connection>(
     let mut session = Session {
         conn: BufReader::with_capacity(REQUEST_BUF, stream),
         from,
+        live,
         library,
         config,
         shared,
@@ -346,6 +348,8 @@ fn serve<S: Connection>(
 struct Session<'a, S> {
     conn: BufReader<FrameDeadline<S>>,
     from: PeerAddr,
+    /// This connection in the accept loop's registry: busy while a request is answered.
+    live: &'a LiveConnection,
     library: &'a Library,
     config: &'a PeerServerConfig,
     /// Upload slots and counters of the whole server.
@@ -365,11 +369,19 @@ impl<S: Connection> Session<'_, S> {
             let request =
                 codec::read_frame(&mut self.conn, self.config.request_limit, &mut self.frame);
             if request.is_ok() {
+                if !self.live.busy() {
+                    log::debug!("{}'s connection was closed for another client", self.from);
+                    return;
+                }
                 quiet = Duration::ZERO;
                 self.conn.get_mut().frame_done();
             }
             let result = match request {
                 Err(ProtoError::Idle) => {
+                    if self.live.is_taken() {
+                        log::debug!("{}'s connection was closed for another client", self.from);
+                        return;
+                    }
                     quiet += self.config.frame_timeout;
                     if self.config.idle_timeout.is_some_and(|idle| quiet >= idle) {
                         log::debug!("closing {}: idle for {} s", self.from, quiet.as_secs());
@@ -409,6 +421,7 @@ impl<S: Connection> Session<'_, S> {
                 log::debug!("connection from {} ended: {e}", self.from);
                 return;
             }
+            self.live.idle();
         }
     }
 
