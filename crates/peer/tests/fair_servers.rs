@@ -1,9 +1,13 @@
 //! A few clients cannot shut everyone else out of a peer (issue 9, "Servers"): over the
-//! in-memory network, a host holds idle connections past the connection limit, and an
-//! honest download must still finish. Every wait here is bounded; no assertion depends on timing.
+//! in-memory network, a host holds idle connections past the connection limit, or reads its
+//! uploads a trickle at a time in every upload slot, and an honest download must still
+//! finish. Every wait here is bounded; no assertion depends on timing.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::fs;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -15,11 +19,13 @@ use shoal_peer::{
 };
 use shoal_proto::codec::{self, Service};
 use shoal_proto::mem::{MemNetwork, MemStream};
-use shoal_proto::{FileKey, FileMeta, PeerAddr, Transport};
+use shoal_proto::message::{PeerRequest, PeerResponse};
+use shoal_proto::{Connection, FileKey, FileMeta, PeerAddr, Transport};
 use tempfile::TempDir;
 
 const CHUNK: u32 = 16384;
-/// 64 chunks.
+/// 64 chunks: more than the in-memory pipe holds (64 messages, a chunk is two), so a
+/// transfer to a reader that does not keep up blocks the server's writes.
 const SIZE: usize = 64 * CHUNK as usize;
 /// Longest any download here may take before the test calls it shut out.
 const SHUT_OUT: Duration = Duration::from_secs(45);
@@ -126,4 +132,59 @@ fn idle_connections_past_the_limit_give_way_to_a_download() {
     let flood: Vec<(MemStream, bool)> = (0..24).map(|_| world.connect("flood")).collect();
     world.download_gets_through("honest");
     drop(flood);
+}
+
+/// Reads about 2 KB a second from `stream` until `stop` is set or the server hangs up.
+fn trickle(mut stream: MemStream, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut buf = [0u8; 100];
+        while !stop.load(Ordering::SeqCst) {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => thread::sleep(Duration::from_millis(50)),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+#[test]
+fn slow_readers_in_every_upload_slot_give_way_to_a_download() {
+    let world = World::new(PeerServerConfig {
+        max_uploads: 2,
+        ..PeerServerConfig::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (mut stream, shook) = world.connect("slow");
+        assert!(shook);
+        codec::write_frame(
+            &mut stream,
+            &PeerRequest::ReadChunks {
+                id: world.meta.id,
+                chunk_size: CHUNK,
+                first: 0,
+                count: 64,
+            },
+        )
+        .unwrap();
+        // The first chunk's header: this reader holds an upload slot now.
+        let first: PeerResponse =
+            codec::read_frame(&mut stream, codec::DEFAULT_RESPONSE_LIMIT, &mut Vec::new()).unwrap();
+        assert!(
+            matches!(first, PeerResponse::Chunk { index: 0, .. }),
+            "{first:?}"
+        );
+        readers.push(trickle(stream, Arc::clone(&stop)));
+    }
+    world.download_gets_through("honest");
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        reader.join().unwrap();
+    }
 }
