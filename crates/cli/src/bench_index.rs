@@ -394,7 +394,7 @@ fn start_noop(reply: Vec<u8>) -> Result<ServerHandle, String> {
         &transport,
         listener,
         AcceptConfig::new(Service::Index, "noop"),
-        move |stream: TcpStream, _from| noop_connection(stream, &reply),
+        move |stream: TcpStream, _from, _live| noop_connection(stream, &reply),
     )
     .map_err(|e| format!("cannot start the no-op server: {e}"))
 }

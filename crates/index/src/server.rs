@@ -9,7 +9,7 @@ use std::time::Duration;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
 use shoal_proto::message::{ErrorCode, ErrorReply, IndexRequest, IndexResponse};
-use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
+use shoal_proto::server::{AcceptConfig, LiveConnection, ServerHandle, spawn_accept_loop};
 use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
 };
@@ -112,11 +112,15 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         accept.max_connections = self.config.max_connections;
         let store = Arc::clone(&self.store);
         let config = self.config;
-        let mut handle =
-            spawn_accept_loop(&self.transport, listener, accept, move |stream, from| {
-                serve_connection(stream, &from, &*store, &config);
-            })
-            .map_err(bind_error)?;
+        let mut handle = spawn_accept_loop(
+            &self.transport,
+            listener,
+            accept,
+            move |stream, from, live| {
+                serve_connection(stream, &from, live, &*store, &config);
+            },
+        )
+        .map_err(bind_error)?;
         let interval = (self.store.lease() / 4).max(MIN_SWEEP_INTERVAL);
         // Dropping the sender (when the handle stops) wakes and ends the sweeper at once.
         let (stop, stopped) = mpsc::channel::<()>();
@@ -150,11 +154,12 @@ fn sweep_once<S: Store>(store: &S) {
     }
 }
 
-/// One connection: handshake, then request/response until the client leaves, idles out or
-/// sends something unreadable.
+/// One connection: handshake, then request/response until the client leaves, idles out,
+/// sends something unreadable, or its place is taken by a new client while it idles.
 fn serve_connection<C: Connection, S: Store>(
     stream: C,
     from: &PeerAddr,
+    live: &LiveConnection,
     store: &S,
     config: &IndexServerConfig,
 ) {
@@ -183,11 +188,19 @@ fn serve_connection<C: Connection, S: Store>(
         let request: IndexRequest =
             match codec::read_frame(&mut reader, config.request_limit, &mut body) {
                 Ok(request) => {
+                    if !live.busy() {
+                        log::debug!("index: {from}'s connection was closed for another client");
+                        return;
+                    }
                     quiet = Duration::ZERO;
                     reader.get_mut().frame_done();
                     request
                 }
                 Err(ProtoError::Idle) => {
+                    if live.is_taken() {
+                        log::debug!("index: {from}'s connection was closed for another client");
+                        return;
+                    }
                     quiet += config.frame_timeout;
                     if config.idle_timeout.is_some_and(|idle| quiet >= idle) {
                         log::debug!("index: closing {from}: idle for {} s", quiet.as_secs());
@@ -213,6 +226,7 @@ fn serve_connection<C: Connection, S: Store>(
             log::debug!("index: cannot answer {from}: {e}");
             return;
         }
+        live.idle();
     }
 }
 

@@ -8,10 +8,12 @@ use std::thread;
 use std::time::Duration;
 
 use shoal_index::{IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore};
-use shoal_proto::codec::{self, Service};
+use shoal_proto::codec;
 use shoal_proto::mem::MemNetwork;
 use shoal_proto::message::{IndexRequest, IndexResponse};
 use shoal_proto::{FileId, FileKey, FileMeta, Listener, PeerAddr, Transport};
+
+mod gate;
 
 fn addr(s: &str) -> PeerAddr {
     PeerAddr::new(s).unwrap()
@@ -93,7 +95,8 @@ fn a_busy_index_is_still_reported_and_skipped() {
         max_connections: 1,
         ..IndexServerConfig::default()
     };
-    let busy = IndexServer::new(net.host("busy"), MemoryStore::with_seed(1), config)
+    let (store, gate) = gate::gated(MemoryStore::with_seed(1));
+    let busy = IndexServer::new(net.host("busy"), store, config)
         .spawn(&addr("busy:0"))
         .unwrap();
     let free = IndexServer::new(
@@ -103,9 +106,11 @@ fn a_busy_index_is_still_reported_and_skipped() {
     )
     .spawn(&addr("free:0"))
     .unwrap();
-    // Holds the busy index's only slot.
-    let mut holder = net.host("h").connect(busy.addr()).unwrap();
-    codec::client_handshake(&mut holder, Service::Index).unwrap();
+    // Holds the busy index's only slot, busy in the middle of a request (an idle
+    // connection would give way to the next client).
+    let mut holder = IndexClient::new(net.host("h"), vec![busy.addr().clone()]);
+    let holding = thread::spawn(move || holder.search(gate::HOLD, 1).map(drop));
+    gate.arrived.recv_timeout(Duration::from_secs(10)).unwrap();
 
     let mut alone = IndexClient::new(net.host("c"), vec![busy.addr().clone()]);
     match alone.register(&addr("p:1"), &[meta("a.txt")]) {
@@ -124,7 +129,8 @@ fn a_busy_index_is_still_reported_and_skipped() {
     assert_eq!(both.connected_index(), Some(free.addr()));
 
     // The refused requests were never processed by the busy index.
-    drop(holder);
+    gate.open.send(()).unwrap();
+    holding.join().unwrap().unwrap();
     let mut later = IndexClient::new(net.host("c"), vec![busy.addr().clone()]);
     let mut answer = later.locate(&FileKey::Name("a.txt".into()));
     for _ in 0..1000 {

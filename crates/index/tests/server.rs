@@ -15,6 +15,8 @@ use shoal_proto::mem::{MemNetwork, MemTransport};
 use shoal_proto::message::{ErrorCode, IndexRequest, IndexResponse};
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport};
 
+mod gate;
+
 fn addr(s: &str) -> PeerAddr {
     PeerAddr::new(s).unwrap()
 }
@@ -292,11 +294,14 @@ fn busy_server_is_reported() {
         max_connections: 1,
         ..IndexServerConfig::default()
     };
-    let index = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), config)
+    let (store, gate) = gate::gated(MemoryStore::with_seed(1));
+    let index = IndexServer::new(net.host("index"), store, config)
         .spawn(&addr("index:0"))
         .unwrap();
+    // The only connection is busy in the middle of a request.
     let mut first = client(&net, "a", &index);
-    first.search("", 1).unwrap();
+    let held = std::thread::spawn(move || first.search(gate::HOLD, 1).map(|_| first));
+    gate.arrived.recv_timeout(Duration::from_secs(10)).unwrap();
     let mut second = client(&net, "b", &index);
     // The refused client hears why: the index is busy.
     match second.search("", 1) {
@@ -306,7 +311,43 @@ fn busy_server_is_reported() {
         other => panic!("expected a busy refusal, got {other:?}"),
     }
     // And the first connection is still served.
+    gate.open.send(()).unwrap();
+    let mut first = held.join().unwrap().unwrap();
+    // Idle now, it gives way to the next client, and its own client reconnects.
+    second.search("", 1).unwrap();
     first.search("", 1).unwrap();
+    assert_eq!(index.idle_connections_closed(), 2);
+}
+
+#[test]
+fn idle_connections_give_way_to_a_new_client() {
+    let net = MemNetwork::new();
+    let config = IndexServerConfig {
+        max_connections: 4,
+        ..IndexServerConfig::default()
+    };
+    let index = IndexServer::new(net.host("index"), MemoryStore::with_seed(1), config)
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let mut honest = client(&net, "honest", &index);
+    honest.search("", 1).unwrap();
+    // One host opens three times the limit in idle connections.
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let mut s = net.host("flood").connect(index.addr()).unwrap();
+            let shook = codec::client_handshake(&mut s, Service::Index);
+            (s, shook)
+        })
+        .collect();
+    // The honest client and a newcomer are both served; only the flood's connections were
+    // closed (nine for the flood's own, one for the newcomer: the honest one stayed, or its
+    // reconnect would have closed one more).
+    honest.search("", 1).unwrap();
+    let mut newcomer = client(&net, "newcomer", &index);
+    newcomer.search("", 1).unwrap();
+    assert_eq!(index.idle_connections_closed(), 10);
+    assert_eq!(index.live_connections(), 4);
+    drop(flood);
 }
 
 /// A store that reports every sweep that removed something.

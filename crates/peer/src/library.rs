@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -555,6 +555,14 @@ impl Library {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Runs between `open_regular`'s check and its open, on this thread: where a test swaps
+    /// the name for something else.
+    static BETWEEN_CHECK_AND_OPEN: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Opens `path` only if it is a regular file (not a symlink, FIFO, directory, ...), returning
 /// the file and its metadata.
 pub(crate) fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
@@ -565,11 +573,22 @@ pub(crate) fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
             "not a regular file",
         ));
     }
-    let file = File::open(path)?;
+    #[cfg(test)]
+    if let Some(swap) = BETWEEN_CHECK_AND_OPEN.with(|hook| hook.borrow_mut().take()) {
+        swap();
+    }
+    // The name may have been swapped since the check. Opened non-blocking, a FIFO does not
+    // wait for a writer (a plain open would block this thread until someone writes), and
+    // without following links, a symlink is not followed to whatever it names; either is
+    // refused below. O_NONBLOCK stays set: it changes nothing for a regular file (reads
+    // of one never return `WouldBlock`), and clearing it would take `fcntl`, unsafe code.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
     let meta = file.metadata()?;
-    // The name could have been swapped for a symlink between the check and the open; the
-    // same inode proves it was not.
-    if meta.dev() != link.dev() || meta.ino() != link.ino() {
+    // What was opened must be the regular file that was checked: the same inode.
+    if !meta.file_type().is_file() || meta.dev() != link.dev() || meta.ino() != link.ino() {
         return Err(io::Error::other("the file was replaced while being opened"));
     }
     Ok((file, meta))
@@ -791,6 +810,56 @@ fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_swapped_for_a_fifo_is_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = tmp.path().join("probe");
+        let mkfifo = |path: &Path| {
+            std::process::Command::new("mkfifo")
+                .arg(path)
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        if !mkfifo(&probe) {
+            eprintln!("skipped: no mkfifo here");
+            return;
+        }
+        let path = tmp.path().join("song.ogg");
+        fs::write(&path, b"a tune").unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let opener = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let swapped = path.clone();
+                BETWEEN_CHECK_AND_OPEN.with(|hook| {
+                    *hook.borrow_mut() = Some(Box::new(move || {
+                        fs::remove_file(&swapped).unwrap();
+                        assert!(mkfifo(&swapped));
+                    }));
+                });
+                let _ = done_tx.send(open_regular(&path).map(|_| ()));
+            })
+        };
+        let result = match done.recv_timeout(Duration::from_secs(10)) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Blocked in the open: a writer lets it go, then the test fails.
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path);
+                let _ = opener.join();
+                panic!("open_regular blocked on a FIFO swapped in after its check");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the opener thread failed: {:?}", opener.join().err());
+            }
+        };
+        opener.join().unwrap();
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+    }
 
     fn data(len: usize, seed: u8) -> Vec<u8> {
         (0..len)

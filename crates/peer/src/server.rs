@@ -1,7 +1,7 @@
 //! The peer server: serves the manifests and chunks of the library's files.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shoal_proto::codec::{self, Service};
 use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, ErrorReply, Have, Manifest, PeerRequest, PeerResponse};
-use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
+use shoal_proto::server::{AcceptConfig, LiveConnection, ServerHandle, spawn_accept_loop};
 use shoal_proto::{Connection, FileId, FileKey, PeerAddr, ProtoError, Transport, content};
 
 use crate::library::open_regular;
@@ -20,6 +20,11 @@ use crate::{Library, PeerError};
 
 /// Read buffer for requests (they are a few dozen bytes each).
 const REQUEST_BUF: usize = 1024;
+/// An upload goes out in pieces of at most this many bytes, each with its own deadline
+/// (see [`PeerServerConfig::min_upload_rate`]): a requester's huge chunk size buys no time.
+const UPLOAD_PIECE: usize = 256 << 10;
+/// How often a blocked upload write wakes to check its deadline.
+const UPLOAD_WAKE: Duration = Duration::from_millis(250);
 
 /// How a [`PeerServer`] runs.
 #[derive(Clone, Debug)]
@@ -41,6 +46,15 @@ pub struct PeerServerConfig {
     pub max_uploads: usize,
     /// Longest a `ReadChunks` request waits for an upload slot (default 5 s).
     pub upload_queue_wait: Duration,
+    /// An upload slot is kept by progress: while another request waits for a slot, each
+    /// piece of an upload (at most 256 KiB) must leave within the time it takes at this
+    /// rate, in bytes per second (and at least `upload_grace`), or the transfer ends, the
+    /// connection is closed ([`ProtoError::TooSlow`]) and the slot goes to the next in
+    /// line. Nobody waiting, a slow reader keeps its slot. 0 turns it off (default 64 KiB/s:
+    /// 4 s per 256 KiB piece, within `upload_queue_wait`).
+    pub min_upload_rate: u64,
+    /// The least time any piece of an upload gets, however small (default 2 s).
+    pub upload_grace: Duration,
 }
 
 impl Default for PeerServerConfig {
@@ -53,6 +67,8 @@ impl Default for PeerServerConfig {
             request_limit: codec::DEFAULT_REQUEST_LIMIT,
             max_uploads: 16,
             upload_queue_wait: Duration::from_secs(5),
+            min_upload_rate: 64 << 10,
+            upload_grace: Duration::from_secs(2),
         }
     }
 }
@@ -159,6 +175,79 @@ impl UploadSlots {
         s.active = s.active.saturating_sub(1);
         self.freed.notify_all();
     }
+
+    /// Requests waiting for a slot now.
+    fn waiting(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .len()
+    }
+}
+
+/// The progress an upload must make to keep its slot (see
+/// [`PeerServerConfig::min_upload_rate`]).
+struct Pace<'a> {
+    slots: &'a UploadSlots,
+    /// Bytes per second; 0: no minimum.
+    min_rate: u64,
+    grace: Duration,
+    /// The longest a write may make no progress at all, contended or not.
+    io_timeout: Duration,
+}
+
+impl Pace<'_> {
+    /// How long a piece of `len` bytes may take.
+    fn budget(&self, len: usize) -> Duration {
+        let at_rate = Duration::from_secs_f64(len as f64 / self.min_rate.max(1) as f64);
+        at_rate.max(self.grace)
+    }
+
+    /// Writes `bytes` of an upload in pieces of at most [`UPLOAD_PIECE`] bytes. A piece
+    /// still unsent past its budget while another request waits for a slot ends the
+    /// transfer with [`ProtoError::TooSlow`]; the stream is then mid-frame, so the caller
+    /// closes the connection. The stream's write timeout must be short ([`UPLOAD_WAKE`]),
+    /// so a blocked write comes back to check.
+    fn write<W: Write>(&self, w: &mut W, bytes: &[u8]) -> Result<(), ProtoError> {
+        if self.min_rate == 0 {
+            w.write_all(bytes)?;
+            return Ok(());
+        }
+        for piece in bytes.chunks(UPLOAD_PIECE) {
+            let started = Instant::now();
+            let deadline = started + self.budget(piece.len());
+            let mut progress = started;
+            let mut rest = piece;
+            while !rest.is_empty() {
+                match w.write(rest) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                    Ok(n) => {
+                        rest = rest.get(n..).unwrap_or_default();
+                        progress = Instant::now();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if progress.elapsed() >= self.io_timeout {
+                            return Err(e.into());
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if !rest.is_empty() && Instant::now() >= deadline && self.slots.waiting() > 0 {
+                    return Err(ProtoError::TooSlow {
+                        min_rate: self.min_rate,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<T: Transport> PeerServer<T> {
@@ -198,8 +287,8 @@ impl<T: Transport> PeerServer<T> {
             stats,
             handed: HandedOut::default(),
         });
-        spawn_accept_loop(&transport, listener, accept, move |stream, from| {
-            serve(stream, from, &library, &config, &shared);
+        spawn_accept_loop(&transport, listener, accept, move |stream, from, live| {
+            serve(stream, from, live, &library, &config, &shared);
         })
         .map_err(bind_error)
     }
@@ -309,6 +398,7 @@ impl HandedOut {
 fn serve<S: Connection>(
     stream: S,
     from: PeerAddr,
+    live: &LiveConnection,
     library: &Library,
     config: &PeerServerConfig,
     shared: &Shared,
@@ -333,6 +423,7 @@ fn serve<S: Connection>(
     let mut session = Session {
         conn: BufReader::with_capacity(REQUEST_BUF, stream),
         from,
+        live,
         library,
         config,
         shared,
@@ -346,6 +437,8 @@ fn serve<S: Connection>(
 struct Session<'a, S> {
     conn: BufReader<FrameDeadline<S>>,
     from: PeerAddr,
+    /// This connection in the accept loop's registry: busy while a request is answered.
+    live: &'a LiveConnection,
     library: &'a Library,
     config: &'a PeerServerConfig,
     /// Upload slots and counters of the whole server.
@@ -358,18 +451,26 @@ struct Session<'a, S> {
     chunk: Vec<u8>,
 }
 
-impl<S: Connection> Session<'_, S> {
+impl<'a, S: Connection> Session<'a, S> {
     fn run(&mut self) {
         let mut quiet = Duration::ZERO;
         loop {
             let request =
                 codec::read_frame(&mut self.conn, self.config.request_limit, &mut self.frame);
             if request.is_ok() {
+                if !self.live.busy() {
+                    log::debug!("{}'s connection was closed for another client", self.from);
+                    return;
+                }
                 quiet = Duration::ZERO;
                 self.conn.get_mut().frame_done();
             }
             let result = match request {
                 Err(ProtoError::Idle) => {
+                    if self.live.is_taken() {
+                        log::debug!("{}'s connection was closed for another client", self.from);
+                        return;
+                    }
                     quiet += self.config.frame_timeout;
                     if self.config.idle_timeout.is_some_and(|idle| quiet >= idle) {
                         log::debug!("closing {}: idle for {} s", self.from, quiet.as_secs());
@@ -409,6 +510,7 @@ impl<S: Connection> Session<'_, S> {
                 log::debug!("connection from {} ended: {e}", self.from);
                 return;
             }
+            self.live.idle();
         }
     }
 
@@ -536,6 +638,33 @@ impl<S: Connection> Session<'_, S> {
                 format!("{max} uploads already in progress; try another holder"),
             );
         }
+        let result = self.upload_in_slot(id, chunk_size, first, count);
+        self.shared.uploads.release();
+        if let Err(e @ ProtoError::TooSlow { .. }) = &result {
+            log::info!(
+                "ended the upload to {}: {e}; its slot goes to the next in line",
+                self.from
+            );
+        }
+        result
+    }
+
+    /// The transfer itself, with the short write timeout the pace check needs.
+    fn upload_in_slot(
+        &mut self,
+        id: FileId,
+        chunk_size: u32,
+        first: u32,
+        count: u32,
+    ) -> Result<(), ProtoError> {
+        let paced = self.config.min_upload_rate > 0;
+        if paced {
+            let wake = UPLOAD_WAKE.min(self.config.io_timeout);
+            self.conn
+                .get_ref()
+                .get_ref()
+                .set_write_timeout(Some(wake))?;
+        }
         let result = match self.library.get(&FileKey::Id(id)) {
             Some(_) => self.read_chunks(id, chunk_size, first, count),
             None => match self.library.partial(&id) {
@@ -543,8 +672,24 @@ impl<S: Connection> Session<'_, S> {
                 None => self.refuse(ErrorCode::NotFound, format!("no file {id} here")),
             },
         };
-        self.shared.uploads.release();
+        if paced && result.is_ok() {
+            self.conn
+                .get_ref()
+                .get_ref()
+                .set_write_timeout(Some(self.config.io_timeout))?;
+        }
         result
+    }
+
+    /// The pace this connection's uploads must keep.
+    fn pace(&self) -> Pace<'a> {
+        let shared: &'a Shared = self.shared;
+        Pace {
+            slots: &shared.uploads,
+            min_rate: self.config.min_upload_rate,
+            grace: self.config.upload_grace,
+            io_timeout: self.config.io_timeout,
+        }
     }
 
     fn read_chunks(
@@ -597,6 +742,7 @@ impl<S: Connection> Session<'_, S> {
                 );
             }
         };
+        let pace = self.pace();
         let mut bytes = 0u64;
         for index in first..first.saturating_add(count) {
             let Some(chunk_len) = content::chunk_len(meta.size, chunk_size, index) else {
@@ -630,8 +776,8 @@ impl<S: Connection> Session<'_, S> {
             // Header and body as two writes: the body goes straight from our buffer to the
             // stream, with no copy into a writer's buffer.
             let stream = self.conn.get_mut();
-            stream.write_all(&self.out)?;
-            stream.write_all(body)?;
+            pace.write(stream, &self.out)?;
+            pace.write(stream, body)?;
             bytes += len as u64;
             self.shared.stats.count(len as u64, false);
         }
@@ -720,9 +866,10 @@ impl<S: Connection> Session<'_, S> {
             },
             &mut self.out,
         )?;
+        let pace = self.pace();
         let stream = self.conn.get_mut();
-        stream.write_all(&self.out)?;
-        stream.write_all(body)?;
+        pace.write(stream, &self.out)?;
+        pace.write(stream, body)?;
         Ok(())
     }
 }

@@ -44,6 +44,14 @@ pub enum ProtoError {
         /// What answered.
         got: String,
     },
+    /// The other side read our answer slower than the minimum rate while others waited
+    /// for its place: a peer server ends such an upload (and the connection, which is out
+    /// of step mid-frame) and gives the upload slot to the next in line.
+    #[error("the other side read slower than {min_rate} bytes/s while others waited for its place")]
+    TooSlow {
+        /// The minimum rate, in bytes per second.
+        min_rate: u64,
+    },
     /// The server is at its connection limit and refused us.
     #[error("server busy: connection limit reached, try again later")]
     Busy,

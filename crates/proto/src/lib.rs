@@ -33,5 +33,5 @@ mod transport;
 mod types;
 
 pub use error::ProtoError;
-pub use transport::{Connection, Listener, Transport};
+pub use transport::{Closer, Connection, Listener, Transport};
 pub use types::{FileId, FileKey, FileMeta, MAX_NAME_LEN, PeerAddr, validate_name};

@@ -15,6 +15,9 @@
 //!   second (a holder that sends just enough never to time out);
 //! - [`MemNetwork::heal`]: removes all faults.
 //!
+//! Streams honour read and write timeouts (a write waits while the pipe is full) and
+//! [`Connection::closer`], as TCP streams do.
+//!
 //! [`MemNetwork::limit_upload`] gives a host an upload rate shared by every connection it
 //! writes to (a link of that speed), so a crowd test means something: writes wait for their
 //! turn on the host's link. Nothing else in this network waits on time.
@@ -38,13 +41,13 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, bounded};
 
-use crate::{Connection, Listener, PeerAddr, Transport};
+use crate::{Closer, Connection, Listener, PeerAddr, Transport};
 
 /// Messages buffered per direction before a writer blocks (bounds memory like a socket buffer).
 const PIPE_DEPTH: usize = 64;
@@ -332,6 +335,42 @@ impl Drop for MemListener {
     }
 }
 
+/// The [`Connection::closer`] of one stream end: dropping `tx` wakes every wait on `rx`.
+struct Shutdown {
+    done: AtomicBool,
+    tx: Mutex<Option<Sender<()>>>,
+    rx: Receiver<()>,
+}
+
+impl Shutdown {
+    fn new() -> Arc<Shutdown> {
+        let (tx, rx) = bounded(0);
+        Arc::new(Shutdown {
+            done: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+            rx,
+        })
+    }
+
+    fn close(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+fn shut_down() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "connection shut down")
+}
+
 /// One end of an in-memory connection. Dropping it closes its sending direction: the other
 /// end reads the bytes already sent, then end-of-stream.
 pub struct MemStream {
@@ -342,6 +381,8 @@ pub struct MemStream {
     pending_pos: usize,
     tx: Option<Sender<Vec<u8>>>,
     read_timeout: Mutex<Option<Duration>>,
+    write_timeout: Mutex<Option<Duration>>,
+    shutdown: Arc<Shutdown>,
     faults: Faults,
     sent: u64,
     counters: Option<Arc<Counters>>,
@@ -365,6 +406,8 @@ impl MemStream {
             pending_pos: 0,
             tx: Some(tx),
             read_timeout: Mutex::new(None),
+            write_timeout: Mutex::new(None),
+            shutdown: Shutdown::new(),
             faults: Faults::default(),
             sent: 0,
             counters,
@@ -377,6 +420,72 @@ impl MemStream {
             pick(c).fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+
+    /// The next message, waiting at most the read timeout; a shutdown ends the wait as
+    /// the end of the stream does.
+    fn next_message(&self) -> Result<Vec<u8>, RecvTimeoutError> {
+        if self.shutdown.is_done() {
+            return Err(RecvTimeoutError::Disconnected);
+        }
+        // The common case, without setting up a select.
+        match self.rx.try_recv() {
+            Ok(bytes) => return Ok(bytes),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
+        let mut select = Select::new();
+        let data = select.recv(&self.rx);
+        select.recv(&self.shutdown.rx);
+        let op = match timeout {
+            Some(t) => select
+                .select_timeout(t)
+                .map_err(|_| RecvTimeoutError::Timeout)?,
+            None => select.select(),
+        };
+        if op.index() == data {
+            op.recv(&self.rx)
+                .map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            let _ = op.recv(&self.shutdown.rx);
+            Err(RecvTimeoutError::Disconnected)
+        }
+    }
+
+    /// Queues `bytes` for the other end, waiting at most the write timeout while the pipe
+    /// is full.
+    fn send_message(&self, tx: &Sender<Vec<u8>>, bytes: Vec<u8>) -> io::Result<()> {
+        if self.shutdown.is_done() {
+            return Err(shut_down());
+        }
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the other side closed the connection",
+            )
+        };
+        let bytes = match tx.try_send(bytes) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(closed()),
+            Err(crossbeam_channel::TrySendError::Full(bytes)) => bytes,
+        };
+        let timeout = *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner());
+        let mut select = Select::new();
+        let data = select.send(tx);
+        select.recv(&self.shutdown.rx);
+        let op = match timeout {
+            Some(t) => select
+                .select_timeout(t)
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?,
+            None => select.select(),
+        };
+        if op.index() == data {
+            op.send(tx, bytes).map_err(|_| closed())
+        } else {
+            let _ = op.recv(&self.shutdown.rx);
+            Err(shut_down())
+        }
+    }
 }
 
 impl Read for MemStream {
@@ -385,12 +494,7 @@ impl Read for MemStream {
             return Ok(0);
         }
         if self.pending_pos >= self.pending.len() {
-            let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
-            let next = match timeout {
-                Some(t) => self.rx.recv_timeout(t),
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match next {
+            match self.next_message() {
                 Ok(bytes) => {
                     self.pending = bytes;
                     self.pending_pos = 0;
@@ -457,12 +561,13 @@ impl Write for MemStream {
         if let Some(link) = &self.link {
             link.send(delivered);
         }
-        if delivered > 0 && tx.send(bytes).is_err() {
-            self.tx = None;
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the other side closed the connection",
-            ));
+        if delivered > 0
+            && let Err(e) = self.send_message(tx, bytes)
+        {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                self.tx = None;
+            }
+            return Err(e);
         }
         self.sent += n as u64;
         self.count(|c| &c.bytes_sent, delivered);
@@ -488,9 +593,13 @@ impl Connection for MemStream {
         *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
         Ok(())
     }
-    fn set_write_timeout(&self, _timeout: Option<Duration>) -> io::Result<()> {
-        // Writes only block on a full pipe whose reader is alive; tests never need more.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
         Ok(())
+    }
+    fn closer(&self) -> Option<Closer> {
+        let shutdown = Arc::clone(&self.shutdown);
+        Some(Box::new(move || shutdown.close()))
     }
 }
 
@@ -559,6 +668,55 @@ mod tests {
         );
         drop(listener);
         assert!(t.connect(&addr).is_err());
+    }
+
+    #[test]
+    fn writes_time_out_on_a_full_pipe() {
+        let net = MemNetwork::new();
+        let (_client, mut server, _) = pair(&net);
+        server
+            .set_write_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut sent = 0;
+        let err = loop {
+            match server.write(b"x") {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(sent, PIPE_DEPTH);
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn the_closer_ends_a_blocked_read_and_a_blocked_write() {
+        let net = MemNetwork::new();
+        let (_client, mut server, _) = pair(&net);
+        let close = server.closer().unwrap();
+        let reading = std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            let n = server.read(&mut b).map_err(|e| e.kind());
+            (n, server)
+        });
+        close();
+        let (n, mut server) = reading.join().unwrap();
+        assert_eq!(n, Ok(0));
+        assert_eq!(
+            server.write(b"x").unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+
+        let (_client, mut server, _) = pair(&net);
+        let close = server.closer().unwrap();
+        let writing = std::thread::spawn(move || {
+            loop {
+                if let Err(e) = server.write(b"x") {
+                    return e.kind();
+                }
+            }
+        });
+        close();
+        assert_eq!(writing.join().unwrap(), io::ErrorKind::BrokenPipe);
     }
 
     #[test]

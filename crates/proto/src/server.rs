@@ -16,18 +16,28 @@
 //! finished its connection accepts again; one whose accept waited longer than
 //! [`AcceptConfig::idle_timeout`] exits, as long as more than [`AcceptConfig::idle_threads`]
 //! remain and another is accepting, so the memory of a burst goes back.
+//!
+//! Idle connections give way: every live connection is in a registry, and its handler says
+//! when it is busy with a request and when it is idle again ([`LiveConnection`]). A client
+//! that arrives at the limit takes the place of an idle connection instead of being
+//! refused: of the source host with the most connections, the one idle the longest. That
+//! connection is closed at once ([`crate::Connection::closer`]), or at its handler's next
+//! read timeout where the transport cannot. Only when every connection is busy is the
+//! client refused. So a client that opens idle connections up to the limit shuts nobody
+//! out: the next client closes one of them, and a flood from one host closes its own.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::codec::{Service, refuse_busy};
-use crate::{Connection, Listener, PeerAddr, Transport};
+use crate::{Closer, Connection, Listener, PeerAddr, Transport};
 
 /// How an accept loop runs.
 #[derive(Clone, Debug)]
@@ -77,6 +87,7 @@ pub struct ServerHandle {
     accepting: Arc<AtomicUsize>,
     live: Arc<AtomicUsize>,
     threads: Arc<AtomicUsize>,
+    registry: Arc<Registry>,
     /// Run once the accept loop has stopped, in order (e.g. stop a server's sweeper thread).
     on_stop: Vec<Box<dyn FnOnce() + Send + Sync>>,
 }
@@ -95,6 +106,11 @@ impl ServerHandle {
     /// Connection threads alive right now, serving or idle.
     pub fn connection_threads(&self) -> usize {
         self.threads.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections closed so far to make room for a new client at the limit.
+    pub fn idle_connections_closed(&self) -> u64 {
+        self.registry.taken.load(Ordering::Relaxed)
     }
 
     /// Registers `hook` to run when the server stops (shutdown or drop), after the accept
@@ -168,6 +184,175 @@ struct Shared<L> {
     _closed: Sender<()>,
 }
 
+/// A connection's state in the registry.
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+/// Closed to make room for another client, which took over its place in the count.
+const TAKEN: u8 = 2;
+/// Its handler returned.
+const DONE: u8 = 3;
+
+/// One live connection, as the registry sees it.
+struct Slot {
+    /// Registration order: breaks ties between connections idle since the same moment.
+    id: u64,
+    /// The source host (the address without its port): whose connection it is.
+    host: String,
+    state: AtomicU8,
+    /// When it last became idle, in ms after the registry's epoch.
+    idle_since: AtomicU64,
+    closer: Mutex<Option<Closer>>,
+}
+
+/// The live connections of one server.
+struct Registry {
+    epoch: Instant,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    next_id: AtomicU64,
+    /// Connections being served (shared with the handle).
+    live: Arc<AtomicUsize>,
+    /// Idle connections closed for a new client.
+    taken: AtomicU64,
+}
+
+impl Registry {
+    fn new(live: Arc<AtomicUsize>) -> Registry {
+        Registry {
+            epoch: Instant::now(),
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            live,
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers an admitted connection (already counted in `live`), idle until its
+    /// handler says otherwise.
+    fn insert(self: &Arc<Self>, from: &PeerAddr, closer: Option<Closer>) -> LiveConnection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            id,
+            host: from.host().to_string(),
+            state: AtomicU8::new(IDLE),
+            idle_since: AtomicU64::new(self.now_ms()),
+            closer: Mutex::new(closer),
+        });
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&slot));
+        LiveConnection {
+            id,
+            slot,
+            registry: Arc::clone(self),
+        }
+    }
+
+    /// Closes the connection idle the longest of the host with the most connections (of
+    /// those hosts that have an idle one), so a new client can take its place in the count.
+    /// Returns its host and how long it had been idle; `None` when every connection is busy.
+    fn take_idlest(&self) -> Option<(String, Duration)> {
+        let victim = {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            // Per host: its connections, and its idlest idle one (idle since, id).
+            type Idlest<'s> = Option<((u64, u64), &'s Arc<Slot>)>;
+            let mut hosts: HashMap<&str, (usize, Idlest<'_>)> = HashMap::new();
+            for slot in slots.values() {
+                let entry = hosts.entry(slot.host.as_str()).or_insert((0, None));
+                entry.0 += 1;
+                if slot.state.load(Ordering::SeqCst) == IDLE {
+                    let since = (slot.idle_since.load(Ordering::SeqCst), slot.id);
+                    if entry.1.is_none_or(|(best, _)| since < best) {
+                        entry.1 = Some((since, slot));
+                    }
+                }
+            }
+            let mut candidates: Vec<(usize, (u64, u64), Arc<Slot>)> = hosts
+                .into_values()
+                .filter_map(|(count, idle)| {
+                    idle.map(|(since, slot)| (count, since, Arc::clone(slot)))
+                })
+                .collect();
+            // The most connections first, then the idlest.
+            candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            candidates.into_iter().find(|(_, _, slot)| {
+                slot.state
+                    .compare_exchange(IDLE, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            })
+        };
+        let (_, (since, _), slot) = victim?;
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        let closer = slot
+            .closer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(close) = closer {
+            close();
+        }
+        let idle = Duration::from_millis(self.now_ms().saturating_sub(since));
+        Some((slot.host.clone(), idle))
+    }
+}
+
+/// A live connection in the accept loop's registry, handed to the handler with its stream.
+/// The handler calls [`LiveConnection::busy`] when a request arrives and
+/// [`LiveConnection::idle`] once it is answered; at the connection limit the accept loop
+/// closes an idle connection for a new client (see the module docs), and the handler of a
+/// closed one should end as soon as it notices ([`LiveConnection::is_taken`]).
+pub struct LiveConnection {
+    id: u64,
+    slot: Arc<Slot>,
+    registry: Arc<Registry>,
+}
+
+impl LiveConnection {
+    /// The connection is busy with a request: it is not closed for others until it is
+    /// idle again. False if it was already taken for another client: end it now.
+    pub fn busy(&self) -> bool {
+        self.slot
+            .state
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .map_or_else(|state| state == BUSY, |_| true)
+    }
+
+    /// The request is answered; the connection waits for the next one and may be closed
+    /// for a new client, the longest idle first.
+    pub fn idle(&self) {
+        self.slot
+            .idle_since
+            .store(self.registry.now_ms(), Ordering::SeqCst);
+        let _ = self
+            .slot
+            .state
+            .compare_exchange(BUSY, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The connection was closed to make room for another client.
+    pub fn is_taken(&self) -> bool {
+        self.slot.state.load(Ordering::SeqCst) == TAKEN
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.registry
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+        // A taken connection's place in the count went to the client that took it.
+        if self.slot.state.swap(DONE, Ordering::SeqCst) != TAKEN {
+            self.registry.live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// What every connection thread of one server shares.
 struct Pool<S, H> {
     handler: H,
@@ -179,12 +364,15 @@ struct Pool<S, H> {
     live: Arc<AtomicUsize>,
     /// Connection threads alive.
     threads: Arc<AtomicUsize>,
+    /// The connections being served, for the ones that give way at the limit.
+    registry: Arc<Registry>,
     refuser: Option<Sender<S>>,
 }
 
 /// Runs `handler` for each accepted connection on a connection thread of its own, in the
-/// background. `handler` gets the stream and the client's address; it does the handshake
-/// itself so a slow client never blocks the others.
+/// background. `handler` gets the stream, the client's address and the connection's place
+/// in the registry (to say when it is busy and idle); it does the handshake itself so a
+/// slow client never blocks the others.
 pub fn spawn_accept_loop<T, H>(
     transport: &T,
     listener: T::Listener,
@@ -193,7 +381,7 @@ pub fn spawn_accept_loop<T, H>(
 ) -> io::Result<ServerHandle>
 where
     T: Transport,
-    H: Fn(T::Stream, PeerAddr) + Send + Sync + 'static,
+    H: Fn(T::Stream, PeerAddr, &LiveConnection) + Send + Sync + 'static,
 {
     let addr = listener.local_addr()?;
     let timeout = (!config.idle_timeout.is_zero()).then_some(config.idle_timeout);
@@ -206,13 +394,15 @@ where
         listener,
         _closed: closed_tx,
     });
+    let live = Arc::new(AtomicUsize::new(0));
     let pool = Arc::new(Pool {
         refuser: spawn_refuser::<T::Stream>(&config),
         handler,
         config,
         stop: Arc::new(AtomicBool::new(false)),
         accepting: Arc::new(AtomicUsize::new(0)),
-        live: Arc::new(AtomicUsize::new(0)),
+        registry: Arc::new(Registry::new(Arc::clone(&live))),
+        live,
         threads: Arc::new(AtomicUsize::new(0)),
     });
     start_thread(&pool, Arc::downgrade(&shared))?;
@@ -232,6 +422,7 @@ where
         accepting: Arc::clone(&pool.accepting),
         live: Arc::clone(&pool.live),
         threads: Arc::clone(&pool.threads),
+        registry: Arc::clone(&pool.registry),
         on_stop: Vec::new(),
     })
 }
@@ -241,7 +432,7 @@ where
 fn start_thread<L, H>(pool: &Arc<Pool<L::Stream, H>>, listener: Weak<Shared<L>>) -> io::Result<()>
 where
     L: Listener,
-    H: Fn(L::Stream, PeerAddr) + Send + Sync + 'static,
+    H: Fn(L::Stream, PeerAddr, &LiveConnection) + Send + Sync + 'static,
 {
     let cap = pool.config.max_connections.saturating_add(1);
     let reserved = pool
@@ -271,7 +462,7 @@ fn connection_thread<L, H>(
     counted: CountGuard,
 ) where
     L: Listener,
-    H: Fn(L::Stream, PeerAddr) + Send + Sync + 'static,
+    H: Fn(L::Stream, PeerAddr, &LiveConnection) + Send + Sync + 'static,
 {
     let config = &pool.config;
     loop {
@@ -325,20 +516,31 @@ fn connection_thread<L, H>(
             .live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < config.max_connections).then(|| n + 1)
-            });
-        if admitted.is_err() {
-            log::warn!(
-                "{}: refused {from}: {} connections already open",
-                config.name,
-                config.max_connections
-            );
-            // Full refuser queue: drop the connection outright rather than wait.
-            if let Some(refuser) = &pool.refuser {
-                let _ = refuser.try_send(stream);
+            })
+            .is_ok();
+        // At the limit, an idle connection gives way; the new one takes over its count.
+        if !admitted {
+            if let Some((host, idle)) = pool.registry.take_idlest() {
+                log::info!(
+                    "{}: {} connections open; closed one from {host}, idle for {} ms, for {from}",
+                    config.name,
+                    config.max_connections,
+                    idle.as_millis()
+                );
+            } else {
+                log::warn!(
+                    "{}: refused {from}: {} connections already open, all busy",
+                    config.name,
+                    config.max_connections
+                );
+                // Full refuser queue: drop the connection outright rather than wait.
+                if let Some(refuser) = &pool.refuser {
+                    let _ = refuser.try_send(stream);
+                }
+                continue;
             }
-            continue;
         }
-        let live = CountGuard::new(&pool.live);
+        let live = pool.registry.insert(&from, stream.closer());
         if others_accepting == 0 {
             // We were the last one accepting: start another before serving.
             if let Err(e) = start_thread(pool, Weak::clone(listener)) {
@@ -346,7 +548,7 @@ fn connection_thread<L, H>(
             }
         }
         drop(shared);
-        (pool.handler)(stream, from);
+        (pool.handler)(stream, from, &live);
         drop(live);
     }
 }
@@ -418,8 +620,10 @@ mod tests {
         let mut config = AcceptConfig::new(Service::Index, "test");
         config.max_connections = 1;
         let (release_tx, release_rx) = bounded::<()>(0);
-        let handle = spawn_accept_loop(&t, listener, config, move |mut s, _| {
-            if server_handshake(&mut s, Service::Index).is_ok() {
+        // The held connection is busy from before its handshake ends (an idle one would
+        // give way to the next client; see below).
+        let handle = spawn_accept_loop(&t, listener, config, move |mut s, _, live| {
+            if live.busy() && server_handshake(&mut s, Service::Index).is_ok() {
                 let _ = release_rx.recv();
             }
         })
@@ -449,6 +653,86 @@ mod tests {
             thread::yield_now();
         }
         assert!(served);
+        handle.shutdown();
+    }
+
+    /// Handshakes, then echoes bytes one at a time (busy while echoing, idle in between)
+    /// until the client leaves or the connection is taken for another client.
+    fn echo_while_open<S: Connection>(mut s: S, live: &LiveConnection) {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+        if server_handshake(&mut s, Service::Index).is_err() {
+            return;
+        }
+        let mut b = [0u8; 1];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if !live.busy() || s.write_all(&b).is_err() {
+                        return;
+                    }
+                    live.idle();
+                }
+                Err(_) if live.is_taken() => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn exchange(s: &mut crate::mem::MemStream, byte: u8) -> io::Result<()> {
+        s.write_all(&[byte])?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        assert_eq!(b, [byte]);
+        Ok(())
+    }
+
+    #[test]
+    fn idle_connections_give_way_to_a_new_client_at_the_limit() {
+        let net = MemNetwork::new();
+        let t = net.host("srv");
+        let listener = t.bind(&PeerAddr::new("srv:0").unwrap()).unwrap();
+        let mut config = AcceptConfig::new(Service::Index, "test");
+        config.max_connections = 4;
+        let handle = spawn_accept_loop(&t, listener, config, |s, _, live| {
+            echo_while_open(s, live);
+        })
+        .unwrap();
+        let connect = |host: &str| {
+            let mut s = net.host(host).connect(handle.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let shook = client_handshake(&mut s, Service::Index);
+            (s, shook)
+        };
+        // An honest client, then idle: the connection idle the longest from here on.
+        let (mut honest, shook) = connect("honest");
+        shook.unwrap();
+        exchange(&mut honest, 1).unwrap();
+        // One host opens far more idle connections than the limit.
+        let flood: Vec<_> = (0..10).map(|_| connect("flood")).collect();
+        // The honest connection stayed: the flood's own idle connections made the room.
+        exchange(&mut honest, 2).unwrap();
+        // A new client gets through.
+        let (mut newcomer, shook) = connect("newcomer");
+        shook.unwrap();
+        exchange(&mut newcomer, 3).unwrap();
+        // Every connection past the limit closed exactly one idle connection, and the count
+        // never went over the limit.
+        assert_eq!(handle.idle_connections_closed(), 8);
+        assert_eq!(handle.live_connections(), 4);
+        // The flood's eight oldest were closed (their reads end), its newest two remain.
+        let mut ended = 0;
+        for (mut s, _) in flood {
+            let mut b = [0u8; 1];
+            if matches!(s.read(&mut b), Ok(0)) {
+                ended += 1;
+            }
+            drop(s);
+            if ended == 8 {
+                break;
+            }
+        }
+        assert_eq!(ended, 8);
         handle.shutdown();
     }
 
@@ -484,7 +768,7 @@ mod tests {
                 &t,
                 listener,
                 AcceptConfig::new(Service::Index, "test"),
-                move |s, _| {
+                move |s, _, _| {
                     seen.lock().unwrap().insert(thread::current().id());
                     echo_once(s);
                 },
@@ -523,7 +807,7 @@ mod tests {
         let net = MemNetwork::new();
         let mem = net.host("srv");
         let (release_tx, release_rx) = bounded::<()>(0);
-        let hold = move |mut s: crate::mem::MemStream, _| {
+        let hold = move |mut s: crate::mem::MemStream, _, _: &LiveConnection| {
             if server_handshake(&mut s, Service::Index).is_ok() {
                 let _ = release_rx.recv();
             }
@@ -548,7 +832,7 @@ mod tests {
             &tcp,
             listener,
             AcceptConfig::new(Service::Index, "t"),
-            move |mut s, _| {
+            move |mut s, _, _| {
                 if server_handshake(&mut s, Service::Index).is_ok() {
                     let _ = release_rx.recv();
                 }
@@ -572,7 +856,7 @@ mod tests {
         config.idle_threads = 2;
         config.idle_timeout = Duration::from_millis(50);
         let (release_tx, release_rx) = bounded::<()>(0);
-        let handle = spawn_accept_loop(&t, listener, config, move |mut s, _| {
+        let handle = spawn_accept_loop(&t, listener, config, move |mut s, _, _| {
             if server_handshake(&mut s, Service::Index).is_ok() {
                 let _ = release_rx.recv();
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{Connection, Listener, PeerAddr, Transport};
+use crate::{Closer, Connection, Listener, PeerAddr, Transport};
 
 /// Pending connections the kernel queues for a listener before `accept` takes them (capped
 /// by `net.core.somaxconn` on Linux). std's 128 overflowed when hundreds of clients connect
@@ -104,6 +104,14 @@ impl Connection for TcpStream {
     }
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_write_timeout(self, timeout)
+    }
+    /// `shutdown(Both)` on a duplicate of the socket (one `dup` per connection): the
+    /// duplicate keeps the socket alive, so the shutdown can never hit a reused descriptor.
+    fn closer(&self) -> Option<Closer> {
+        let twin = self.try_clone().ok()?;
+        Some(Box::new(move || {
+            let _ = twin.shutdown(std::net::Shutdown::Both);
+        }))
     }
 }
 

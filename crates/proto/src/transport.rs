@@ -22,6 +22,9 @@ pub trait Transport: Clone + Send + Sync + 'static {
     fn connect(&self, addr: &PeerAddr) -> io::Result<Self::Stream>;
 }
 
+/// Closes a connection from another thread; see [`Connection::closer`].
+pub type Closer = Box<dyn FnOnce() + Send>;
+
 /// A connected, bidirectional byte stream.
 pub trait Connection: Read + Write + Send + 'static {
     /// The remote end's address.
@@ -32,6 +35,15 @@ pub trait Connection: Read + Write + Send + 'static {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
     /// A write that waits longer than this fails with `TimedOut`/`WouldBlock`.
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// A way to close this connection from another thread: once called, a read blocked on
+    /// the stream returns end-of-stream at once, a blocked write fails, and the other side
+    /// sees the connection close. The accept loop uses it to take an idle connection back
+    /// for a new client. `None` (the default) when the transport has no such way; a handler
+    /// then notices at its next read timeout.
+    fn closer(&self) -> Option<Closer> {
+        None
+    }
 }
 
 /// A bound endpoint that hands out incoming connections.

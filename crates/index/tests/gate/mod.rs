@@ -1,0 +1,87 @@
+//! A store whose searches for [`HOLD`] wait at a gate: how a test keeps a connection busy
+//! (in the middle of a request), since an idle one gives way to a new client at the
+//! connection limit.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
+
+use shoal_index::{IndexError, MemoryStore, Sources, Store};
+use shoal_proto::message::SearchHit;
+use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
+
+/// The query that waits at the gate.
+pub(crate) const HOLD: &str = "hold the line";
+
+/// A [`MemoryStore`] with a gate in front of searches for [`HOLD`].
+pub(crate) struct Gated {
+    inner: MemoryStore,
+    /// Told when a held search reached the gate.
+    arrived: Mutex<Sender<()>>,
+    /// Opened (one search each) by the test.
+    open: Mutex<Receiver<()>>,
+}
+
+/// The test's side of the gate.
+pub(crate) struct Gate {
+    /// A held search is at the gate (the connection is busy).
+    pub(crate) arrived: Receiver<()>,
+    /// Lets one held search through.
+    pub(crate) open: Sender<()>,
+}
+
+/// A gated store over `inner`, and its gate.
+pub(crate) fn gated(inner: MemoryStore) -> (Gated, Gate) {
+    let (arrived_tx, arrived) = channel();
+    let (open, open_rx) = channel();
+    let store = Gated {
+        inner,
+        arrived: Mutex::new(arrived_tx),
+        open: Mutex::new(open_rx),
+    };
+    (store, Gate { arrived, open })
+}
+
+impl Store for Gated {
+    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.inner.register(holder, files)
+    }
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+        self.inner.unregister(holder, ids)
+    }
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+        self.inner.locate(key)
+    }
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+        self.inner.holders(key)
+    }
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
+        if query == HOLD {
+            let _ = self.arrived.lock().map(|tx| tx.send(()));
+            // Bounded: a test that forgets to open the gate still ends.
+            let _ = self
+                .open
+                .lock()
+                .map(|rx| rx.recv_timeout(Duration::from_secs(30)));
+        }
+        self.inner.search(query, limit)
+    }
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+        self.inner.renew(holder)
+    }
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+        self.inner.sweep_expired()
+    }
+    fn lease(&self) -> Duration {
+        self.inner.lease()
+    }
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.inner.register_partial(holder, files)
+    }
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+        self.inner.unregister_partial(holder, ids)
+    }
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+        self.inner.sources(key)
+    }
+}
