@@ -11,7 +11,9 @@ use shoal_proto::codec::{self, Service};
 use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, ErrorReply, Have, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::server::{AcceptConfig, LiveConnection, ServerHandle, spawn_accept_loop};
-use shoal_proto::{Connection, FileId, FileKey, PeerAddr, ProtoError, Transport, content};
+use shoal_proto::{
+    Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, content,
+};
 
 use crate::library::open_regular;
 use crate::pieces::Bitset;
@@ -710,17 +712,10 @@ impl<'a, S: Connection> Session<'a, S> {
         };
         let meta = file.meta;
         // The requester's grid, not ours: any valid chunk size cuts the same bytes.
-        let total = content::chunk_count(meta.size, chunk_size);
-        let end = u64::from(first) + u64::from(count);
-        if end > total {
-            return self.refuse(
-                ErrorCode::BadRequest,
-                format!(
-                    "chunks {first}..{end} are past the end of {} ({total} chunks)",
-                    meta.name
-                ),
-            );
-        }
+        let end = match past_the_end(&meta, chunk_size, first, count) {
+            Ok(end) => end,
+            Err(refusal) => return self.refuse(ErrorCode::BadRequest, refusal),
+        };
         let opened = open_regular(&file.path).and_then(|(f, m)| {
             if m.len() == meta.size {
                 Ok(f)
@@ -810,17 +805,10 @@ impl<'a, S: Connection> Session<'a, S> {
                 ),
             );
         }
-        let total = content::chunk_count(meta.size, chunk_size);
-        let end = u64::from(first) + u64::from(count);
-        if end > total {
-            return self.refuse(
-                ErrorCode::BadRequest,
-                format!(
-                    "chunks {first}..{end} are past the end of {} ({total} chunks)",
-                    meta.name
-                ),
-            );
-        }
+        let end = match past_the_end(&meta, chunk_size, first, count) {
+            Ok(end) => end,
+            Err(refusal) => return self.refuse(ErrorCode::BadRequest, refusal),
+        };
         let mut bytes = 0u64;
         for index in first..first.saturating_add(count) {
             let mut body = std::mem::take(&mut self.chunk);
@@ -872,4 +860,18 @@ impl<'a, S: Connection> Session<'a, S> {
         pace.write(stream, body)?;
         Ok(())
     }
+}
+
+/// The end of chunks `first..first + count` of `meta` cut at `chunk_size`, or the refusal
+/// if the range runs past the file's last chunk.
+fn past_the_end(meta: &FileMeta, chunk_size: u32, first: u32, count: u32) -> Result<u64, String> {
+    let total = content::chunk_count(meta.size, chunk_size);
+    let end = u64::from(first) + u64::from(count);
+    if end > total {
+        return Err(format!(
+            "chunks {first}..{end} are past the end of {} ({total} chunks)",
+            meta.name
+        ));
+    }
+    Ok(end)
 }
