@@ -594,10 +594,6 @@ impl Drop for DurableStore {
 }
 
 impl Store for DurableStore {
-    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        self.register_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
-    }
-
     fn register_within(
         &self,
         holder: &PeerAddr,
@@ -699,12 +695,6 @@ impl Store for DurableStore {
 
     fn lease(&self) -> Duration {
         lock(&self.shared.state).registry.lease()
-    }
-
-    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        Ok(self
-            .partials
-            .register(holder, files, self.shared.clock.now()))
     }
 
     fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {

@@ -79,7 +79,7 @@ impl Partials {
         self.lock().unregister(holder, ids)
     }
 
-    /// The ids of `files`, for removing the partial registrations a complete one replaces.
+    /// `holder` now holds `files` whole: their partial registrations go.
     pub fn complete(&self, holder: &PeerAddr, files: &[FileMeta]) {
         if files.is_empty() {
             return;

@@ -28,8 +28,11 @@ pub(crate) const SEARCH_SLICE: usize = 4096;
 /// [`Store::sweep_expired`] (which [`crate::IndexServer`] calls every quarter lease)
 /// removes such holders for good.
 pub trait Store: Send + Sync + 'static {
-    /// Adds `holder` for each file; returns how many registrations are new.
-    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError>;
+    /// Adds `holder` for each file; returns how many registrations are new. No caps: see
+    /// [`Store::register_within`], which the server calls.
+    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.register_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
+    }
     /// Removes `holder` from the given ids (empty: from everything); returns how many
     /// registrations were removed.
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError>;
@@ -52,7 +55,10 @@ pub trait Store: Send + Sync + 'static {
     /// Swarm: `holder` is downloading these files and serves their verified chunks. Returns
     /// how many partial registrations are new; renews the holder's partial lease. A later
     /// [`Store::register`] of a file by the same holder replaces its partial registration.
-    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError>;
+    /// No caps: see [`Store::register_partial_within`].
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+        self.register_partial_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
+    }
     /// `holder` stopped downloading these ids (empty: all); returns how many were removed.
     fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError>;
     /// Every live complete and partial holder of the file, marked apart.
@@ -60,20 +66,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::register`] within `limits`: `address` is the host the request came from.
     /// A request that would take the holder, or the holders registered from its address,
-    /// past a cap is refused whole with [`IndexError::OverLimit`] and stores nothing.
-    ///
-    /// The default checks nothing and registers: a store that keeps registrations must
-    /// override it (both stores here do) to be safe in front of untrusted peers.
+    /// past a cap is refused whole with [`IndexError::OverLimit`] and stores nothing. The
+    /// caps are checked under the store's own lock, so two requests cannot both slip past.
     fn register_within(
         &self,
         holder: &PeerAddr,
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
-        let _ = (address, limits);
-        self.register(holder, files)
-    }
+    ) -> Result<u32, IndexError>;
 
     /// [`Store::register_partial`] within `limits`, as [`Store::register_within`]; partial
     /// registrations are counted apart from complete ones, against the same caps.
@@ -83,10 +84,7 @@ pub trait Store: Send + Sync + 'static {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
-        let _ = (address, limits);
-        self.register_partial(holder, files)
-    }
+    ) -> Result<u32, IndexError>;
 }
 
 /// Runs `search` over the registry `lock` gives, one [`SEARCH_SLICE`] per hold of the lock.
@@ -176,10 +174,6 @@ impl Default for MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        self.register_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
-    }
-
     fn register_within(
         &self,
         holder: &PeerAddr,
@@ -246,10 +240,6 @@ impl Store for MemoryStore {
 
     fn lease(&self) -> Duration {
         self.lock().registry.lease()
-    }
-
-    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        Ok(self.partials.register(holder, files, self.clock.now()))
     }
 
     fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shoal_index::{
     IndexClient, IndexError, IndexServer, IndexServerConfig, ManualClock, MemoryStore,
-    ServerHandle, Store,
+    RegistrationLimits, ServerHandle, Store,
 };
 use shoal_proto::codec::{self, Service};
 use shoal_proto::mem::{MemNetwork, MemTransport};
@@ -357,8 +357,14 @@ struct Watched {
 }
 
 impl Store for Watched {
-    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        self.inner.register(holder, files)
+    fn register_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        self.inner.register_within(holder, address, files, limits)
     }
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
         self.inner.unregister(holder, ids)
@@ -389,8 +395,15 @@ impl Store for Watched {
     fn lease(&self) -> Duration {
         self.inner.lease()
     }
-    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        self.inner.register_partial(holder, files)
+    fn register_partial_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        self.inner
+            .register_partial_within(holder, address, files, limits)
     }
     fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
         self.inner.unregister_partial(holder, ids)

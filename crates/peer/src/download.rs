@@ -331,11 +331,7 @@ impl<T: Transport> Downloader<T> {
             Some(part) => part.missing(),
             None => (0..total).collect(),
         };
-        let missing_bytes: u64 = missing
-            .iter()
-            .filter_map(|&i| content::chunk_len(meta.size, chunk_size, i))
-            .map(u64::from)
-            .sum();
+        let missing_bytes = bytes_of(&manifest.file, &missing);
         let resumed_bytes = meta.size - missing_bytes;
         if resumed_bytes > 0 {
             log::info!(
@@ -477,18 +473,13 @@ impl<T: Transport> Downloader<T> {
             if let Some(part) = &part {
                 part.keep_for_resume();
             }
+            let missing_bytes = bytes_of(&manifest.file, &result.missing);
             // A disk that cannot take the chunks is not the holders' fault: say so.
             let local = result.sources.iter().find_map(|s| match &s.dropped {
                 Some(DropReason::LocalWrite(reason)) => Some(reason.clone()),
                 _ => None,
             });
             if let Some(reason) = local {
-                let missing_bytes: u64 = result
-                    .missing
-                    .iter()
-                    .filter_map(|&i| content::chunk_len(meta.size, chunk_size, i))
-                    .map(u64::from)
-                    .sum();
                 return Err(PeerError::LocalDisk {
                     name: meta.name.clone(),
                     dir: self.dir.clone(),
@@ -497,15 +488,6 @@ impl<T: Transport> Downloader<T> {
                 });
             }
             failures.append(&mut holders);
-            let missing_bytes = result
-                .missing
-                .iter()
-                .filter_map(|&i| content::chunk_len(meta.size, chunk_size, i))
-                .map(u64::from)
-                .sum();
-            if let Some(part) = &part {
-                part.keep_for_resume();
-            }
             return Err(PeerError::Incomplete {
                 name: meta.name.clone(),
                 missing_bytes,
@@ -657,24 +639,27 @@ impl<T: Transport> Downloader<T> {
     }
 
     fn manifest_from(&self, holder: &PeerAddr, meta: &FileMeta) -> Result<Manifest, String> {
-        let mut stream = self.transport.connect(holder).map_err(io_text)?;
+        let stream = self.transport.connect(holder).map_err(io_text)?;
         let timeout = Some(self.config.io_timeout);
         stream
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
             .map_err(io_text)?;
+        // The hello, and then the manifest, must each arrive whole at the minimum rate (at
+        // least in a few seconds), however slowly they trickle: a holder that drips them
+        // loses its turn to the next.
+        let expected = content::chunk_count(meta.size, meta.chunk_size).saturating_mul(33) + 512;
+        let budget = Duration::from_secs_f64(expected as f64 / self.config.min_rate.max(1) as f64)
+            .max(MANIFEST_FLOOR);
+        let mut stream = FrameDeadline::new(stream, budget);
         codec::client_handshake(&mut stream, Service::Peer).map_err(|e| e.to_string())?;
+        stream.frame_done();
         // Ask by id: the holder may have other content under the same name.
         let request = PeerRequest::Manifest {
             key: FileKey::Id(meta.id),
         };
         codec::write_frame(&mut stream, &request).map_err(|e| e.to_string())?;
-        // The manifest must arrive whole at the minimum rate (at least in a few seconds),
-        // however slowly it trickles: a holder that drips it loses its turn to the next.
-        let expected = content::chunk_count(meta.size, meta.chunk_size).saturating_mul(33) + 512;
-        let budget = Duration::from_secs_f64(expected as f64 / self.config.min_rate.max(1) as f64)
-            .max(MANIFEST_FLOOR);
-        let mut conn = BufReader::new(FrameDeadline::new(stream, budget));
+        let mut conn = BufReader::new(stream);
         let response: PeerResponse =
             codec::read_frame(&mut conn, self.config.response_limit, &mut Vec::new()).map_err(
                 |e| match e {
@@ -696,6 +681,15 @@ impl<T: Transport> Downloader<T> {
             .map_err(|e| format!("sent a bad manifest: {e}"))?;
         Ok(manifest)
     }
+}
+
+/// Bytes in `chunks` of `file` (in its manifest's grid).
+fn bytes_of(file: &FileMeta, chunks: &[u32]) -> u64 {
+    chunks
+        .iter()
+        .filter_map(|&i| content::chunk_len(file.size, file.chunk_size, i))
+        .map(u64::from)
+        .sum()
 }
 
 /// The index's answer as sources: complete holders first, each kind in random order (which

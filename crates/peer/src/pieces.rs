@@ -20,7 +20,7 @@
 //! - One writer per chunk ([`Picker::claim_write`]), and none once it is done, so a late
 //!   duplicate can never overwrite verified bytes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -216,7 +216,8 @@ impl Default for PickerConfig {
 #[derive(Debug)]
 pub(crate) struct Picker {
     chunks: Vec<Chunk>,
-    queued: usize,
+    /// The chunks in state `Queued`, in order: a take looks at these, not at every chunk.
+    queued: BTreeSet<u32>,
     remaining: usize,
     /// Known partial sources holding each chunk.
     availability: Vec<u16>,
@@ -238,11 +239,13 @@ impl Picker {
                 *c = Chunk::Queued;
             }
         }
-        let queued = chunks.iter().filter(|c| **c == Chunk::Queued).count();
+        let queued: BTreeSet<u32> = (0..total)
+            .filter(|&i| chunks[i as usize] == Chunk::Queued)
+            .collect();
         Picker {
             chunks,
+            remaining: queued.len(),
             queued,
-            remaining: queued,
             availability: vec![0; total as usize],
             sources: Vec::new(),
             writing: HashSet::new(),
@@ -403,23 +406,30 @@ impl Picker {
         if self.remaining == 0 {
             return Work::Finished;
         }
-        let candidates: Vec<u32> = (0..self.total())
-            .filter(|&i| self.chunks[i as usize] == Chunk::Queued && self.holds(source, i))
-            .collect();
-        if let Some(first) = self.choose(source, &candidates) {
+        let first = if self.config.random {
+            let candidates: Vec<u32> = self
+                .queued
+                .iter()
+                .copied()
+                .filter(|&i| self.holds(source, i))
+                .collect();
+            self.choose(source, &candidates)
+        } else {
+            // In file order: the first queued chunk the source holds.
+            self.queued.iter().copied().find(|&i| self.holds(source, i))
+        };
+        if let Some(first) = first {
             let mut run = vec![first];
             while (run.len() as u32) < max.max(1) {
                 let next = run[run.len() - 1] + 1;
-                if self.chunks.get(next as usize) != Some(&Chunk::Queued)
-                    || !self.holds(source, next)
-                {
+                if !self.queued.contains(&next) || !self.holds(source, next) {
                     break;
                 }
                 run.push(next);
             }
             for &i in &run {
                 self.chunks[i as usize] = Chunk::InFlight(1);
-                self.queued -= 1;
+                self.queued.remove(&i);
             }
             self.picked += run.len();
             if let Some(s) = self.sources.get_mut(source) {
@@ -427,7 +437,7 @@ impl Picker {
             }
             return Work::Chunks(run);
         }
-        if self.queued > 0 || self.remaining > self.config.endgame_below {
+        if !self.queued.is_empty() || self.remaining > self.config.endgame_below {
             return Work::Wait;
         }
         // End-game: the least-duplicated in-flight chunk this source holds and was not
@@ -465,9 +475,6 @@ impl Picker {
     fn choose(&mut self, source: SourceId, candidates: &[u32]) -> Option<u32> {
         if candidates.is_empty() {
             return None;
-        }
-        if !self.config.random {
-            return candidates.first().copied();
         }
         let handed = self.sources.get(source).and_then(|s| s.handed.as_ref());
         if let Some(sent) = handed {
@@ -508,7 +515,7 @@ impl Picker {
                 self.chunks[i as usize] = if n > 1 {
                     Chunk::InFlight(n - 1)
                 } else {
-                    self.queued += 1;
+                    self.queued.insert(i);
                     Chunk::Queued
                 };
             }
@@ -534,7 +541,9 @@ impl Picker {
         self.writing.remove(&i);
         match self.chunks.get(i as usize).copied() {
             Some(Chunk::InFlight(_)) => {}
-            Some(Chunk::Queued) => self.queued -= 1,
+            Some(Chunk::Queued) => {
+                self.queued.remove(&i);
+            }
             _ => return false,
         }
         self.chunks[i as usize] = Chunk::Done;

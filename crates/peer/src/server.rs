@@ -18,7 +18,7 @@ use shoal_proto::{
 use crate::library::open_regular;
 use crate::pieces::Bitset;
 use crate::share::{Availability, PartialShare};
-use crate::{Library, PeerError};
+use crate::{Library, PeerError, SharedFile};
 
 /// Read buffer for requests (they are a few dozen bytes each).
 const REQUEST_BUF: usize = 1024;
@@ -562,16 +562,17 @@ impl<'a, S: Connection> Session<'a, S> {
         if let Err(e) = content::validate_chunk_size(chunk_size) {
             return self.refuse(ErrorCode::BadRequest, e.to_string());
         }
-        if let Some(file) = self.library.get(&FileKey::Id(id)) {
-            let chunks = content::chunk_count(file.meta.size, chunk_size);
-            let have = match self.shared.handed.handed((id, chunk_size)) {
-                Some(sent) if sent.len() as u64 == chunks.div_ceil(8) => Have::Seeding(sent),
-                _ => Have::All,
-            };
-            return self.send(&PeerResponse::Availability { seq: 0, have });
-        }
-        let Some(share) = self.library.partial(&id) else {
-            return self.refuse(ErrorCode::NotFound, format!("no file {id} here"));
+        let share = match self.source(&id) {
+            None => return self.refuse(ErrorCode::NotFound, format!("no file {id} here")),
+            Some(Source::Complete(file)) => {
+                let chunks = content::chunk_count(file.meta.size, chunk_size);
+                let have = match self.shared.handed.handed((id, chunk_size)) {
+                    Some(sent) if sent.len() as u64 == chunks.div_ceil(8) => Have::Seeding(sent),
+                    _ => Have::All,
+                };
+                return self.send(&PeerResponse::Availability { seq: 0, have });
+            }
+            Some(Source::Partial(share)) => share,
         };
         let wait = Duration::from_millis(u64::from(wait_ms));
         match share.availability(chunk_size, since, wait) {
@@ -584,17 +585,14 @@ impl<'a, S: Connection> Session<'a, S> {
                 };
                 self.send(&PeerResponse::Availability { seq, have })
             }
-            Availability::OtherGrid { chunk_size: ours } => self.refuse(
-                ErrorCode::BadRequest,
-                format!(
-                    "{} is being downloaded here in chunks of {ours} bytes, not {chunk_size}",
-                    share.meta().name
-                ),
-            ),
+            Availability::OtherGrid => {
+                self.refuse(ErrorCode::BadRequest, other_grid(&share, chunk_size))
+            }
         }
     }
 
-    /// `read_chunks` within the server's upload limit.
+    /// A `ReadChunks` request: checked once against the file it names (a complete file, or
+    /// a download in progress in its own grid), then answered in an upload slot.
     fn read_chunks_limited(
         &mut self,
         id: FileId,
@@ -602,35 +600,60 @@ impl<'a, S: Connection> Session<'a, S> {
         first: u32,
         count: u32,
     ) -> Result<(), ProtoError> {
-        // Counted as handed out when asked for, before the wait for a slot: the next
-        // downloader to ask what is left already knows.
-        let handed = self.library.get(&FileKey::Id(id)).and_then(|file| {
-            content::validate_chunk_size(chunk_size).ok()?;
-            let chunks = content::chunk_count(file.meta.size, chunk_size);
-            let end = u64::from(first) + u64::from(count);
-            (end <= chunks).then(|| {
-                let chunks = u32::try_from(chunks).unwrap_or(u32::MAX);
-                let range = first..first + count;
-                self.shared
-                    .handed
-                    .start((id, chunk_size), chunks, range.clone());
-                range
-            })
-        });
-        let result = self.read_chunks_slot(id, chunk_size, first, count);
-        if let Some(range) = handed {
-            self.shared.handed.finish((id, chunk_size), range);
+        if let Err(e) = content::validate_chunk_size(chunk_size) {
+            return self.refuse(ErrorCode::BadRequest, e.to_string());
+        }
+        // Only files of the library are served: the path comes from the library, never from
+        // the request.
+        let Some(source) = self.source(&id) else {
+            return self.refuse(ErrorCode::NotFound, format!("no file {id} here"));
+        };
+        if let Source::Partial(share) = &source
+            && chunk_size != share.meta().chunk_size
+        {
+            return self.refuse(ErrorCode::BadRequest, other_grid(share, chunk_size));
+        }
+        // The requester's grid: any valid chunk size cuts the same bytes of a complete file.
+        let meta = source.meta();
+        let total = content::chunk_count(meta.size, chunk_size);
+        let end = u64::from(first) + u64::from(count);
+        if end > total {
+            let refusal = format!(
+                "chunks {first}..{end} are past the end of {} ({total} chunks)",
+                meta.name
+            );
+            return self.refuse(ErrorCode::BadRequest, refusal);
+        }
+        let range = first..first + count; // cannot overflow: end <= total <= u32::MAX
+        // A seeder counts chunks as handed out when asked for, before the wait for a slot:
+        // the next downloader to ask what is left already knows.
+        let key = (id, chunk_size);
+        let handed = matches!(source, Source::Complete(_));
+        if handed {
+            let chunks = u32::try_from(total).unwrap_or(u32::MAX);
+            self.shared.handed.start(key, chunks, range.clone());
+        }
+        let result = self.upload_in_slot(&source, chunk_size, range.clone());
+        if handed {
+            self.shared.handed.finish(key, range);
         }
         result
     }
 
-    /// `read_chunks` (or its partial variant) in an upload slot.
-    fn read_chunks_slot(
+    /// The complete file of this id, or else the download in progress.
+    fn source(&self, id: &FileId) -> Option<Source> {
+        match self.library.get(&FileKey::Id(*id)) {
+            Some(file) => Some(Source::Complete(file)),
+            None => self.library.partial(id).map(Source::Partial),
+        }
+    }
+
+    /// The transfer in an upload slot, with the short write timeout the pace check needs.
+    fn upload_in_slot(
         &mut self,
-        id: FileId,
+        source: &Source,
         chunk_size: u32,
-        first: u32,
-        count: u32,
+        range: std::ops::Range<u32>,
     ) -> Result<(), ProtoError> {
         let max = self.config.max_uploads;
         if !self.shared.uploads.acquire(self.config.upload_queue_wait) {
@@ -640,7 +663,23 @@ impl<'a, S: Connection> Session<'a, S> {
                 format!("{max} uploads already in progress; try another holder"),
             );
         }
-        let result = self.upload_in_slot(id, chunk_size, first, count);
+        let paced = self.config.min_upload_rate > 0;
+        let mut result = Ok(());
+        if paced {
+            let wake = UPLOAD_WAKE.min(self.config.io_timeout);
+            result = self
+                .conn
+                .get_ref()
+                .get_ref()
+                .set_write_timeout(Some(wake))
+                .map_err(ProtoError::from);
+        }
+        if result.is_ok() {
+            result = match source {
+                Source::Complete(file) => self.read_chunks(file, chunk_size, range),
+                Source::Partial(share) => self.read_partial_chunks(share, range),
+            };
+        }
         self.shared.uploads.release();
         if let Err(e @ ProtoError::TooSlow { .. }) = &result {
             log::info!(
@@ -648,32 +687,6 @@ impl<'a, S: Connection> Session<'a, S> {
                 self.from
             );
         }
-        result
-    }
-
-    /// The transfer itself, with the short write timeout the pace check needs.
-    fn upload_in_slot(
-        &mut self,
-        id: FileId,
-        chunk_size: u32,
-        first: u32,
-        count: u32,
-    ) -> Result<(), ProtoError> {
-        let paced = self.config.min_upload_rate > 0;
-        if paced {
-            let wake = UPLOAD_WAKE.min(self.config.io_timeout);
-            self.conn
-                .get_ref()
-                .get_ref()
-                .set_write_timeout(Some(wake))?;
-        }
-        let result = match self.library.get(&FileKey::Id(id)) {
-            Some(_) => self.read_chunks(id, chunk_size, first, count),
-            None => match self.library.partial(&id) {
-                Some(share) => self.read_partial_chunks(&share, chunk_size, first, count),
-                None => self.refuse(ErrorCode::NotFound, format!("no file {id} here")),
-            },
-        };
         if paced && result.is_ok() {
             self.conn
                 .get_ref()
@@ -694,28 +707,15 @@ impl<'a, S: Connection> Session<'a, S> {
         }
     }
 
+    /// Chunks of a complete file, cut at the requester's grid (checked by the caller).
     fn read_chunks(
         &mut self,
-        id: FileId,
+        file: &SharedFile,
         chunk_size: u32,
-        first: u32,
-        count: u32,
+        range: std::ops::Range<u32>,
     ) -> Result<(), ProtoError> {
         let started = Instant::now();
-        if let Err(e) = content::validate_chunk_size(chunk_size) {
-            return self.refuse(ErrorCode::BadRequest, e.to_string());
-        }
-        // Only files of the library are served: the path comes from the library, never from
-        // the request.
-        let Some(file) = self.library.get(&FileKey::Id(id)) else {
-            return self.refuse(ErrorCode::NotFound, format!("no file {id} here"));
-        };
-        let meta = file.meta;
-        // The requester's grid, not ours: any valid chunk size cuts the same bytes.
-        let end = match past_the_end(&meta, chunk_size, first, count) {
-            Ok(end) => end,
-            Err(refusal) => return self.refuse(ErrorCode::BadRequest, refusal),
-        };
+        let meta = &file.meta;
         let opened = open_regular(&file.path).and_then(|(f, m)| {
             if m.len() == meta.size {
                 Ok(f)
@@ -737,19 +737,17 @@ impl<'a, S: Connection> Session<'a, S> {
                 );
             }
         };
-        let pace = self.pace();
         let mut bytes = 0u64;
-        for index in first..first.saturating_add(count) {
-            let Some(chunk_len) = content::chunk_len(meta.size, chunk_size, index) else {
-                break; // unreachable: the range was checked above
+        for index in range.clone() {
+            let Some(len) = content::chunk_len(meta.size, chunk_size, index) else {
+                break; // unreachable: the range was checked by the caller
             };
-            let len = chunk_len as usize;
-            if self.chunk.len() < len {
-                self.chunk.resize(len, 0);
-            }
-            let body = &mut self.chunk[..len];
+            // One buffer per connection, taken out while the chunk is sent.
+            let mut body = std::mem::take(&mut self.chunk);
+            body.resize(len as usize, 0);
             let offset = content::chunk_offset(chunk_size, index);
-            if let Err(e) = disk.read_exact_at(body, offset) {
+            if let Err(e) = disk.read_exact_at(&mut body, offset) {
+                self.chunk = body;
                 log::warn!(
                     "{} changed while being served to {}: {e}",
                     file.path.display(),
@@ -760,57 +758,33 @@ impl<'a, S: Connection> Session<'a, S> {
                     format!("{} changed on disk while being served", meta.name),
                 );
             }
-            self.out.clear();
-            codec::encode_frame(
-                &PeerResponse::Chunk {
-                    index,
-                    len: chunk_len,
-                },
-                &mut self.out,
-            )?;
-            // Header and body as two writes: the body goes straight from our buffer to the
-            // stream, with no copy into a writer's buffer.
-            let stream = self.conn.get_mut();
-            pace.write(stream, &self.out)?;
-            pace.write(stream, body)?;
-            bytes += len as u64;
-            self.shared.stats.count(len as u64, false);
+            let sent = self.send_chunk(index, &body);
+            self.chunk = body;
+            sent?;
+            bytes += u64::from(len);
+            self.shared.stats.count(u64::from(len), false);
         }
         log::info!(
-            "served {} chunks {first}..{end} ({bytes} B) to {} in {} ms",
+            "served {} chunks {}..{} ({bytes} B) to {} in {} ms",
             meta.name,
+            range.start,
+            range.end,
             self.from,
             started.elapsed().as_millis()
         );
         Ok(())
     }
 
-    /// Chunks of a download in progress: only verified ones, in this download's own grid.
-    /// A chunk not verified yet ends the answer with a typed `Unavailable` (the connection
-    /// stays usable; the requester asks elsewhere).
+    /// Chunks of a download in progress, in its own grid (checked by the caller): only
+    /// verified ones. A chunk not verified yet ends the answer with a typed `Unavailable`
+    /// (the connection stays usable; the requester asks elsewhere).
     fn read_partial_chunks(
         &mut self,
         share: &PartialShare,
-        chunk_size: u32,
-        first: u32,
-        count: u32,
+        range: std::ops::Range<u32>,
     ) -> Result<(), ProtoError> {
-        let meta = share.meta().clone();
-        if chunk_size != meta.chunk_size {
-            return self.refuse(
-                ErrorCode::BadRequest,
-                format!(
-                    "{} is being downloaded here in chunks of {} bytes, not {chunk_size}",
-                    meta.name, meta.chunk_size
-                ),
-            );
-        }
-        let end = match past_the_end(&meta, chunk_size, first, count) {
-            Ok(end) => end,
-            Err(refusal) => return self.refuse(ErrorCode::BadRequest, refusal),
-        };
         let mut bytes = 0u64;
-        for index in first..first.saturating_add(count) {
+        for index in range.clone() {
             let mut body = std::mem::take(&mut self.chunk);
             let read = share.read_chunk(index, &mut body);
             let result = match read {
@@ -819,32 +793,39 @@ impl<'a, S: Connection> Session<'a, S> {
                     self.chunk = body;
                     return self.refuse(
                         ErrorCode::Unavailable,
-                        format!("chunk {index} of {} is not verified here yet", meta.name),
+                        format!(
+                            "chunk {index} of {} is not verified here yet",
+                            share.meta().name
+                        ),
                     );
                 }
                 Err(e) => {
                     self.chunk = body;
-                    log::warn!("cannot read the download of {}: {e}", meta.name);
+                    log::warn!("cannot read the download of {}: {e}", share.meta().name);
                     return self.refuse(
                         ErrorCode::Internal,
-                        format!("{} cannot be read here", meta.name),
+                        format!("{} cannot be read here", share.meta().name),
                     );
                 }
             };
-            bytes += body.len() as u64;
-            self.shared.stats.count(body.len() as u64, true);
+            let len = body.len() as u64;
             self.chunk = body;
             result?;
+            bytes += len;
+            self.shared.stats.count(len, true);
         }
         log::info!(
-            "served {} chunks {first}..{end} ({bytes} B, downloading) to {}",
-            meta.name,
+            "served {} chunks {}..{} ({bytes} B, downloading) to {}",
+            share.meta().name,
+            range.start,
+            range.end,
             self.from
         );
         Ok(())
     }
 
-    /// One `Chunk` frame and its body.
+    /// One `Chunk` frame and its body, as two writes: the body goes straight from our
+    /// buffer to the stream, with no copy into a writer's buffer.
     fn send_chunk(&mut self, index: u32, body: &[u8]) -> Result<(), ProtoError> {
         self.out.clear();
         codec::encode_frame(
@@ -862,16 +843,28 @@ impl<'a, S: Connection> Session<'a, S> {
     }
 }
 
-/// The end of chunks `first..first + count` of `meta` cut at `chunk_size`, or the refusal
-/// if the range runs past the file's last chunk.
-fn past_the_end(meta: &FileMeta, chunk_size: u32, first: u32, count: u32) -> Result<u64, String> {
-    let total = content::chunk_count(meta.size, chunk_size);
-    let end = u64::from(first) + u64::from(count);
-    if end > total {
-        return Err(format!(
-            "chunks {first}..{end} are past the end of {} ({total} chunks)",
-            meta.name
-        ));
+/// A file a `ReadChunks` or `Availability` request can be answered from.
+enum Source {
+    /// Complete, in the library: any grid.
+    Complete(SharedFile),
+    /// A download in progress: its own grid, verified chunks only.
+    Partial(Arc<PartialShare>),
+}
+
+impl Source {
+    fn meta(&self) -> &FileMeta {
+        match self {
+            Source::Complete(file) => &file.meta,
+            Source::Partial(share) => share.meta(),
+        }
     }
-    Ok(end)
+}
+
+/// The refusal for a request cut at another grid than a download in progress uses.
+fn other_grid(share: &PartialShare, chunk_size: u32) -> String {
+    format!(
+        "{} is being downloaded here in chunks of {} bytes, not {chunk_size}",
+        share.meta().name,
+        share.meta().chunk_size
+    )
 }

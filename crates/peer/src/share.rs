@@ -52,7 +52,7 @@ pub(crate) enum Availability {
     /// `seq` and what to send.
     Answer { seq: u32, have: Have },
     /// The requester's grid differs from this download's.
-    OtherGrid { chunk_size: u32 },
+    OtherGrid,
 }
 
 impl PartialShare {
@@ -147,9 +147,7 @@ impl PartialShare {
     /// `wait`, capped at [`MAX_AVAILABILITY_WAIT`], if nothing was), or the whole bitmap.
     pub(crate) fn availability(&self, chunk_size: u32, since: u32, wait: Duration) -> Availability {
         if chunk_size != self.meta.chunk_size {
-            return Availability::OtherGrid {
-                chunk_size: self.meta.chunk_size,
-            };
+            return Availability::OtherGrid;
         }
         let deadline = Instant::now() + wait.min(MAX_AVAILABILITY_WAIT);
         let mut state = self.lock();
@@ -221,7 +219,7 @@ mod tests {
         assert_eq!(have, Have::Added(vec![]));
         assert!(matches!(
             share.availability(2048, 0, Duration::ZERO),
-            Availability::OtherGrid { chunk_size: 1024 }
+            Availability::OtherGrid
         ));
     }
 

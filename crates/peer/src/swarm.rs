@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{ChunkHasher, chunk_len, chunk_offset};
+use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, Have, Manifest, PeerRequest, PeerResponse};
 use shoal_proto::{Connection, PeerAddr, ProtoError, Transport};
 
@@ -181,9 +182,8 @@ struct SchedState {
     picker: Picker,
     active_sources: usize,
     verified_bytes: u64,
-    /// Chunk bodies read so far (any source), and when the last one arrived.
+    /// Chunk bodies read so far (any source).
     delivered: u64,
-    last_delivery: Option<Instant>,
     /// Recent time to read one chunk body, averaged over every source.
     chunk_time: Option<Duration>,
 }
@@ -203,7 +203,6 @@ impl Scheduler {
                 active_sources: 0,
                 verified_bytes: 0,
                 delivered: 0,
-                last_delivery: None,
                 chunk_time: None,
             }),
             changed: Condvar::new(),
@@ -224,7 +223,6 @@ impl Scheduler {
     fn delivered(&self, took: Duration) {
         let mut s = self.lock();
         s.delivered += 1;
-        s.last_delivery = Some(Instant::now());
         // An average of the last few chunks' times (weight 1/8 for the newest).
         s.chunk_time = Some(match s.chunk_time {
             None => took,
@@ -400,6 +398,8 @@ pub(crate) fn run_swarm<T: Transport>(
                 }
                 let id = job.scheduler.add_source(spec.complete);
                 let job = &job;
+                let addr = spec.addr.clone();
+                let complete = spec.complete;
                 let handle = scope.spawn(move || {
                     let report = fetch_from(transport, &spec, id, job);
                     job.scheduler.source_finished(id);
@@ -407,7 +407,7 @@ pub(crate) fn run_swarm<T: Transport>(
                     (job.progress)(bytes, active);
                     report
                 });
-                handles.push(handle);
+                handles.push((addr, complete, handle));
             }
         };
         let SourceFeed { initial, more } = feed;
@@ -442,10 +442,10 @@ pub(crate) fn run_swarm<T: Transport>(
         }
         handles
             .into_iter()
-            .map(|h| {
+            .map(|(addr, complete, h)| {
                 h.join().unwrap_or_else(|_| SourceReport {
-                    addr: PeerAddr::new("unknown:0").unwrap_or_else(|_| unreachable_addr()),
-                    complete: false,
+                    addr,
+                    complete,
                     bytes: 0,
                     requests: 0,
                     dropped: Some(DropReason::Failed("its thread panicked".into())),
@@ -457,11 +457,6 @@ pub(crate) fn run_swarm<T: Transport>(
         sources: reports,
         missing: scheduler.missing(),
     }
-}
-
-/// Only for a report of a panicked thread, which never happens by design.
-fn unreachable_addr() -> PeerAddr {
-    PeerAddr::new("0.0.0.0:0").unwrap_or_else(|_| unreachable_addr())
 }
 
 /// A chunk read off the wire, on its way to the verifier.
@@ -566,7 +561,11 @@ fn connect<'s, T: Transport>(
         .set_read_timeout(timeout)
         .and_then(|()| stream.set_write_timeout(timeout))
         .map_err(|e| DropReason::Unreachable(io_text(e)))?;
-    match codec::client_handshake(&mut stream, Service::Peer) {
+    // The hello must arrive whole within the I/O timeout, not merely a byte per timeout.
+    match codec::client_handshake(
+        &mut FrameDeadline::new(&mut stream, config.io_timeout),
+        Service::Peer,
+    ) {
         Ok(()) => {}
         Err(ProtoError::Busy) => return Err(DropReason::Busy),
         Err(e) => return Err(DropReason::Unreachable(e.to_string())),
@@ -876,7 +875,8 @@ impl<S: Connection> Reader<'_, '_, S> {
     /// The drop reason for a failed read: what the guard saw, or the error itself.
     fn read_failed(&mut self, fallback: DropReason) -> DropReason {
         match self.stream.get_mut().tripped.take() {
-            Some(Tripped::Complete) => DropReason::Failed(String::new()),
+            // Not a failure: `Reader::run` turns any error after completion into success.
+            Some(Tripped::Complete) => DropReason::Failed("the download is complete".into()),
             Some(Tripped::Deadline) => DropReason::Deadline,
             Some(Tripped::Slow(reason)) => DropReason::Slow(reason),
             None => fallback,

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Duration;
 
-use shoal_index::{IndexError, MemoryStore, Sources, Store};
+use shoal_index::{IndexError, MemoryStore, RegistrationLimits, Sources, Store};
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
@@ -43,8 +43,14 @@ pub(crate) fn gated(inner: MemoryStore) -> (Gated, Gate) {
 }
 
 impl Store for Gated {
-    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        self.inner.register(holder, files)
+    fn register_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        self.inner.register_within(holder, address, files, limits)
     }
     fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
         self.inner.unregister(holder, ids)
@@ -75,8 +81,15 @@ impl Store for Gated {
     fn lease(&self) -> Duration {
         self.inner.lease()
     }
-    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
-        self.inner.register_partial(holder, files)
+    fn register_partial_within(
+        &self,
+        holder: &PeerAddr,
+        address: &str,
+        files: &[FileMeta],
+        limits: &RegistrationLimits,
+    ) -> Result<u32, IndexError> {
+        self.inner
+            .register_partial_within(holder, address, files, limits)
     }
     fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
         self.inner.unregister_partial(holder, ids)
