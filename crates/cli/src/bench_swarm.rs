@@ -615,10 +615,7 @@ impl Bench {
                     &format!("{}:{PEER_PORT}", host.ip),
                 ]);
                 let mut cmd = self.shoal_cmd(host, &args, &log)?;
-                let slot = procs.spawn("a shoal peer console", cmd.stdin(Stdio::piped()))?;
-                if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
-                    stdins.push(stdin);
-                }
+                let slot = spawn_with_stdin(procs, "a shoal peer console", &mut cmd, &mut stdins)?;
                 members.push(Member::new(dir, log, slot));
             }
             for m in &members {
@@ -629,11 +626,7 @@ impl Bench {
         let before = self.counters(n)?;
         let t0 = Instant::now();
         if consoles {
-            for stdin in &mut stdins {
-                writeln!(stdin, "{FILE_NAME}")
-                    .and_then(|()| stdin.flush())
-                    .map_err(io_err("cannot write to a peer console"))?;
-            }
+            tell_all(&mut stdins, FILE_NAME, "a peer console")?;
         } else {
             for (i, host) in self.net.peers.iter().take(n).enumerate() {
                 let dir = data.join(format!("p{i}"));
@@ -804,10 +797,7 @@ impl Bench {
             let log = logs.join(format!("p{i}.log"));
             let mut cmd = net::command_in(host, python, &node_run(&dir, host));
             to_log(&mut cmd, &log)?;
-            let slot = procs.spawn("a libtorrent peer", cmd.stdin(Stdio::piped()))?;
-            if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
-                stdins.push(stdin);
-            }
+            let slot = spawn_with_stdin(procs, "a libtorrent peer", &mut cmd, &mut stdins)?;
             members.push(Member::new(dir, log, slot));
         }
         for m in &members {
@@ -816,11 +806,7 @@ impl Bench {
         self.level_page_cache(n)?;
         let before = self.counters(n)?;
         let t0 = Instant::now();
-        for stdin in &mut stdins {
-            writeln!(stdin, "go")
-                .and_then(|()| stdin.flush())
-                .map_err(io_err("cannot write to a libtorrent peer"))?;
-        }
+        tell_all(&mut stdins, "go", "a libtorrent peer")?;
         let finish = Finish::Line("complete");
         let timed_out = self.wait_crowd(procs, &mut members, &finish, t0, self.run_timeout(n))?;
         let after = self.counters(n)?;
@@ -1158,6 +1144,31 @@ fn write_payload(path: &Path, size: u64) -> Result<()> {
     }
     file.sync_all()
         .map_err(io_err(format!("cannot write {}", path.display())))
+}
+
+/// Starts `cmd` with a piped stdin, kept in `stdins` (the line that starts the clock goes
+/// there); returns the process's slot.
+fn spawn_with_stdin(
+    procs: &mut net::Procs,
+    what: &'static str,
+    cmd: &mut Command,
+    stdins: &mut Vec<ChildStdin>,
+) -> Result<usize> {
+    let slot = procs.spawn(what, cmd.stdin(Stdio::piped()))?;
+    if let Some(stdin) = procs.get(slot).and_then(|child| child.stdin.take()) {
+        stdins.push(stdin);
+    }
+    Ok(slot)
+}
+
+/// Writes `line` to every one of `stdins` (`what` names them in the error).
+fn tell_all(stdins: &mut [ChildStdin], line: &str, what: &str) -> Result<()> {
+    for stdin in stdins {
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .map_err(io_err(format!("cannot write to {what}")))?;
+    }
+    Ok(())
 }
 
 fn log_file(path: &Path) -> Result<File> {

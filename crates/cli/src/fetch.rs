@@ -95,7 +95,7 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
     let peer = if args.no_share {
         None
     } else {
-        share_peer(&transport, &index, args, config.clone())
+        share_peer(&transport, &index, args, config.clone())?
     };
     if let Some(peer) = &peer {
         withdraw_on_interrupt(&transport, &index, peer.advertise().clone())?;
@@ -159,23 +159,29 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
     }
 }
 
-/// A peer that shares this `get`'s downloads while they run (and while it seeds), or
-/// `None` (with a warning) if it cannot start: the download then goes on without sharing.
+/// A peer that shares this `get`'s downloads while they run (and while it seeds). An
+/// explicit `--listen` that is not an address, or cannot be served, is an error; without
+/// one, a peer that cannot start (no index reachable, say) is `None`, and the download goes
+/// on without sharing (and reports the index's trouble itself).
 fn share_peer(
     transport: &TcpTransport,
     index: &[PeerAddr],
     args: &GetArgs,
     downloader: DownloaderConfig,
-) -> Option<Peer<TcpTransport>> {
+) -> Result<Option<Peer<TcpTransport>>, CliError> {
     let listen = match &args.listen {
-        Some(addr) => PeerAddr::new(addr.as_str()).ok()?,
+        Some(addr) => PeerAddr::new(addr.as_str())?,
         // Next to the address this machine reaches the index from, on a free port.
         None => {
-            let seen = IndexClient::new(transport.clone(), index.to_vec())
+            let local = IndexClient::new(transport.clone(), index.to_vec())
                 .local_addr()
-                .ok()?;
-            let ip = seen.as_str().parse::<SocketAddr>().ok()?.ip();
-            PeerAddr::new(SocketAddr::new(ip, 0).to_string()).ok()?
+                .ok()
+                .and_then(|seen| seen.as_str().parse::<SocketAddr>().ok())
+                .and_then(|seen| PeerAddr::new(SocketAddr::new(seen.ip(), 0).to_string()).ok());
+            let Some(listen) = local else {
+                return Ok(None);
+            };
+            listen
         }
     };
     let mut config = PeerConfig::new(index.to_vec(), listen);
@@ -187,11 +193,12 @@ fn share_peer(
             if let Some(addr) = peer.listen_addr() {
                 log::info!("sharing downloads on {addr}");
             }
-            Some(peer)
+            Ok(Some(peer))
         }
+        Err(e) if args.listen.is_some() => Err(e.into()),
         Err(e) => {
             log::warn!("not sharing while downloading: {e}");
-            None
+            Ok(None)
         }
     }
 }

@@ -534,3 +534,24 @@ fn a_seeding_get_serves_then_withdraws_everything_on_ctrl_c() {
     // Gone from the index at once, not a lease later.
     assert_eq!(holders(&index), 1);
 }
+
+#[test]
+fn get_with_a_listen_address_that_is_not_one_is_refused_in_one_line() {
+    let out = tempfile::tempdir().unwrap();
+    let got = run(&[
+        "get",
+        "song.ogg",
+        "--index",
+        "127.0.0.1:1",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--listen",
+        "nonsense",
+    ]);
+    assert!(!got.status.success());
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert!(
+        stderr.contains("invalid peer address \"nonsense\"") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
