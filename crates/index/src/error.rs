@@ -46,6 +46,11 @@ pub enum IndexError {
         /// Why it failed.
         source: io::Error,
     },
+    /// The index's shared registry (Redis) cannot be reached right now: nothing changed; the
+    /// same request succeeds once it is back. From a client: the index answered
+    /// "registry unavailable".
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// The registration store failed (durable and remote stores can).
     #[error("the registration store failed: {0}")]
     Store(String),

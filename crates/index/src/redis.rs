@@ -548,6 +548,10 @@ impl Store for RedisStore {
         self.lease
     }
 
+    fn identity(&self) -> Option<String> {
+        RedisStore::identity(self)
+    }
+
     fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
         let (kind, k) = encode_key(key);
         let now = self.now_ms();

@@ -288,13 +288,23 @@ impl IndexServerConfig {
 
 /// An internal failure: the details (paths in the data folder, the store's own words) go
 /// to the log; the client learns only that the index could not answer, and may try another.
+/// A registry that is unavailable (Redis down) gets its own code, so clients can tell
+/// "try again shortly" from a failure; the store logs each outage once, so a request
+/// refused meanwhile is logged at debug level only.
 fn store_failed(e: &IndexError) -> IndexResponse {
+    if let IndexError::RegistryUnavailable(reason) = e {
+        log::debug!("index: {reason}");
+        return refuse(ErrorCode::RegistryUnavailable, REGISTRY_UNAVAILABLE);
+    }
     log::warn!("index: {e}");
     refuse(ErrorCode::Internal, STORE_FAILED)
 }
 
 /// What a client is told when the store fails.
 const STORE_FAILED: &str = "the index's registry failed to answer; try again or ask another index";
+/// What a client is told while the shared registry cannot be reached.
+const REGISTRY_UNAVAILABLE: &str =
+    "the index's registry is unavailable; nothing was changed; try again shortly";
 
 fn answer<S: Store>(
     request: IndexRequest,
@@ -303,6 +313,9 @@ fn answer<S: Store>(
     from: &PeerAddr,
 ) -> IndexResponse {
     match request {
+        IndexRequest::Identify => IndexResponse::Identity {
+            registry: store.identity(),
+        },
         IndexRequest::Locate { key } => {
             if let Err(e) = key.validate() {
                 return refuse(ErrorCode::BadName, e.to_string());

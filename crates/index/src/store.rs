@@ -52,6 +52,12 @@ pub trait Store: Send + Sync + 'static {
     fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError>;
     /// How long a registration lives without renewal.
     fn lease(&self) -> Duration;
+    /// The registry's identity if other index servers may serve the same one (a shared
+    /// store: the same text on all of them, see [`crate::RedisStore::identity`]); `None`
+    /// for a registry of this server's own, or while the shared one cannot be reached.
+    fn identity(&self) -> Option<String> {
+        None
+    }
     /// Swarm: `holder` is downloading these files and serves their verified chunks. Returns
     /// how many partial registrations are new; renews the holder's partial lease. A later
     /// [`Store::register`] of a file by the same holder replaces its partial registration.

@@ -29,6 +29,9 @@ impl From<StoreError> for crate::IndexError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::OverLimit(limit) => crate::IndexError::OverLimit(limit),
+            unavailable @ StoreError::Unavailable(_) => {
+                crate::IndexError::RegistryUnavailable(unavailable.to_string())
+            }
             other => crate::IndexError::Store(other.to_string()),
         }
     }
