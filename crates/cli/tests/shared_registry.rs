@@ -387,10 +387,11 @@ fn redis_killed_and_restarted_under_load_answers_unavailable_then_serves_again()
     )
     .unwrap();
 
-    // Phase: 0 before the kill, 1 while Redis is down, 2 after the restart.
+    // Phase: 0 before the kill, 2 while Redis is down, 4 after the restart; 1 and 3 are
+    // the kill and the restart themselves (a request then may see either side).
     let phase = Arc::new(AtomicUsize::new(0));
-    let seen: Arc<Mutex<[BTreeSet<&'static str>; 3]>> = Arc::default();
-    let counts: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let seen: Arc<Mutex<[BTreeSet<&'static str>; 5]>> = Arc::default();
+    let counts: Arc<[AtomicUsize; 5]> = Arc::new(Default::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..3u32 {
@@ -439,19 +440,21 @@ fn redis_killed_and_restarted_under_load_answers_unavailable_then_serves_again()
         }
     };
     wait_for(0, 100);
-    redis.kill();
     phase.store(1, Ordering::SeqCst);
-    wait_for(1, 100);
+    redis.kill();
+    phase.store(2, Ordering::SeqCst);
+    wait_for(2, 100);
     // The announcer's heartbeat meanwhile fails, typed.
     let round = announcer.tick();
     assert!(
         matches!(&round[..], [(_, IndexStatus::Failed { reason })] if reason.contains("registry is unavailable")),
         "{round:?}"
     );
+    phase.store(3, Ordering::SeqCst);
     redis.restart().unwrap();
-    phase.store(2, Ordering::SeqCst);
+    phase.store(4, Ordering::SeqCst);
     let deadline = Instant::now() + WAIT;
-    while !seen.lock().unwrap()[2].contains("ok") {
+    while !seen.lock().unwrap()[4].contains("ok") {
         assert!(Instant::now() < deadline, "no service after the restart");
         thread::yield_now();
     }
@@ -474,8 +477,8 @@ fn redis_killed_and_restarted_under_load_answers_unavailable_then_serves_again()
     }
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0], BTreeSet::from(["ok"]));
-    assert!(seen[1].contains("unavailable"), "{:?}", seen[1]);
-    assert!(!seen[1].contains("ok"), "{:?}", seen[1]);
+    assert!(seen[2].contains("unavailable"), "{:?}", seen[2]);
+    assert!(!seen[2].contains("ok"), "{:?}", seen[2]);
     // One line when the outage began and one when it ended, however many requests failed.
     let target = format!("redis {}/0", redis.addr());
     let lines: Vec<String> = warnings()

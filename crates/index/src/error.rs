@@ -52,8 +52,8 @@ pub enum IndexError {
     #[error("{0}")]
     RegistryUnavailable(String),
     /// The registration store failed (durable and remote stores can).
-    #[error("the registration store failed: {0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
     /// A heartbeat named a holder the index does not know: its lease lapsed, or the index
     /// restarted without its data. The holder must register again.
     #[error(

@@ -26,8 +26,7 @@ use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 use crate::partial::{Sources, merge_hits};
 use crate::{
-    Clock, DEFAULT_LEASE, IndexError, LimitExceeded, RegistrationLimits, Search, Store, StoreError,
-    UnixClock,
+    Clock, DEFAULT_LEASE, LimitExceeded, RegistrationLimits, Search, Store, StoreError, UnixClock,
 };
 
 /// The key prefix unless one is given: keys are `{shoal}:...`.
@@ -455,8 +454,8 @@ impl Store for RedisStore {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
-        Ok(self.register_in("c", holder, address, files, limits)?)
+    ) -> Result<u32, StoreError> {
+        self.register_in("c", holder, address, files, limits)
     }
 
     fn register_partial_within(
@@ -465,19 +464,19 @@ impl Store for RedisStore {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
-        Ok(self.register_in("p", holder, address, files, limits)?)
+    ) -> Result<u32, StoreError> {
+        self.register_in("p", holder, address, files, limits)
     }
 
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
-        Ok(self.unregister_in("c", holder, ids)?)
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
+        self.unregister_in("c", holder, ids)
     }
 
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
-        Ok(self.unregister_in("p", holder, ids)?)
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
+        self.unregister_in("p", holder, ids)
     }
 
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, StoreError> {
         let (kind, k) = encode_key(key);
         let now = self.now_ms();
         let r = lock(&self.rng).random::<u32>().to_string();
@@ -486,13 +485,13 @@ impl Store for RedisStore {
             Value::Nil => Ok(None),
             Value::Array(v) => match v.as_slice() {
                 [meta, addr] => Ok(Some((parse_meta(bytes(meta)?)?, peer(addr)?))),
-                _ => Err(bad_reply("locate", &Value::Array(v)).into()),
+                _ => Err(bad_reply("locate", &Value::Array(v))),
             },
-            other => Err(bad_reply("locate", &other).into()),
+            other => Err(bad_reply("locate", &other)),
         }
     }
 
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, StoreError> {
         let (kind, k) = encode_key(key);
         let now = self.now_ms();
         let reply = self.run(&["holders", &now, kind], &[&k])?;
@@ -500,19 +499,19 @@ impl Store for RedisStore {
             Value::Nil => Ok(None),
             Value::Array(v) => match v.as_slice() {
                 [meta, addrs] => Ok(Some((parse_meta(bytes(meta)?)?, peers(addrs)?))),
-                _ => Err(bad_reply("holders", &Value::Array(v)).into()),
+                _ => Err(bad_reply("holders", &Value::Array(v))),
             },
-            other => Err(bad_reply("holders", &other).into()),
+            other => Err(bad_reply("holders", &other)),
         }
     }
 
-    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, StoreError> {
         let complete = self.search_in("c", query, limit)?;
         let partial = self.search_in("p", query, limit)?;
         Ok(merge_hits(complete, partial, limit))
     }
 
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError> {
         let (now, lease) = (self.now_ms(), self.lease_ms());
         match self.run(&["renew", &now, &lease, holder.as_str()], &[])? {
             Value::Nil => Ok(None),
@@ -520,18 +519,18 @@ impl Store for RedisStore {
         }
     }
 
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, StoreError> {
         let now = self.now_ms();
         let batch = SWEEP_BATCH.to_string();
         let mut gone = Vec::new();
         loop {
             let reply = self.run(&["sweep", &now, &batch], &[])?;
             let Value::Array(v) = reply else {
-                return Err(bad_reply("sweep", &reply).into());
+                return Err(bad_reply("sweep", &reply));
             };
             let (swept, partial) = match v.as_slice() {
                 [Value::Array(swept), partial] => (swept.clone(), int(partial)?),
-                _ => return Err(bad_reply("sweep", &Value::Array(v)).into()),
+                _ => return Err(bad_reply("sweep", &Value::Array(v))),
             };
             for pair in swept.chunks(2) {
                 if let [addr, n] = pair {
@@ -552,7 +551,7 @@ impl Store for RedisStore {
         RedisStore::identity(self)
     }
 
-    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError> {
         let (kind, k) = encode_key(key);
         let now = self.now_ms();
         let reply = self.run(&["sources", &now, kind], &[&k])?;
@@ -569,9 +568,9 @@ impl Store for RedisStore {
                         partial,
                     }))
                 }
-                _ => Err(bad_reply("sources", &Value::Array(v)).into()),
+                _ => Err(bad_reply("sources", &Value::Array(v))),
             },
-            other => Err(bad_reply("sources", &other).into()),
+            other => Err(bad_reply("sources", &other)),
         }
     }
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use shoal_index::{
-    Clock, DurableOptions, DurableStore, IndexError, LocalRedis, ManualClock, MemoryStore,
-    RedisOptions, RedisStore, RegistrationLimits, Store,
+    Clock, DurableOptions, DurableStore, LocalRedis, ManualClock, MemoryStore, RedisOptions,
+    RedisStore, RegistrationLimits, Store, StoreError,
 };
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
@@ -421,10 +421,10 @@ fn any_op() -> impl Strategy<Value = Any> {
 }
 
 /// What a store answered, comparable across stores (errors by their message).
-fn answer<T: std::fmt::Debug>(r: Result<T, IndexError>) -> String {
+fn answer<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
     match r {
         Ok(v) => format!("{v:?}"),
-        Err(IndexError::OverLimit(limit)) => format!("over limit: {limit}"),
+        Err(StoreError::OverLimit(limit)) => format!("over limit: {limit}"),
         Err(e) => panic!("store failed: {e}"),
     }
 }
@@ -482,7 +482,7 @@ fn agrees_with_the_memory_store<F: Flavour>(flavour: &mut F) {
                     continue;
                 }
                 Any::Sweep => {
-                    let sorted = |r: Result<Vec<(PeerAddr, u32)>, IndexError>| {
+                    let sorted = |r: Result<Vec<(PeerAddr, u32)>, StoreError>| {
                         r.map(|mut v| {
                             v.sort();
                             v
