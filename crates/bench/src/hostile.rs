@@ -109,7 +109,7 @@ impl Drop for ChildGuard {
 }
 
 /// (user + system CPU seconds, resident KiB) of a process, from /proc.
-fn process_usage(pid: u32) -> Result<(f64, u64), BenchError> {
+pub(crate) fn process_usage(pid: u32) -> Result<(f64, u64), BenchError> {
     let read = |path: String| {
         std::fs::read_to_string(&path).map_err(io_err(format!("cannot read {path} (Linux only)")))
     };

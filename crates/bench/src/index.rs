@@ -78,13 +78,13 @@ impl Mode {
 pub struct IndexBenchArgs {
     /// Client counts to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 64, 256])]
-    clients: Vec<usize>,
+    pub(crate) clients: Vec<usize>,
     /// Lookups per cell, split over the clients (each client does at least 50).
     #[arg(long, default_value_t = 20_000)]
-    lookups: usize,
+    pub(crate) lookups: usize,
     /// Repetitions per cell; the median is reported.
     #[arg(long, default_value_t = 3)]
-    reps: usize,
+    pub(crate) reps: usize,
     /// Connection modes to measure.
     #[arg(long, alias = "mode", value_enum, value_delimiter = ',',
           default_values_t = [Mode::Persistent, Mode::PerConnection])]
@@ -98,7 +98,7 @@ pub struct IndexBenchArgs {
     tsv: Option<PathBuf>,
     /// The redis-server program to compare against.
     #[arg(long, value_name = "PATH", default_value = "redis-server")]
-    redis_server: PathBuf,
+    pub(crate) redis_server: PathBuf,
     /// Do not start Redis; measure shoal and the no-op server only.
     #[arg(long)]
     no_redis: bool,
@@ -106,10 +106,24 @@ pub struct IndexBenchArgs {
     #[arg(long, value_enum, value_delimiter = ',',
           default_values_t = [Which::Shoal, Which::NoOp, Which::Redis])]
     only: Vec<Which>,
+    /// `redis`: measure the registry on Redis instead (issue 11): lookups/s and
+    /// registrations/s of the in-memory index, one and two indexes on one Redis, and raw
+    /// Redis; CPU per lookup; Redis memory per registration; a 10,000-file heartbeat.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub(crate) store: StoreKind,
     /// With `--data DIR`: also registrations/s with durability on and off, and recovery
     /// time and memory of an index of a million registrations.
     #[command(flatten)]
     pub(crate) durable: crate::durable::DurableBenchArgs,
+}
+
+/// Which registry `shoal bench index` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StoreKind {
+    /// The in-memory index against Redis and the no-op server.
+    Memory,
+    /// The index on a shared Redis (`shared.rs`).
+    Redis,
 }
 
 /// The servers the benchmark can measure.
@@ -137,6 +151,9 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     }
     if cfg!(debug_assertions) {
         eprintln!("note: this is a debug build; numbers mean little (use cargo run --release)");
+    }
+    if args.store == StoreKind::Redis {
+        return crate::shared::run(args);
     }
     let started = Instant::now();
     let data = BenchData::new()?;
@@ -175,6 +192,7 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
             name: "redis",
             wire: Wire::Redis,
             addr: redis.addr,
+            others: Vec::new(),
             request: redis_command(&["SRANDMEMBER", BENCH_FILE]),
         });
     }
@@ -288,15 +306,15 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
 }
 
 /// The registry contents every contender is given.
-struct BenchData {
+pub(crate) struct BenchData {
     bench: FileMeta,
     holders: Vec<PeerAddr>,
     /// (holder, files it registers), the bench file included.
-    registrations: Vec<(PeerAddr, Vec<FileMeta>)>,
+    pub(crate) registrations: Vec<(PeerAddr, Vec<FileMeta>)>,
 }
 
 impl BenchData {
-    fn new() -> Result<BenchData, BenchError> {
+    pub(crate) fn new() -> Result<BenchData, BenchError> {
         // Same-length addresses, so every Located answer has the same size whoever is chosen.
         let holders = (1..=HOLDERS)
             .map(|i| PeerAddr::new(format!("127.0.0.1:{}", 40_000 + i)))
@@ -322,7 +340,7 @@ impl BenchData {
     }
 
     /// The request every shoal-protocol lookup sends, as frame bytes.
-    fn locate_frame(&self) -> Result<Vec<u8>, BenchError> {
+    pub(crate) fn locate_frame(&self) -> Result<Vec<u8>, BenchError> {
         let mut buf = Vec::new();
         codec::encode_frame(
             &IndexRequest::Locate {
@@ -334,7 +352,7 @@ impl BenchData {
     }
 
     /// The answer the no-op server replays: a real `Located`, as shoal would send it.
-    fn located_frame(&self) -> Result<Vec<u8>, BenchError> {
+    pub(crate) fn located_frame(&self) -> Result<Vec<u8>, BenchError> {
         let mut buf = Vec::new();
         codec::encode_frame(
             &IndexResponse::Located {
@@ -378,7 +396,7 @@ fn start_shoal(data: &BenchData) -> Result<ServerHandle, BenchError> {
 
 /// Registers (again) every holder's files with shoal. Registering renews a holder's lease,
 /// so calling this between reps keeps the data alive however long the run and the lease.
-fn register_all(index: &PeerAddr, data: &BenchData) -> Result<(), BenchError> {
+pub(crate) fn register_all(index: &PeerAddr, data: &BenchData) -> Result<(), BenchError> {
     let mut client = IndexClient::new(TcpTransport::default(), vec![index.clone()]);
     for (holder, files) in &data.registrations {
         client.register(holder, files).map_err(contender_err(
@@ -569,7 +587,7 @@ fn ping(addr: SocketAddr) -> Result<BufReader<TcpStream>, BenchError> {
 }
 
 /// One RESP command, as an array of bulk strings.
-fn redis_command(args: &[&str]) -> Vec<u8> {
+pub(crate) fn redis_command(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len());
     for a in args {
         let _ = write!(out, "${}\r\n{a}\r\n", a.len());
@@ -579,7 +597,7 @@ fn redis_command(args: &[&str]) -> Vec<u8> {
 
 /// The protocol a contender speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wire {
+pub(crate) enum Wire {
     /// shoal's handshake and frames (shoal and the no-op server).
     Shoal,
     /// RESP.
@@ -587,16 +605,20 @@ enum Wire {
 }
 
 /// A server under test, as its clients see it.
-struct Contender {
-    name: &'static str,
-    wire: Wire,
-    addr: SocketAddr,
+#[derive(Clone)]
+pub(crate) struct Contender {
+    pub(crate) name: &'static str,
+    pub(crate) wire: Wire,
+    pub(crate) addr: SocketAddr,
+    /// Further servers answering the same requests (several index servers on one shared
+    /// registry): client `i` of a cell uses `[addr, others...][i % n]`.
+    pub(crate) others: Vec<SocketAddr>,
     /// The pre-encoded lookup request, sent as-is every time.
-    request: Vec<u8>,
+    pub(crate) request: Vec<u8>,
 }
 
 impl Contender {
-    fn new(
+    pub(crate) fn new(
         name: &'static str,
         wire: Wire,
         addr: &PeerAddr,
@@ -610,13 +632,28 @@ impl Contender {
             name,
             wire,
             addr,
+            others: Vec::new(),
             request,
         })
     }
 
+    /// What client `i` of a cell talks to (the servers taken in turn).
+    fn for_client(&self, i: usize) -> Contender {
+        let n = self.others.len() + 1;
+        let addr = match i % n {
+            0 => self.addr,
+            k => self.others.get(k - 1).copied().unwrap_or(self.addr),
+        };
+        Contender {
+            addr,
+            others: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// One lookup with its answer checked; for shoal also that the answer is exactly as
     /// large as the no-op server's, so the ceiling moves the same bytes.
-    fn probe(&self, noop_reply: &[u8]) -> Result<(), BenchError> {
+    pub(crate) fn probe(&self, noop_reply: &[u8]) -> Result<(), BenchError> {
         let mut conn = Conn::open(self).map_err(contender_err(self.name, "does not answer: "))?;
         if self.wire == Wire::Shoal {
             conn.reader
@@ -875,17 +912,17 @@ fn nanos(d: Duration) -> u32 {
 
 /// One measured run of one contender at one client count.
 #[derive(Clone, Debug)]
-struct Cell {
-    ok: u64,
-    errors: u64,
-    secs: f64,
-    mean_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Cell {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) secs: f64,
+    pub(crate) mean_ms: f64,
+    pub(crate) p99_ms: f64,
     first_error: Option<String>,
 }
 
 impl Cell {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         if self.secs > 0.0 {
             self.ok as f64 / self.secs
         } else {
@@ -894,18 +931,20 @@ impl Cell {
     }
 }
 
-fn run_cell(c: &Contender, mode: Mode, clients: usize, per_client: usize) -> Cell {
+pub(crate) fn run_cell(c: &Contender, mode: Mode, clients: usize, per_client: usize) -> Cell {
     let gate = Gate::new();
     let mut samples: Vec<u32> = Vec::with_capacity(clients * per_client);
     let mut errors = 0u64;
     let mut first_error = None;
     let (start, end) = thread::scope(|s| {
         let mut handles = Vec::with_capacity(clients);
-        for _ in 0..clients {
+        for i in 0..clients {
+            let mine = c.for_client(i);
+            let gate = &gate;
             let spawned = thread::Builder::new()
                 .name("bench-client".into())
                 .stack_size(CLIENT_STACK)
-                .spawn_scoped(s, || client(c, mode, per_client, &gate));
+                .spawn_scoped(s, move || client(&mine, mode, per_client, gate));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -953,18 +992,18 @@ fn run_cell(c: &Contender, mode: Mode, clients: usize, per_client: usize) -> Cel
 }
 
 /// The reps of one (mode, clients, contender), reduced to medians.
-struct Summary {
-    rate: f64,
-    rate_min: f64,
-    rate_max: f64,
-    mean_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    first_error: Option<String>,
+pub(crate) struct Summary {
+    pub(crate) rate: f64,
+    pub(crate) rate_min: f64,
+    pub(crate) rate_max: f64,
+    pub(crate) mean_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
 }
 
 impl Summary {
-    fn of(cells: &[Cell]) -> Summary {
+    pub(crate) fn of(cells: &[Cell]) -> Summary {
         let rates: Vec<f64> = cells.iter().map(Cell::rate).collect();
         let rate = Spread::of(&rates).unwrap_or(Spread::NAN);
         let median_of = |f: fn(&Cell) -> f64| {
@@ -991,7 +1030,7 @@ struct Row {
 }
 
 /// `112.3k`, `1.05M`, `950`.
-fn fmt_rate(v: f64) -> String {
+pub(crate) fn fmt_rate(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
     } else if v >= 1e6 {
@@ -1004,7 +1043,7 @@ fn fmt_rate(v: f64) -> String {
 }
 
 /// Milliseconds with three significant-ish digits: `0.084`, `1.23`, `12.5`.
-fn fmt_ms(v: f64) -> String {
+pub(crate) fn fmt_ms(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
     } else if v >= 10.0 {
@@ -1017,7 +1056,7 @@ fn fmt_ms(v: f64) -> String {
 }
 
 /// `1.07x`, or `-` when one side was not measured.
-fn fmt_ratio(v: f64) -> String {
+pub(crate) fn fmt_ratio(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.2}x")
     } else {

@@ -9,6 +9,7 @@
 //! | bench | measures | against |
 //! |---|---|---|
 //! | `bench index` (`index.rs`, SVG via `plot.rs`) | lookups/s, mean and p99 response time for 1..256 clients, persistent and per-lookup connections | a `redis-server` answering `SRANDMEMBER`, and a no-op server on shoal's own accept loop (the ceiling) |
+//! | `bench index --store redis` (`shared.rs`) | lookups/s and registrations/s of an index on a shared Redis (one, and two on one Redis), CPU per lookup of the index and of Redis, Redis memory per registration, a 10,000-file heartbeat | the in-memory index, and raw Redis `SRANDMEMBER`/`SADD` from the same client threads |
 //! | `bench index --data DIR` (`durable.rs`) | registrations/s with the durable store; recovery time and memory of 1M registrations in a real `shoal index` process | the in-memory store; the targets (≥ 0.5x, 3 s, 200 B per registration) |
 //! | `bench transfer` (`transfer.rs`) | download GB/s and CPU s/GiB of shoal, 1 and 3 holders, to disk and verify-only | raw TCP file -> socket -> discarded buffer, and -> file |
 //! | `bench hostile` (`hostile.rs`) | random frames rejected per second per core; CPU and memory of a `shoal index` holding N idle connections | none: absolute costs |
@@ -25,6 +26,7 @@ mod error;
 mod hostile;
 mod index;
 mod plot;
+mod shared;
 mod stats;
 mod swarm;
 mod transfer;
