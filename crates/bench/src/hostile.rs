@@ -7,9 +7,8 @@
 //!    memory per held connection, read from /proc. The index must still answer a search
 //!    while it holds them.
 
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::Cursor;
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -98,16 +97,6 @@ fn decoder_table(budget: Duration) {
     println!();
 }
 
-/// Kills the child index when the benchmark ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// (user + system CPU seconds, resident KiB) of a process, from /proc.
 pub(crate) fn process_usage(pid: u32) -> Result<(f64, u64), BenchError> {
     let read = |path: String| {
@@ -138,33 +127,9 @@ pub(crate) fn process_usage(pid: u32) -> Result<(f64, u64), BenchError> {
 }
 
 fn idle_connections(count: usize, quiet: Duration) -> Result<(), BenchError> {
-    let exe = std::env::current_exe().map_err(io_err("cannot find this program"))?;
-    let mut child = crate::child::spawn_index(
-        &exe,
-        ["--max-connections", "100000"],
-        "warn",
-        Stdio::inherit(),
-    )?;
-    let stdout = child.stdout.take().ok_or_else(|| BenchError::NotReady {
-        what: "the index".into(),
-        event: "give its standard output",
-        why: "no pipe".into(),
-        log: "standard error".into(),
-    })?;
-    let guard = ChildGuard(child);
-    let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .map_err(io_err("cannot read the index's output"))?;
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| BenchError::Parse {
-            command: format!("{} index", exe.display()),
-            detail: format!("{first:?} is not `listening on ADDR`"),
-        })?
-        .to_string();
-    let pid = guard.0.id();
+    let index = crate::child::IndexProcess::start(&["--max-connections", "100000"])?;
+    let addr = index.addr.to_string();
+    let pid = index.child.id();
     let (_, rss_before) = process_usage(pid)?;
 
     let mut held = Vec::with_capacity(count);

@@ -14,7 +14,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Stdio};
 use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use shoal_index::{IndexClient, LocalRedis, RedisOptions, RedisStore, Store};
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileId, FileMeta, PeerAddr};
 
+use crate::child::IndexProcess;
 use crate::error::{BenchError, contender_err, io_err};
 use crate::hostile::process_usage;
 use crate::index::{
@@ -37,56 +37,6 @@ const PREFIX: &str = "bench";
 const MIN_REGISTRATIONS: usize = 50;
 /// Files of the heartbeat measured.
 const RENEW_FILES: u32 = 10_000;
-
-/// A `shoal index` child, killed when dropped.
-struct IndexProcess {
-    child: Child,
-    addr: PeerAddr,
-}
-
-impl IndexProcess {
-    fn start(args: &[&str]) -> Result<IndexProcess, BenchError> {
-        let exe = std::env::current_exe().map_err(io_err("cannot find this program"))?;
-        let mut child = crate::child::spawn_index(&exe, args, "warn", Stdio::inherit())?;
-        let stdout = child.stdout.take().ok_or_else(|| BenchError::NotReady {
-            what: "the index".into(),
-            event: "give its standard output",
-            why: "no pipe".into(),
-            log: "standard error".into(),
-        })?;
-        let mut process = IndexProcess {
-            child,
-            addr: PeerAddr::new("127.0.0.1:0")?,
-        };
-        let mut first = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .map_err(io_err("cannot read the index's output"))?;
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| BenchError::Parse {
-                command: format!("{} index {}", exe.display(), args.join(" ")),
-                detail: format!("{first:?} is not `listening on ADDR`"),
-            })?;
-        process.addr = PeerAddr::new(addr)?;
-        Ok(process)
-    }
-
-    fn socket(&self) -> Result<SocketAddr, BenchError> {
-        self.addr.as_str().parse().map_err(|e| BenchError::Parse {
-            command: "shoal index".into(),
-            detail: format!("listens on {}, not an IP address: {e}", self.addr),
-        })
-    }
-}
-
-impl Drop for IndexProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// CPU seconds of a set of processes.
 fn cpu(pids: &[u32]) -> Result<f64, BenchError> {
@@ -254,15 +204,16 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     }
 
     println!("\n### lookups/s (median, min-max), persistent connections\n");
-    let mut head = String::from("| clients |");
-    let mut rule = String::from("|--:|");
-    for n in &names {
-        head.push_str(&format!(" {n} |"));
-        rule.push_str("--:|");
-    }
-    head.push_str(" redis-1/raw | redis-2/raw | p99 ms redis-1 / raw | errors |");
-    rule.push_str("--:|--:|--:|---|");
-    println!("{head}\n{rule}");
+    let per_name: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    print_head(
+        &per_name,
+        &[
+            "redis-1/raw",
+            "redis-2/raw",
+            "p99 ms redis-1 / raw",
+            "errors",
+        ],
+    );
     for (clients, sums, _, _) in &lookup_rows {
         let mut line = format!("| {clients} |");
         for s in sums {
@@ -297,15 +248,7 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     }
 
     println!("\n### registrations/s (median; one new file per request)\n");
-    let mut head = String::from("| clients |");
-    let mut rule = String::from("|--:|");
-    for n in &names {
-        head.push_str(&format!(" {n} |"));
-        rule.push_str("--:|");
-    }
-    head.push_str(" redis-1/raw | redis-2/raw |");
-    rule.push_str("--:|--:|");
-    println!("{head}\n{rule}");
+    print_head(&per_name, &["redis-1/raw", "redis-2/raw"]);
     for (clients, rates) in &register_rows {
         let mut line = format!("| {clients} |");
         for r in rates {
@@ -324,13 +267,11 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     }
 
     println!("\n### CPU per lookup (µs; median over reps)\n");
-    let mut head = String::from("| clients |");
-    let mut rule = String::from("|--:|");
-    for n in &names {
-        head.push_str(&format!(" {n} index | {n} redis |"));
-        rule.push_str("--:|--:|");
-    }
-    println!("{head}\n{rule}");
+    let per_name: Vec<String> = names
+        .iter()
+        .flat_map(|n| [format!("{n} index"), format!("{n} redis")])
+        .collect();
+    print_head(&per_name, &[]);
     for (clients, _, index, redis_cpu) in &lookup_rows {
         let mut line = format!("| {clients} |");
         for (i, r) in index.iter().zip(redis_cpu) {
@@ -348,6 +289,21 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     let took = started.elapsed().as_secs();
     println!("took {}m{:02}s", took / 60, took % 60);
     Ok(())
+}
+
+/// A table's header: clients, one column per entry of `columns`, then `extra`.
+fn print_head(columns: &[String], extra: &[&str]) {
+    let mut head = String::from("| clients |");
+    let mut rule = String::from("|--:|");
+    for c in columns
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
+        head.push_str(&format!(" {c} |"));
+        rule.push_str("--:|");
+    }
+    println!("{head}\n{rule}");
 }
 
 /// Loads `bench.bin`'s holders into a plain set for SRANDMEMBER.

@@ -2,7 +2,7 @@
 //! then `get`, `search --json`, the peer console and the refusals a user would see.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
@@ -10,6 +10,9 @@ use std::thread;
 use std::time::Duration;
 
 use tempfile::TempDir;
+
+mod common;
+use common::line_channel;
 
 /// Bound on any single wait for the binary; generous for a loaded 2-core CI machine.
 const WAIT: Duration = Duration::from_secs(60);
@@ -27,20 +30,6 @@ struct Server {
     lines: Receiver<String>,
     log: Option<Receiver<String>>,
     stdin: Option<ChildStdin>,
-}
-
-/// Forwards each line of `from` to a channel, on its own thread.
-fn line_channel(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Server {

@@ -13,16 +13,17 @@
 //! installs it, so CI never skips).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::mpsc::channel;
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::line_channel;
 use shoal_index::{
     IndexClient, IndexError, IndexServer, IndexServerConfig, LocalRedis, RedisOptions, RedisStore,
     Store,
@@ -94,19 +95,6 @@ struct Process {
     log: Receiver<String>,
 }
 
-fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 impl Process {
     fn start(args: &[&str], rust_log: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -117,8 +105,8 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = lines(child.stdout.take().unwrap());
-        let log = lines(child.stderr.take().unwrap());
+        let stdout = line_channel(child.stdout.take().unwrap());
+        let log = line_channel(child.stderr.take().unwrap());
         let first = stdout
             .recv_timeout(WAIT)
             .expect("the server printed nothing in time");

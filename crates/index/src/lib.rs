@@ -8,8 +8,10 @@
 //!   two peers can hold different contents under one name and one content under two names.
 //! - [`Store`]: where registrations live, one call per request. [`MemoryStore`] is a
 //!   [`Registry`] behind a mutex; [`DurableStore`] adds an fsync'd log with group commit
-//!   and snapshots (survives `kill -9`); a shared (Redis) store would implement the same
-//!   trait.
+//!   and snapshots (survives `kill -9`); [`RedisStore`] keeps it in a shared Redis, so
+//!   several stateless index servers serve one registry (one Lua script call per operation).
+//!   Stores fail with their own [`StoreError`]; `tests/conformance.rs` holds every store to
+//!   the same behaviour. [`LocalRedis`] starts a private `redis-server` for tests and benches.
 //! - Leases: a registration lives for a lease (default 60 s) unless its holder renews it
 //!   ([`IndexClient::renew`], one small heartbeat for all its files); time comes from an
 //!   injected [`Clock`] ([`ManualClock`] in tests).

@@ -1,7 +1,8 @@
 //! Partial holders: peers downloading a file, which serve the chunks they have verified.
 //!
 //! They live in a [`Registry`] of their own, so a complete lookup (`Locate`, `Holders`) never
-//! returns them and their counts stay apart in search. Every store keeps them in memory only:
+//! returns them and their counts stay apart in search. The embedded stores keep them in memory
+//! only ([`crate::RedisStore`] keeps them in Redis, in a namespace of their own, like this):
 //! a partial registration lasts as long as a download, its downloader sends it again every
 //! third of a lease (as it asks for new sources), so an index that restarts forgets a partial
 //! holder for at most that long, and nothing is written to a log for a state that changes

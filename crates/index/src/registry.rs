@@ -1516,6 +1516,10 @@ impl<T> Slab<T> {
 }
 
 #[cfg(test)]
+#[path = "test_model.rs"]
+mod test_model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -2180,36 +2184,8 @@ mod tests {
         ]
     }
 
-    /// The obvious model: (name, id) -> (first meta, holders).
-    type Model = BTreeMap<(String, u8), (FileMeta, BTreeSet<PeerAddr>)>;
-
-    fn model_holders(model: &Model, key: &FileKey) -> Option<(FileMeta, Vec<PeerAddr>)> {
-        let listings = model.iter().filter(|((n, i), _)| match key {
-            FileKey::Name(name) => n == name,
-            FileKey::Id(id) => FileId([*i; 32]) == *id,
-        });
-        match key {
-            FileKey::Name(_) => listings
-                // Most holders; the model iterates ids ascending, so `rev` + `max_by_key`
-                // (last max wins) picks the smallest id on ties.
-                .rev()
-                .max_by_key(|(_, (_, hs))| hs.len())
-                .map(|(_, (m, hs))| (m.clone(), hs.iter().cloned().collect())),
-            FileKey::Id(_) => {
-                let all: Vec<_> = listings.collect();
-                let (_, (best, _)) = all
-                    .iter()
-                    .rev()
-                    .max_by_key(|(_, (_, hs))| hs.len())
-                    .copied()?;
-                let union: BTreeSet<PeerAddr> = all
-                    .iter()
-                    .flat_map(|(_, (_, hs))| hs.iter().cloned())
-                    .collect();
-                Some((best.clone(), union.into_iter().collect()))
-            }
-        }
-    }
+    // The model is shared with the store conformance suite.
+    use super::test_model::{Model, model_holders, model_register, model_unregister};
 
     proptest! {
         #[test]
@@ -2223,24 +2199,12 @@ mod tests {
                         let metas: Vec<FileMeta> = files.iter().map(|&(n, i, size)| FileMeta {
                             name: format!("n{n}"), size, chunk_size: 1024, id: FileId([i; 32]),
                         }).collect();
-                        let mut added = 0;
-                        for m in &metas {
-                            let entry = model
-                                .entry((m.name.clone(), m.id.0[0]))
-                                .or_insert_with(|| (m.clone(), BTreeSet::new()));
-                            added += u32::from(entry.1.insert(holder.clone()));
-                        }
+                        let added = model_register(&mut model, &holder, &metas);
                         prop_assert_eq!(r.register(&holder, &metas, T0), added);
                     }
                     Op::Unregister(h, ids) => {
                         let holder = addr(&format!("h{h}:1"));
-                        let mut removed = 0;
-                        for (key, (_, hs)) in model.iter_mut() {
-                            if (ids.is_empty() || ids.contains(&key.1)) && hs.remove(&holder) {
-                                removed += 1;
-                            }
-                        }
-                        model.retain(|_, (_, hs)| !hs.is_empty());
+                        let removed = model_unregister(&mut model, &holder, &ids);
                         let ids: Vec<FileId> = ids.iter().map(|&i| FileId([i; 32])).collect();
                         prop_assert_eq!(r.unregister(&holder, &ids), removed);
                     }
@@ -2284,13 +2248,7 @@ mod tests {
                             model.retain(|_, (_, hs)| !hs.is_empty());
                         }
                         expires.insert(holder.clone(), now + LEASE);
-                        let mut added = 0;
-                        for m in &metas {
-                            let entry = model
-                                .entry((m.name.clone(), m.id.0[0]))
-                                .or_insert_with(|| (m.clone(), BTreeSet::new()));
-                            added += u32::from(entry.1.insert(holder.clone()));
-                        }
+                        let added = model_register(&mut model, &holder, &metas);
                         prop_assert_eq!(r.register(&holder, &metas, now), added);
                     }
                     LeaseOp::Renew(h) => {
@@ -2307,11 +2265,7 @@ mod tests {
                     }
                     LeaseOp::Unregister(h) => {
                         let holder = addr(&format!("h{h}:1"));
-                        let mut removed = 0;
-                        for (_, hs) in model.values_mut() {
-                            removed += u32::from(hs.remove(&holder));
-                        }
-                        model.retain(|_, (_, hs)| !hs.is_empty());
+                        let removed = model_unregister(&mut model, &holder, &[]);
                         expires.remove(&holder);
                         prop_assert_eq!(r.unregister(&holder, &[]), removed);
                     }

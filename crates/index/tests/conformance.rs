@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use model::{Model, model_holders, model_register, model_unregister};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use shoal_index::{
@@ -23,6 +24,9 @@ use shoal_index::{
     RedisStore, RegistrationLimits, Store, StoreError,
 };
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
+
+#[path = "../src/test_model.rs"]
+mod model;
 
 const LEASE: Duration = Duration::from_secs(10);
 const CASES: u32 = 48;
@@ -143,37 +147,6 @@ fn meta(n: u8, i: u8, size: u64) -> FileMeta {
     }
 }
 
-/// The obvious model: (name, id) -> (first meta, holders).
-type Model = BTreeMap<(String, u8), (FileMeta, BTreeSet<PeerAddr>)>;
-
-fn model_holders(model: &Model, key: &FileKey) -> Option<(FileMeta, Vec<PeerAddr>)> {
-    let listings = model.iter().filter(|((n, i), _)| match key {
-        FileKey::Name(name) => n == name,
-        FileKey::Id(id) => FileId([*i; 32]) == *id,
-    });
-    match key {
-        // Most holders; ascending iteration, so `rev` + `max_by_key` keeps the smallest
-        // id (by name) or the smallest name (by id) on ties.
-        FileKey::Name(_) => listings
-            .rev()
-            .max_by_key(|(_, (_, hs))| hs.len())
-            .map(|(_, (m, hs))| (m.clone(), hs.iter().cloned().collect())),
-        FileKey::Id(_) => {
-            let all: Vec<_> = listings.collect();
-            let (_, (best, _)) = all
-                .iter()
-                .rev()
-                .max_by_key(|(_, (_, hs))| hs.len())
-                .copied()?;
-            let union: BTreeSet<PeerAddr> = all
-                .iter()
-                .flat_map(|(_, (_, hs))| hs.iter().cloned())
-                .collect();
-            Some((best.clone(), union.into_iter().collect()))
-        }
-    }
-}
-
 /// Every lookup of `store` agrees with `model` (live holders only).
 fn check_lookups<S: Store>(store: &S, model: &Model, keys: u8) -> Result<(), TestCaseError> {
     for n in 0..keys {
@@ -236,24 +209,12 @@ fn agrees_with_a_model<F: Flavour>(flavour: &mut F) {
                     let holder = addr(&format!("h{h}:1"));
                     let metas: Vec<FileMeta> =
                         files.iter().map(|&(n, i, size)| meta(n, i, size)).collect();
-                    let mut added = 0;
-                    for m in &metas {
-                        let entry = model
-                            .entry((m.name.clone(), m.id.0[0]))
-                            .or_insert_with(|| (m.clone(), BTreeSet::new()));
-                        added += u32::from(entry.1.insert(holder.clone()));
-                    }
+                    let added = model_register(&mut model, &holder, &metas);
                     prop_assert_eq!(store.register(&holder, &metas).expect("register"), added);
                 }
                 Op::Unregister(h, ids) => {
                     let holder = addr(&format!("h{h}:1"));
-                    let mut removed = 0;
-                    for (key, (_, hs)) in model.iter_mut() {
-                        if (ids.is_empty() || ids.contains(&key.1)) && hs.remove(&holder) {
-                            removed += 1;
-                        }
-                    }
-                    model.retain(|_, (_, hs)| !hs.is_empty());
+                    let removed = model_unregister(&mut model, &holder, &ids);
                     let ids: Vec<FileId> = ids.iter().map(|&i| FileId([i; 32])).collect();
                     prop_assert_eq!(
                         store.unregister(&holder, &ids).expect("unregister"),
@@ -319,13 +280,7 @@ fn leases_agree_with_a_model<F: Flavour>(flavour: &mut F) {
                         model.retain(|_, (_, hs)| !hs.is_empty());
                     }
                     expires.insert(holder.clone(), now + LEASE);
-                    let mut added = 0;
-                    for m in &metas {
-                        let entry = model
-                            .entry((m.name.clone(), m.id.0[0]))
-                            .or_insert_with(|| (m.clone(), BTreeSet::new()));
-                        added += u32::from(entry.1.insert(holder.clone()));
-                    }
+                    let added = model_register(&mut model, &holder, &metas);
                     prop_assert_eq!(store.register(&holder, &metas).expect("register"), added);
                 }
                 LeaseOp::Renew(h) => {
@@ -345,11 +300,7 @@ fn leases_agree_with_a_model<F: Flavour>(flavour: &mut F) {
                 }
                 LeaseOp::Unregister(h) => {
                     let holder = addr(&format!("h{h}:1"));
-                    let mut removed = 0;
-                    for (_, hs) in model.values_mut() {
-                        removed += u32::from(hs.remove(&holder));
-                    }
-                    model.retain(|_, (_, hs)| !hs.is_empty());
+                    let removed = model_unregister(&mut model, &holder, &[]);
                     expires.remove(&holder);
                     prop_assert_eq!(store.unregister(&holder, &[]).expect("unregister"), removed);
                 }
