@@ -99,6 +99,9 @@ pub struct RedisStore {
     clock: Arc<dyn Clock>,
     rng: Mutex<StdRng>,
     identity: Mutex<Option<String>>,
+    /// Set when Redis answered again after an outage: it may have come back empty, so the
+    /// identity is written back (if no other server did first) at the next ask.
+    identity_stale: AtomicBool,
 }
 
 /// An outage in progress.
@@ -142,6 +145,7 @@ impl RedisStore {
             clock: Arc::new(UnixClock::new()),
             rng: Mutex::new(StdRng::from_os_rng()),
             identity: Mutex::new(None),
+            identity_stale: AtomicBool::new(false),
         };
         // Connects (and loads the script) now, so the first request does not pay for it;
         // failing is logged by `call`, not fatal.
@@ -171,11 +175,17 @@ impl RedisStore {
     /// random id the first server stored there), so peers can tell two addresses of one
     /// registry from two registries. `None` while Redis cannot be reached.
     pub fn identity(&self) -> Option<String> {
+        let key = format!("{}:id", self.base);
         if let Some(id) = lock(&self.identity).clone() {
+            if self.identity_stale.swap(false, Ordering::AcqRel) {
+                // A Redis that came back empty gets the same identity again, so peers that
+                // grouped this server with others before the outage stay right.
+                let raw = id.strip_prefix("redis:").unwrap_or(&id).to_string();
+                let _ = self.call(|con| redis::cmd("SET").arg(&key).arg(&raw).arg("NX").exec(con));
+            }
             return Some(id);
         }
         let fresh = format!("{:032x}", lock(&self.rng).random::<u128>());
-        let key = format!("{}:id", self.base);
         let id: String = self
             .call(|con| {
                 redis::cmd("SET")
@@ -352,9 +362,7 @@ impl RedisStore {
                 self.target,
                 outage.since.elapsed().as_secs_f64()
             );
-            // A Redis that came back empty has lost the identity too; the next handshake
-            // reads (or sets) it again.
-            *lock(&self.identity) = None;
+            self.identity_stale.store(true, Ordering::Release);
         }
         self.troubled.store(false, Ordering::Release);
     }
@@ -756,4 +764,104 @@ fn peers(v: &Value) -> Result<Vec<PeerAddr>, StoreError> {
     let mut out = items.iter().map(peer).collect::<Result<Vec<_>, _>>()?;
     out.sort_unstable();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_read_back_exactly_and_garbage_is_a_typed_error() {
+        let meta = FileMeta {
+            name: "Straße 1.ogg".into(),
+            size: 12345,
+            chunk_size: 1 << 20,
+            id: FileId([9; 32]),
+        };
+        let [id, name, size, chunk, lower] = encode_file(&meta);
+        let mut raw = id;
+        raw.extend_from_slice(&size);
+        raw.push(b' ');
+        raw.extend_from_slice(&chunk);
+        raw.push(b' ');
+        raw.extend_from_slice(meta.name.len().to_string().as_bytes());
+        raw.push(b' ');
+        raw.extend_from_slice(&name);
+        raw.extend_from_slice(&lower);
+        assert_eq!(parse_meta(&raw).unwrap(), meta);
+        for bad in [
+            &b""[..],
+            &[7u8; 31],
+            &raw[..40],
+            b"0123456789012345678901234567890123 x y",
+        ] {
+            assert!(
+                matches!(parse_meta(bad), Err(StoreError::Failed(_))),
+                "{bad:?}"
+            );
+        }
+        let mut long = raw.clone();
+        long.truncate(raw.len() - lower.len() - 3);
+        assert!(matches!(parse_meta(&long), Err(StoreError::Failed(_))));
+    }
+
+    #[test]
+    fn search_patterns_escape_glob_characters_and_match_the_lowercase_half() {
+        assert_eq!(search_pattern(""), b"*".to_vec());
+        assert_eq!(
+            search_pattern("A*b?[c]\\"),
+            b"*a\\*b\\?\\[c\\]\\\\*\0*".to_vec()
+        );
+        assert_eq!(name_field("Ab"), b"ab\0Ab".to_vec());
+    }
+
+    #[test]
+    fn bad_urls_and_prefixes_are_refused_and_passwords_never_shown() {
+        let options = |prefix: &str| RedisOptions {
+            prefix: prefix.into(),
+            ..RedisOptions::default()
+        };
+        for prefix in ["", "a{b", "a}", "a b", &"x".repeat(65)] {
+            assert!(matches!(
+                RedisStore::open("redis://127.0.0.1:1/0", options(prefix)),
+                Err(StoreError::Config(_))
+            ));
+        }
+        let Err(StoreError::Config(message)) =
+            RedisStore::open("http://:secret@host:1", options("p"))
+        else {
+            panic!("an http URL was taken");
+        };
+        assert!(!message.contains("secret"), "{message}");
+        assert_eq!(without_password("redis://:pw@h:1/0"), "redis://h:1/0");
+    }
+
+    #[test]
+    fn an_unreachable_redis_is_unavailable_at_once_and_not_retried_before_the_backoff() {
+        // A port nobody listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let options = RedisOptions {
+            timeout: Duration::from_millis(500),
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), options).unwrap();
+        assert_eq!(store.identity(), None);
+        let holder = PeerAddr::new("a:1").unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                store.renew(&holder),
+                Err(StoreError::Unavailable(_))
+            ));
+            assert!(matches!(
+                store.locate(&FileKey::Name("x".into())),
+                Err(StoreError::Unavailable(_))
+            ));
+        }
+        let health = lock(&store.health);
+        let outage = health.outage.as_ref().unwrap();
+        assert!(outage.backoff >= FIRST_BACKOFF && outage.backoff <= MAX_BACKOFF);
+    }
 }
