@@ -1,5 +1,6 @@
-//! The convention the peer's on-disk formats share (the hash cache and the resume sidecar;
-//! the index's durable log follows it too):
+//! The convention the peer's on-disk formats share (the hash cache and the resume sidecar),
+//! the one chosen for all of shoal's on-disk formats (the index's durable log and snapshot
+//! move to it in their own change):
 //!
 //! | bytes | field |
 //! |---|---|
