@@ -77,8 +77,10 @@
 //! ```
 
 mod announce;
+mod clock;
 mod download;
 mod error;
+mod format;
 mod hash_cache;
 mod library;
 mod part;
@@ -87,8 +89,12 @@ mod pieces;
 mod resume;
 mod server;
 mod share;
+mod stamp;
 mod swarm;
 mod watch;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use announce::{Announcer, AnnouncerConfig, IndexStatus};
 pub use download::{
