@@ -87,7 +87,7 @@ pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), String> {
     }
     fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
+    crate::output::outln!(
         "shoal bench index --data {}: {cores} cores, data on {}, one fsync takes {}",
         data.display(),
         filesystem_of(data),
@@ -201,7 +201,7 @@ pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), String> {
             verdict(per < BYTES_TARGET, "< 200 B"),
         );
     }
-    print!("{out}");
+    crate::output::out!("{out}");
     Ok(())
 }
 

@@ -34,7 +34,7 @@ pub(crate) struct HostileBenchArgs {
 }
 
 pub(crate) fn run(args: &HostileBenchArgs) -> Result<(), String> {
-    println!(
+    crate::output::outln!(
         "shoal bench hostile: one core per decoder, {} held connections\n",
         args.connections
     );
@@ -79,8 +79,10 @@ fn decode_rate<M: serde::de::DeserializeOwned>(frames: &[Vec<u8>], budget: Durat
 
 fn decoder_table(budget: Duration) {
     let frames = garbage_frames();
-    println!("| decoder | garbage frames rejected/s (one core) | share that decoded anyway |");
-    println!("|---|---:|---:|");
+    crate::output::outln!(
+        "| decoder | garbage frames rejected/s (one core) | share that decoded anyway |"
+    );
+    crate::output::outln!("|---|---:|---:|");
     let rows: [(&str, (f64, f64)); 4] = [
         ("IndexRequest", decode_rate::<IndexRequest>(&frames, budget)),
         (
@@ -91,9 +93,9 @@ fn decoder_table(budget: Duration) {
         ("PeerResponse", decode_rate::<PeerResponse>(&frames, budget)),
     ];
     for (name, (rate, accepted)) in rows {
-        println!("| {name} | {:.2}M | {:.2}% |", rate / 1e6, accepted * 100.0);
+        crate::output::outln!("| {name} | {:.2}M | {:.2}% |", rate / 1e6, accepted * 100.0);
     }
-    println!();
+    crate::output::outln!();
 }
 
 /// Kills the child index when the benchmark ends, however it ends.
@@ -177,12 +179,12 @@ fn idle_connections(count: usize, quiet: Duration) -> Result<(), String> {
     let answer = IndexClient::new(TcpTransport::default(), vec![peer]).search("", 10);
     let cpu_percent = (cpu_end - cpu_start) / quiet.as_secs_f64() * 100.0;
     let per_conn = (rss_held.saturating_sub(rss_before)) as f64 * 1024.0 / count as f64;
-    println!(
+    crate::output::outln!(
         "| held idle connections | index CPU over {} s | RSS before | RSS holding them | per connection | still answers |",
         quiet.as_secs()
     );
-    println!("|---:|---:|---:|---:|---:|---|");
-    println!(
+    crate::output::outln!("|---:|---:|---:|---:|---:|---|");
+    crate::output::outln!(
         "| {count} | {cpu_percent:.2}% | {} KiB | {} KiB | {:.1} KiB | {} |",
         rss_before,
         rss_held,

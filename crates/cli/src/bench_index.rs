@@ -187,22 +187,22 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
          {MIN_PER_CLIENT} each); contenders alternate within each rep",
         args.reps, args.lookups
     );
-    println!("shoal bench index: {heading}");
+    crate::output::outln!("shoal bench index: {heading}");
     match &redis {
-        Some(r) => println!(
+        Some(r) => crate::output::outln!(
             "redis: {} ({}), own instance on {}, SRANDMEMBER {BENCH_FILE}",
             r.version,
             args.redis_server.display(),
             r.addr
         ),
-        None if args.no_redis => println!("redis: not run (--no-redis)"),
-        None if !wanted(Which::Redis) => println!("redis: not run (not in --only)"),
-        None => println!(
+        None if args.no_redis => crate::output::outln!("redis: not run (--no-redis)"),
+        None if !wanted(Which::Redis) => crate::output::outln!("redis: not run (not in --only)"),
+        None => crate::output::outln!(
             "redis: not run ({} not found; apt-get install redis-server to compare against it)",
             args.redis_server.display()
         ),
     }
-    println!(
+    crate::output::outln!(
         "data: {BENCH_FILE} with 3 holders plus {OTHER_FILES} other files; shoal answers \
          Locate{{name}}, no-op replays a {}-byte Located frame",
         noop_reply.len()
@@ -265,16 +265,16 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
     }
     if let Some(path) = &args.tsv {
         append(path, &tsv)?;
-        println!("raw rows appended to {}", path.display());
+        crate::output::outln!("raw rows appended to {}", path.display());
     }
     if let Some(path) = &args.plot {
         let charts = charts(&args.modes, &names, &results);
         plot::write_svg(path, &format!("shoal index lookups: {heading}"), &charts, 2)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("plot written to {}", path.display());
+        crate::output::outln!("plot written to {}", path.display());
     }
     let took = started.elapsed().as_secs();
-    println!("took {}m{:02}s", took / 60, took % 60);
+    crate::output::outln!("took {}m{:02}s", took / 60, took % 60);
     drop(redis);
     Ok(())
 }
@@ -1023,7 +1023,7 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
     let shoal = names.iter().position(|n| *n == "shoal");
     let noop = names.iter().position(|n| *n == "no-op");
     let redis = names.iter().position(|n| *n == "redis");
-    println!("\n### index lookups, {}\n", mode.title());
+    crate::output::outln!("\n### index lookups, {}\n", mode.title());
     let mut head = String::from("| clients |");
     let mut rule = String::from("|--:|");
     for n in names {
@@ -1040,7 +1040,7 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
     }
     head.push_str(" targets | errors |");
     rule.push_str("---|---|");
-    println!("{head}\n{rule}");
+    crate::output::outln!("{head}\n{rule}");
     let mut notes = Vec::new();
     for row in rows.iter().filter(|r| r.mode == mode) {
         let mut line = format!("| {} |", row.clients);
@@ -1103,7 +1103,7 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
             let _ = write!(line, " {} |", fmt_ratio(vs_noop));
         }
         let _ = write!(line, " {targets} | {errors} |");
-        println!("{line}");
+        crate::output::outln!("{line}");
         for (n, s) in names.iter().zip(&row.per_contender) {
             if let Some(e) = &s.first_error {
                 notes.push(format!("{n} at {} clients: {e}", row.clients));
@@ -1111,9 +1111,9 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
         }
     }
     if !notes.is_empty() {
-        println!("\nfirst error per cell:");
+        crate::output::outln!("\nfirst error per cell:");
         for n in notes {
-            println!("- {n}");
+            crate::output::outln!("- {n}");
         }
     }
 }

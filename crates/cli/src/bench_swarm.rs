@@ -342,7 +342,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
             let _ = fs::remove_dir_all(bench.work.join("data"));
             results.push(result);
         }
-        println!("\n### run {rep} of {}\n", args.reps);
+        crate::output::outln!("\n### run {rep} of {}\n", args.reps);
         bench.print_run(&results);
         all.push(results);
     }

@@ -381,7 +381,7 @@ fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferB
             })
             .unwrap_or(f64::NAN)
     };
-    println!(
+    crate::output::outln!(
         "\nshoal bench transfer: {} MiB over loopback TCP, {} KiB chunks, {} runs each (median, \
          min-max), contenders alternating; {} cores\n",
         args.size_mib,
@@ -389,14 +389,14 @@ fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferB
         args.reps,
         thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| contender | GB/s | min-max | CPU s/GiB |");
-    println!("|---|---:|---:|---:|");
+    crate::output::outln!("| contender | GB/s | min-max | CPU s/GiB |");
+    crate::output::outln!("|---|---:|---:|---:|");
     for (contender, runs) in samples {
         let mut rates: Vec<f64> = runs.iter().map(|s| size as f64 / s.secs / 1e9).collect();
         let mut cpu: Vec<f64> = runs.iter().map(|s| s.cpu_secs / gib).collect();
         let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = rates.iter().copied().fold(0.0, f64::max);
-        println!(
+        crate::output::outln!(
             "| {} | {:.2} | {:.2}-{:.2} | {:.2} |",
             contender.label(),
             median(&mut rates),
@@ -406,7 +406,7 @@ fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferB
         );
     }
     let ratio = |a: Contender, b: Contender| rate(a) / rate(b);
-    println!(
+    crate::output::outln!(
         "\nb/a2 = {:.2} (target >= 0.9)   c/a2 = {:.2}   c/b = {:.2} (target >= 1)   d/a1 = {:.2} (target >= 0.8)",
         ratio(Contender::ShoalOne, Contender::RawFile),
         ratio(Contender::ShoalThree, Contender::RawFile),

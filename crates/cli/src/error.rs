@@ -15,6 +15,9 @@ pub(crate) enum CliError {
     /// A peer-side failure (download, folder, server).
     #[error(transparent)]
     Peer(#[from] shoal_peer::PeerError),
+    /// The status page could not start.
+    #[error(transparent)]
+    Status(#[from] shoal_status::StatusError),
     /// A local I/O failure.
     #[error("{what}: {source}")]
     Io {

@@ -23,7 +23,7 @@ pub(crate) struct GetArgs {
     #[arg(required = true)]
     names: Vec<String>,
     /// Index server(s), comma-separated; the first that answers is used.
-    #[arg(long, default_value = DEFAULT_INDEX)]
+    #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
     /// Folder to download into (created if missing).
     #[arg(long, default_value = ".")]
@@ -65,7 +65,7 @@ pub(crate) struct SearchArgs {
     #[arg(default_value = "")]
     query: String,
     /// Index server(s), comma-separated; the first that answers is used.
-    #[arg(long, default_value = DEFAULT_INDEX)]
+    #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
     /// One JSON object per line: {"name", "size", "id", "holders", "downloading"}
     /// (`holders` hold the whole file; `downloading` are fetching it and serve what they
@@ -115,12 +115,12 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
             peer.announce_added(&report.file);
         }
         match &result {
-            Ok(outcome) if args.json => println!("{}", outcome_json(outcome)),
-            Ok(outcome) => println!("{}", describe_outcome(outcome)),
+            Ok(outcome) if args.json => crate::output::outln!("{}", outcome_json(outcome)),
+            Ok(outcome) => crate::output::outln!("{}", describe_outcome(outcome)),
             Err(e) => {
                 failed += 1;
                 if args.json {
-                    println!(
+                    crate::output::outln!(
                         "{}",
                         serde_json::json!({"name": key.to_string(), "error": e.to_string()})
                     );

@@ -1,6 +1,6 @@
 //! The long-running commands: `shoal index` and `shoal peer`.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
@@ -22,6 +22,17 @@ use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 /// `shoal index`
 #[derive(clap::Args, Debug)]
 pub(crate) struct IndexArgs {
+    /// Read every flag not given on the command line from this TOML file's `[index]`
+    /// table (see `dist/shoal.toml`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve a status page, `/api/status` (JSON) and `/metrics` (Prometheus) on this
+    /// address (printed as `status page on http://ADDR/`). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Log warnings and errors only (not one line per event).
+    #[arg(long)]
+    quiet: bool,
     /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
     #[arg(long, default_value = DEFAULT_INDEX)]
     listen: String,
@@ -60,12 +71,23 @@ pub(crate) struct IndexArgs {
 /// `shoal peer`
 #[derive(clap::Args, Debug)]
 pub(crate) struct PeerArgs {
+    /// Read every flag not given on the command line from this TOML file's `[peer]`
+    /// table (see `dist/shoal.toml`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve a status page, `/api/status` (JSON) and `/metrics` (Prometheus) on this
+    /// address (printed as `status page on http://ADDR/`). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Log warnings and errors only (not one line per transfer or event).
+    #[arg(long)]
+    quiet: bool,
     /// The folder to serve (created if missing); downloads land here too.
     #[arg(long)]
     dir: PathBuf,
     /// Index server(s), comma-separated: the folder is registered with all of them;
     /// downloads ask the first that answers.
-    #[arg(long, default_value = DEFAULT_INDEX)]
+    #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
     /// Address to serve other peers on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -110,10 +132,16 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         store: S,
         config: IndexServerConfig,
         what: &str,
+        http: Option<&str>,
     ) -> Result<(), CliError> {
         let lease = store.lease().as_secs();
-        let handle = IndexServer::new(TcpTransport::default(), store, config).spawn(listen)?;
+        let server = IndexServer::new(TcpTransport::default(), store, config);
+        let monitor = server.monitor();
+        let handle = server.spawn(listen)?;
         announce_listening(handle.addr());
+        let _status = http
+            .map(|http| crate::status::serve_index(http, monitor, handle.addr()))
+            .transpose()?;
         log::info!(
             "index started on {} ({what}, lease {lease} s)",
             handle.addr()
@@ -143,11 +171,12 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             // Recovery logs its own line (records replayed, damaged tail cut, time).
             let store = shoal_index::DurableStore::open(dir, options)?;
             let what = format!("durable, data in {}", dir.display());
-            serve(&listen, store, config, &what)
+            serve(&listen, store, config, &what, args.http.as_deref())
         }
         None => {
             let store = MemoryStore::new().with_lease(lease);
-            serve(&listen, store, config, "in-memory registry, lost on exit")
+            let what = "in-memory registry, lost on exit";
+            serve(&listen, store, config, what, args.http.as_deref())
         }
     }
 }
@@ -206,6 +235,12 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     if let Some(addr) = peer.listen_addr() {
         announce_listening(addr);
     }
+    let _status = match (&args.http, peer.listen_addr()) {
+        (Some(http), Some(listen)) => {
+            Some(crate::status::serve_peer(http, peer.monitor(), listen)?)
+        }
+        _ => None,
+    };
     let advertise = peer.advertise().clone();
     let accepted: Vec<String> = peer
         .index_status()
@@ -262,18 +297,14 @@ fn run_console(mut downloader: Downloader<TcpTransport>) {
             Ok(outcome) => describe_outcome(&outcome),
             Err(e) => format!("error   {input}: {e}"),
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        crate::output::outln!("{text}");
     }
     log::info!("console closed (end of input); still serving until interrupted");
 }
 
 /// The line scripts and tests wait for.
 pub(crate) fn announce_listening(addr: &PeerAddr) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {addr}");
-    let _ = out.flush();
+    crate::output::outln!("listening on {addr}");
 }
 
 /// Blocks until SIGINT (Ctrl-C) or SIGTERM.
@@ -286,4 +317,18 @@ pub(crate) fn wait_for_interrupt() -> Result<(), CliError> {
         })?;
     let _ = signals.forever().next();
     Ok(())
+}
+
+impl IndexArgs {
+    /// `--quiet`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet
+    }
+}
+
+impl PeerArgs {
+    /// `--quiet`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet
+    }
 }

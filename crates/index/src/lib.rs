@@ -45,6 +45,7 @@ mod client;
 mod clock;
 mod durable;
 mod error;
+mod metrics;
 mod partial;
 mod registry;
 mod server;
@@ -54,6 +55,10 @@ pub use client::IndexClient;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
+pub use metrics::{
+    FileRow, IndexMetrics, IndexMonitor, IndexSnapshot, REFUSAL_REASONS, RequestTotals,
+    StoreHealth, outcome_label,
+};
 pub use partial::{Partials, Sources};
 pub use registry::{
     DEFAULT_LEASE, LimitExceeded, ListingView, RegistrationLimits, Registry, Search,
@@ -63,4 +68,4 @@ pub use server::{
     IndexServerConfig,
 };
 pub use shoal_proto::server::ServerHandle;
-pub use store::{MemoryStore, Store};
+pub use store::{MemoryStore, Store, StoreCounts};

@@ -4,7 +4,7 @@ use shoal_proto::deadline::FrameDeadline;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
@@ -14,7 +14,7 @@ use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
 };
 
-use crate::{IndexError, RegistrationLimits, Store};
+use crate::{IndexError, IndexMetrics, IndexMonitor, RegistrationLimits, Store};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
 const READ_BUFFER: usize = 4 << 10;
@@ -86,6 +86,7 @@ pub struct IndexServer<T: Transport, S: Store> {
     transport: T,
     store: Arc<S>,
     config: IndexServerConfig,
+    metrics: Arc<IndexMetrics>,
 }
 
 impl<T: Transport, S: Store> IndexServer<T, S> {
@@ -95,7 +96,20 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
             transport,
             store: Arc::new(store),
             config,
+            metrics: Arc::new(IndexMetrics::new()),
         }
+    }
+
+    /// The server's counters (shared with the running server).
+    pub fn metrics(&self) -> Arc<IndexMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Reads the store and the counters while the server runs: for status pages and
+    /// `/metrics`.
+    pub fn monitor(&self) -> IndexMonitor {
+        let store: Arc<dyn Store> = Arc::clone(&self.store) as Arc<dyn Store>;
+        IndexMonitor::new(store, Arc::clone(&self.metrics))
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves in the background until the
@@ -112,12 +126,13 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         accept.max_connections = self.config.max_connections;
         let store = Arc::clone(&self.store);
         let config = self.config;
+        let metrics = self.metrics;
         let mut handle = spawn_accept_loop(
             &self.transport,
             listener,
             accept,
             move |stream, from, live| {
-                serve_connection(stream, &from, live, &*store, &config);
+                serve_connection(stream, &from, live, &*store, &config, &metrics);
             },
         )
         .map_err(bind_error)?;
@@ -162,6 +177,7 @@ fn serve_connection<C: Connection, S: Store>(
     live: &LiveConnection,
     store: &S,
     config: &IndexServerConfig,
+    metrics: &IndexMetrics,
 ) {
     // Set before the handshake: a client that connects and says nothing must not pin a
     // thread forever. Reads wait at most one frame budget (quiet time between requests is
@@ -221,7 +237,10 @@ fn serve_connection<C: Connection, S: Store>(
                     return;
                 }
             };
+        let kind = crate::metrics::request_kind(&request);
+        let started = Instant::now();
         let response = answer(request, store, config, from);
+        metrics.record(kind, &response, started.elapsed());
         if let Err(e) = send(reader.get_mut(), &mut out, &response) {
             log::debug!("index: cannot answer {from}: {e}");
             return;

@@ -250,6 +250,20 @@ impl<T: Transport> Announcer<T> {
             .collect()
     }
 
+    /// A reader of [`Announcer::status`] that outlives a borrow (for status pages).
+    pub fn status_reader(
+        &self,
+    ) -> impl Fn() -> Vec<(PeerAddr, IndexStatus)> + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            lock(&shared)
+                .trackers
+                .iter()
+                .map(|t| (t.addr.clone(), t.last.clone()))
+                .collect()
+        }
+    }
+
     /// Stops the heartbeat and unregisters the peer from every index at once; returns what
     /// each index said. Later calls (and drop) do nothing.
     pub fn shutdown(mut self) -> Vec<(PeerAddr, IndexStatus)> {

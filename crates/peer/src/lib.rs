@@ -76,6 +76,7 @@
 //! # }
 //! ```
 
+mod activity;
 mod announce;
 mod download;
 mod error;
@@ -90,6 +91,7 @@ mod share;
 mod swarm;
 mod watch;
 
+pub use activity::{Activity, DownloadRow, ServerStats, UploadRow};
 pub use announce::{Announcer, AnnouncerConfig, IndexStatus};
 pub use download::{
     DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, HolderReport, Progress,
@@ -99,8 +101,8 @@ pub use error::PeerError;
 pub use library::{
     ChangedFile, Library, LibraryChange, OpenOptions, ScanProgress, ScanReport, SharedFile,
 };
-pub use peer::{Peer, PeerConfig};
-pub use server::{PeerServer, PeerServerConfig, ServerStats};
+pub use peer::{FolderRow, IndexRow, Peer, PeerConfig, PeerMonitor, PeerSnapshot, PeerTotals};
+pub use server::{PeerServer, PeerServerConfig};
 pub use share::PartialShare;
 pub use shoal_proto::server::ServerHandle;
 pub use swarm::DropReason;

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal_proto::message::ChunkHash;
+
+use crate::activity::Activity;
 use shoal_proto::{FileId, FileKey, FileMeta, content, validate_name};
 
 use crate::PeerError;
@@ -267,6 +269,8 @@ struct Inner {
     cache_dirty: AtomicBool,
     /// Downloads in progress whose verified chunks are served, by id.
     partials: Mutex<HashMap<FileId, Arc<PartialShare>>>,
+    /// Downloads and uploads in progress, and the counters of both.
+    activity: Arc<Activity>,
 }
 
 /// The shared folder. Cheap to clone (an `Arc` inside) and safe to share between the server
@@ -335,6 +339,7 @@ impl Library {
         report.change = state.take_change();
         let library = Library {
             inner: Arc::new(Inner {
+                activity: Arc::new(Activity::new()),
                 dir: dir.to_path_buf(),
                 chunk_size: options.chunk_size,
                 hash_cache: options.hash_cache,
@@ -357,6 +362,7 @@ impl Library {
     pub fn empty(dir: &Path, chunk_size: u32) -> Library {
         Library {
             inner: Arc::new(Inner {
+                activity: Arc::new(Activity::new()),
                 dir: dir.to_path_buf(),
                 chunk_size,
                 hash_cache: false,
@@ -408,6 +414,11 @@ impl Library {
     /// The download in progress of this id, if its chunks are served.
     pub(crate) fn partial(&self, id: &FileId) -> Option<Arc<PartialShare>> {
         self.partials().get(id).cloned()
+    }
+
+    /// What this peer is downloading and uploading, and its counters.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.inner.activity
     }
 
     /// Downloads in progress whose verified chunks are served now.

@@ -3,7 +3,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use shoal_proto::{
 use crate::library::open_regular;
 use crate::pieces::Bitset;
 use crate::share::{Availability, PartialShare};
-use crate::{Library, PeerError, SharedFile};
+use crate::{Library, PeerError, ServerStats, SharedFile};
 
 /// Read buffer for requests (they are a few dozen bytes each).
 const REQUEST_BUF: usize = 1024;
@@ -82,39 +81,6 @@ pub struct PeerServer<T: Transport> {
     library: Library,
     config: PeerServerConfig,
     stats: Arc<ServerStats>,
-}
-
-/// What a [`PeerServer`] has served, readable while it runs ([`PeerServer::stats`]).
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    bytes: AtomicU64,
-    partial_bytes: AtomicU64,
-    chunks: AtomicU64,
-}
-
-impl ServerStats {
-    fn count(&self, bytes: u64, partial: bool) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.chunks.fetch_add(1, Ordering::Relaxed);
-        if partial {
-            self.partial_bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-    }
-
-    /// Chunk bytes sent to other peers.
-    pub fn bytes_served(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Of those, bytes sent from downloads still in progress.
-    pub fn partial_bytes_served(&self) -> u64 {
-        self.partial_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Chunks sent to other peers.
-    pub fn chunks_served(&self) -> u64 {
-        self.chunks.load(Ordering::Relaxed)
-    }
 }
 
 /// Upload slots, handed out in the order requests arrive (no downloader starves).
@@ -255,11 +221,12 @@ impl Pace<'_> {
 impl<T: Transport> PeerServer<T> {
     /// A server of `library` over `transport`; nothing happens until [`PeerServer::spawn`].
     pub fn new(transport: T, library: Library, config: PeerServerConfig) -> Self {
+        let stats = library.activity().server_stats();
         PeerServer {
             transport,
             library,
             config,
-            stats: Arc::new(ServerStats::default()),
+            stats,
         }
     }
 

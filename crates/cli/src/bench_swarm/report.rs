@@ -21,12 +21,15 @@ impl Bench {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        println!(
+        crate::output::outln!(
             "## shoal bench swarm: 1 seeder, {} peers, {} MiB, links {} Mbit/s each way (seeder {} \
              Mbit/s), tc tbf\n",
-            self.peers, args.size_mib, args.rate_mbit, seeder_mbit
+            self.peers,
+            args.size_mib,
+            args.rate_mbit,
+            seeder_mbit
         );
-        println!(
+        crate::output::outln!(
             "bound SIZE/RATE = {:.2} s; shoal: {} ({version}); {} reps, contenders alternating; \
              timeout per run {}",
             self.bound,
@@ -43,7 +46,7 @@ impl Bench {
             .peers
             .last()
             .map_or_else(String::new, |h| h.ip.to_string());
-        println!(
+        crate::output::outln!(
             "- addresses: index {}, seeder {}, peers PEER_IP = {}..{last_peer}; DIR: a fresh empty \
              folder per peer and run",
             self.net.index.ip,
@@ -78,20 +81,20 @@ impl Bench {
                     libtorrent_version()
                 ),
             };
-            println!("- {line}");
+            crate::output::outln!("- {line}");
         }
         if contenders
             .iter()
             .any(|c| matches!(c, Contender::T1 | Contender::Consoles | Contender::Get))
         {
-            println!(
+            crate::output::outln!(
                 "- shoal servers: shoal index --listen {idx}; shoal peer --dir SEED --index {idx} \
                  --listen {}:{PEER_PORT} --no-console",
                 self.net.seeder.ip
             );
         }
         for (c, why) in skipped {
-            println!("- skipped {}: {why}", c.name());
+            crate::output::outln!("- skipped {}: {why}", c.name());
         }
     }
 
@@ -100,11 +103,11 @@ impl Bench {
             .iter()
             .find(|r| r.contender == Contender::T1)
             .and_then(RunResult::last);
-        println!(
+        crate::output::outln!(
             "| contender | done | last | median | seeder upload | peers upload | last / T1 | \
              last / bound |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        crate::output::outln!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in results {
             // An incomplete run: when the copies that did arrive were done.
             let partial = r
@@ -120,7 +123,7 @@ impl Bench {
                 (None, Some(t), None) => format!("timed out ({t:.0} s{partial})"),
                 (None, None, None) => format!("failed{partial}"),
             };
-            println!(
+            crate::output::outln!(
                 "| {} | {}/{} | {last} | {} | {} | {} | {} | {} |",
                 r.contender.label(r.peers),
                 r.finished(),
@@ -133,10 +136,10 @@ impl Bench {
                 ratio(r.last(), Some(self.bound)),
             );
         }
-        println!();
+        crate::output::outln!();
         for r in results {
             if let Some(e) = &r.error {
-                println!("- {}: could not run: {e}", r.contender.label(r.peers));
+                crate::output::outln!("- {}: could not run: {e}", r.contender.label(r.peers));
             }
             // One line per reason, naming the peers (logs: p3.log in the run's folder).
             let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -152,7 +155,7 @@ impl Bench {
                 } else {
                     peers.join(", ")
                 };
-                println!(
+                crate::output::outln!(
                     "- {}: {} of {} ({names}): {why}",
                     r.contender.label(r.peers),
                     peers.len(),
@@ -164,7 +167,7 @@ impl Bench {
                 .iter()
                 .any(|(_, why)| why.contains("unexpected argument"));
             if r.contender == Contender::Get && unknown_arg {
-                println!(
+                crate::output::outln!(
                     "- {}: this shoal does not know an argument of --get-args ({:?}, which make \
                      `get` share while it downloads); --get-args '' runs it without them",
                     r.contender.label(r.peers),
@@ -172,7 +175,7 @@ impl Bench {
                 );
             }
             if let Some(up) = r.reported_upload {
-                println!(
+                crate::output::outln!(
                     "- {}: the peers report {} uploaded to others (`get --json` `uploaded`)",
                     r.contender.label(r.peers),
                     crate::units::bytes(up)
@@ -189,7 +192,7 @@ impl Bench {
             .and_then(RunResult::last)
             .zip(bt_alone)
         {
-            println!(
+            crate::output::outln!(
                 "- libtorrent: {} peers take {:.2}x its own single download",
                 self.peers,
                 crowd / alone
@@ -199,13 +202,13 @@ impl Bench {
             .iter()
             .any(|r| r.error.is_some() || !r.failures.is_empty());
         if failed && !self.keep_logs {
-            println!(
+            crate::output::outln!(
                 "- logs: {}/logs/run<rep>-<contender>/ (removed when the bench ends; --dir DIR \
                  keeps them)",
                 self.work.display()
             );
         } else if failed {
-            println!("- logs: {}/logs/run<rep>-<contender>/", self.work.display());
+            crate::output::outln!("- logs: {}/logs/run<rep>-<contender>/", self.work.display());
         }
         let bt = results
             .iter()
@@ -218,7 +221,7 @@ impl Bench {
                 .last()
                 .and(r.seeder_sent)
                 .map(|b| b as f64 / self.size as f64);
-            println!(
+            crate::output::outln!(
                 "- targets, {}: {}; seeder uploads <= {TARGET_SEEDER_COPIES} copies: {}; faster \
                  than libtorrent in the same run: {}",
                 r.contender.label(r.peers),
@@ -250,12 +253,12 @@ impl Bench {
     }
 
     pub(super) fn print_summary(&self, contenders: &[Contender], all: &[Vec<RunResult>]) {
-        println!("\n### all {} runs: median (min-max)\n", all.len());
-        println!(
+        crate::output::outln!("\n### all {} runs: median (min-max)\n", all.len());
+        crate::output::outln!(
             "| contender | complete runs | last | median | seeder upload (copies) | peers upload \
              (copies) | last / T1 | last / bound |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        crate::output::outln!("|---|---:|---:|---:|---:|---:|---:|---:|");
         let mut t1_ratio_medians: Vec<(Contender, Option<f64>)> = Vec::new();
         for &c in contenders {
             let runs: Vec<(&RunResult, Option<f64>)> = all
@@ -289,7 +292,7 @@ impl Bench {
                 .collect();
             let bounds: Vec<f64> = lasts.iter().map(|l| l / self.bound).collect();
             t1_ratio_medians.push((c, median(&mut t1s.clone())));
-            println!(
+            crate::output::outln!(
                 "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
                 c.label(peers),
                 complete.len(),
@@ -302,7 +305,7 @@ impl Bench {
                 spread(&bounds, "x"),
             );
         }
-        println!();
+        crate::output::outln!();
         let bt_lasts: Vec<Option<f64>> = all
             .iter()
             .map(|rep| {
@@ -329,7 +332,7 @@ impl Bench {
                 .zip(&bt_lasts)
                 .filter(|(r, bt)| r.last().zip(**bt).is_some_and(|(l, b)| l < b))
                 .count();
-            println!(
+            crate::output::outln!(
                 "- targets, {} (medians): {}; seeder uploads <= {TARGET_SEEDER_COPIES} copies: \
                  {}; faster than libtorrent in the same run: {}",
                 c.label(self.peers),
