@@ -38,6 +38,14 @@ pub enum IndexError {
         /// Why it failed.
         source: io::Error,
     },
+    /// The operating system would not start a thread the server needs.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// The registration store failed (durable and remote stores can).
     #[error("the registration store failed: {0}")]
     Store(String),

@@ -56,7 +56,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
 pub use metrics::{
-    FileRow, IndexMetrics, IndexMonitor, IndexSnapshot, REFUSAL_REASONS, RequestTotals,
+    FileRow, IndexMetrics, IndexMonitor, IndexSnapshot, REFUSAL_REASONS, Refusals, RequestTotals,
     StoreHealth, outcome_label,
 };
 pub use partial::{Partials, Sources};

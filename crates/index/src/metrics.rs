@@ -2,7 +2,7 @@
 //! outcome, lookup latency, registrations, refused connections and store errors, counted
 //! as they happen; what the store holds is read when asked ([`IndexMonitor`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use shoal_proto::message::SearchHit;
 use shoal_proto::message::{ErrorCode, IndexRequest, IndexResponse};
+use shoal_proto::server::{AcceptCounters, SessionEnd};
 
 use crate::{IndexError, Store, StoreCounts};
 
@@ -23,10 +24,77 @@ struct RequestLabels {
     outcome: &'static str,
 }
 
-/// The labels of `shoal_index_connections_refused_total`.
+/// The labels of `*_connections_refused_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+/// The reasons a shoal server refuses or drops a connection before (or instead of) a
+/// request: `busy` (at the connection limit, every connection busy), `gave_way` (an idle
+/// connection closed for a newcomer at the limit), `handshake` (no valid hello in time),
+/// `bad_request` (a frame too large or malformed).
+pub const REFUSAL_REASONS: [&str; 4] = ["busy", "gave_way", "handshake", "bad_request"];
+
+/// Connections refused by reason, for the index's and the peer's metrics: counted from the
+/// accept loop's counters ([`Refusals::attach`]) and from how sessions ended.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    family: Family<ReasonLabels, Counter>,
+    accept: OnceLock<AcceptCounters>,
+    /// The accept loop's counts already added to `family`: (busy, gave_way).
+    synced: Mutex<(u64, u64)>,
+}
+
+impl Refusals {
+    /// Registers `connections_refused` (a counter by `reason`) in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_refused",
+            "Connections refused or dropped before a request, by reason",
+            self.family.clone(),
+        );
+    }
+
+    /// Reads the busy refusals and idle closures of a running accept loop.
+    pub fn attach(&self, counters: AcceptCounters) {
+        let _ = self.accept.set(counters);
+    }
+
+    /// Counts a session that ended on a bad hello or a bad frame.
+    pub fn session_ended(&self, end: &SessionEnd) {
+        let reason = match end {
+            SessionEnd::Handshake(_) => "handshake",
+            SessionEnd::BadRequest(_) => "bad_request",
+            _ => return,
+        };
+        self.family.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Brings the accept loop's counts into the family (before encoding or reading).
+    pub fn sync(&self) {
+        let Some(accept) = self.accept.get() else {
+            return;
+        };
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        let (busy, gave_way) = (accept.refused_busy(), accept.idle_closed());
+        self.family
+            .get_or_create(&ReasonLabels { reason: "busy" })
+            .inc_by(busy.saturating_sub(synced.0));
+        self.family
+            .get_or_create(&ReasonLabels { reason: "gave_way" })
+            .inc_by(gave_way.saturating_sub(synced.1));
+        *synced = (busy.max(synced.0), gave_way.max(synced.1));
+    }
+
+    /// Every refusal so far.
+    pub fn total(&self) -> u64 {
+        self.sync();
+        REFUSAL_REASONS
+            .iter()
+            .filter_map(|&reason| self.family.get(&ReasonLabels { reason }).map(|c| c.get()))
+            .sum()
+    }
 }
 
 /// The counters of one index server (shared by its connections; see
@@ -38,7 +106,7 @@ pub struct IndexMetrics {
     lookup_seconds: Histogram,
     registrations: Counter,
     partial_registrations: Counter,
-    refused: Family<ReasonLabels, Counter>,
+    refused: Refusals,
     store_errors: Counter,
     files: Gauge,
     holders: Gauge,
@@ -133,12 +201,8 @@ impl IndexMetrics {
             "New partial (downloading) registrations accepted",
             partial_registrations.clone(),
         );
-        let refused = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "connections_refused",
-            "Connections refused or dropped before a request, by reason",
-            refused.clone(),
-        );
+        let refused = Refusals::default();
+        refused.register(registry);
         let store_errors = Counter::default();
         registry.register(
             "store_errors",
@@ -177,18 +241,7 @@ impl IndexMetrics {
     /// Counts one answered request of `kind` that took `elapsed`.
     pub(crate) fn record(&self, kind: &'static str, response: &IndexResponse, elapsed: Duration) {
         let code = match response {
-            IndexResponse::Error(reply) => {
-                // Internal errors are the store's (see `store_failed` in server.rs).
-                if reply.code == ErrorCode::Internal {
-                    self.store_errors.inc();
-                    *self
-                        .last_store_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) =
-                        Some((Instant::now(), reply.message.clone()));
-                }
-                Some(reply.code)
-            }
+            IndexResponse::Error(reply) => Some(reply.code),
             IndexResponse::Registered { added } => {
                 let counter = if kind == "register" {
                     &self.registrations
@@ -220,9 +273,9 @@ impl IndexMetrics {
             .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), error.to_string()));
     }
 
-    /// Counts a connection refused for `reason` (`busy`, `handshake`, ...).
-    pub fn connection_refused(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    /// Connections refused by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refused
     }
 
     /// Cumulative totals.
@@ -264,11 +317,7 @@ impl IndexMetrics {
                 }
             }
         }
-        for reason in REFUSAL_REASONS {
-            if let Some(c) = self.refused.get(&ReasonLabels { reason }) {
-                totals.refused_connections += c.get();
-            }
-        }
+        totals.refused_connections = self.refused.total();
         totals
     }
 
@@ -283,9 +332,6 @@ impl IndexMetrics {
         (self.store_errors.get(), last)
     }
 }
-
-/// The reasons [`IndexMetrics::connection_refused`] is called with.
-pub const REFUSAL_REASONS: [&str; 3] = ["busy", "handshake", "idle_taken"];
 
 /// A file on an index's status page.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -412,6 +458,7 @@ impl IndexMonitor {
             }
             Err(e) => m.store_failed(&e),
         }
+        m.refused.sync();
         prometheus_client::encoding::text::encode(out, &m.registry)
     }
 }

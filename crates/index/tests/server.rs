@@ -287,6 +287,37 @@ fn client_reconnects_when_the_server_dropped_the_connection() {
     net.heal(index.addr());
 }
 
+/// A store's failure names files of the index's data folder and the operating system's
+/// words: the log has them; the client hears only that the registry failed, and the
+/// connection goes on.
+#[test]
+fn internal_failures_are_not_described_to_clients() {
+    let net = MemNetwork::new();
+    let (store, _gate) = gate::gated(MemoryStore::with_seed(1));
+    let index = IndexServer::new(net.host("index"), store, IndexServerConfig::default())
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let mut c = client(&net, "a", &index);
+    match c.search(gate::FAIL, 10) {
+        Err(IndexError::Refused(reply)) => {
+            assert_eq!(reply.code, ErrorCode::Internal);
+            assert!(
+                !reply.message.contains(gate::FAIL_PATH),
+                "{}",
+                reply.message
+            );
+            assert!(!reply.message.contains("sector"), "{}", reply.message);
+            assert!(
+                reply.message.contains("registry failed"),
+                "{}",
+                reply.message
+            );
+        }
+        other => panic!("expected an internal refusal, got {other:?}"),
+    }
+    assert_eq!(c.search("", 10).unwrap().len(), 0);
+}
+
 #[test]
 fn busy_server_is_reported() {
     let net = MemNetwork::new();

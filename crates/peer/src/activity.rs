@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+use shoal_index::Refusals;
 use shoal_proto::{FileMeta, PeerAddr};
 
 /// What a peer's server has served, readable while it runs ([`crate::PeerServer::stats`]).
@@ -57,11 +58,6 @@ struct OutcomeLabels {
 struct RequestLabels {
     kind: &'static str,
     outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
 }
 
 /// A download in progress, on a status page.
@@ -131,7 +127,7 @@ pub struct Activity {
     received: Counter,
     finished: Family<OutcomeLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
-    refused: Family<ReasonLabels, Counter>,
+    refused: Refusals,
     uploads_active: Gauge,
     downloads_active: Gauge,
     files: Gauge,
@@ -195,12 +191,8 @@ impl Activity {
             "Requests answered by the peer server, by kind and outcome",
             requests.clone(),
         );
-        let refused = Family::<ReasonLabels, Counter>::default();
-        r.register(
-            "connections_refused",
-            "Connections refused or dropped before a request, by reason",
-            refused.clone(),
-        );
+        let refused = Refusals::default();
+        refused.register(r);
         let uploads_active = Gauge::default();
         r.register(
             "uploads_active",
@@ -267,9 +259,9 @@ impl Activity {
             .inc();
     }
 
-    /// Counts a connection refused for `reason`.
-    pub fn connection_refused(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    /// Connections refused by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refused
     }
 
     /// A download of `meta` starts, from `sources` (more may be added).
@@ -368,6 +360,7 @@ impl Activity {
     pub fn encode_metrics(&self, files: usize, bytes: u64, out: &mut String) -> std::fmt::Result {
         self.files.set(gauge_value(files as u64));
         self.bytes.set(gauge_value(bytes));
+        self.refused.sync();
         prometheus_client::encoding::text::encode(out, &self.registry)
     }
 }

@@ -12,6 +12,11 @@ use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 /// The query that waits at the gate.
 pub(crate) const HOLD: &str = "hold the line";
+/// The query the store fails, with a path and a cause in its error (as a durable store's
+/// failure would have) that must not reach the client.
+pub(crate) const FAIL: &str = "fail please";
+/// The path named in [`FAIL`]'s error.
+pub(crate) const FAIL_PATH: &str = "/var/lib/shoal-private/log-00000007";
 
 /// A [`MemoryStore`] with a gate in front of searches for [`HOLD`].
 pub(crate) struct Gated {
@@ -62,6 +67,13 @@ impl Store for Gated {
         self.inner.holders(key)
     }
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
+        if query == FAIL {
+            return Err(IndexError::Data {
+                what: "cannot read the log",
+                path: FAIL_PATH.into(),
+                source: std::io::Error::other("sector 1234 unreadable"),
+            });
+        }
         if query == HOLD {
             let _ = self.arrived.lock().map(|tx| tx.send(()));
             // Bounded: a test that forgets to open the gate still ends.
