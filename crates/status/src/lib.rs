@@ -12,8 +12,9 @@
 //!   - `GET /metrics`: the Prometheus text format ([`StatusSource::metrics`]).
 //!   - anything else: 404 (other methods: 405). Every answer is `no-store`; the page
 //!     renders names with `textContent` only, so a file name can never become markup.
-//! - [`StatusSource`]: what the server asks, implemented by the command that runs an index
-//!   or a peer from the snapshot APIs of `shoal-index` and `shoal-peer`.
+//! - [`StatusSource`]: what the server asks; [`IndexPage`] and [`PeerPage`] answer it from
+//!   the snapshot APIs of `shoal-index` ([`shoal_index::IndexMonitor`]) and `shoal-peer`
+//!   ([`shoal_peer::PeerMonitor`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -45,6 +46,9 @@ use std::time::Duration;
 
 use tiny_http::{Header, Method, Request, Response, Server};
 
+mod sources;
+pub use sources::{FILES_SHOWN, IndexPage, PeerPage};
+
 /// The page, embedded in the binary.
 const PAGE: &str = include_str!("page.html");
 /// Worker threads answering requests (a status page has one or two viewers).
@@ -52,8 +56,9 @@ const WORKERS: usize = 2;
 /// How often a worker waiting for a request checks whether the server is stopping.
 const POLL: Duration = Duration::from_millis(200);
 
-/// The content type of the Prometheus text exposition format.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of `/metrics`: the OpenMetrics text format (what `prometheus-client`
+/// writes; Prometheus reads it and asks for it first).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What a [`StatusServer`] shows: implemented by whatever runs the index or peer.
 pub trait StatusSource: Send + Sync + 'static {
