@@ -36,5 +36,5 @@ pub(crate) enum CliError {
     },
     /// A benchmark could not run.
     #[error("benchmark failed: {0}")]
-    Bench(String),
+    Bench(#[from] shoal_bench::BenchError),
 }

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::stats::{Spread, median};
+
 use super::{
     Bench, Contender, FILE_NAME, HTTP_PORT, PEER_PORT, RunResult, SwarmBenchArgs, TARGET_12,
     TARGET_32, TARGET_SEEDER_COPIES, libtorrent_version,
@@ -21,15 +23,12 @@ impl Bench {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        crate::output::outln!(
+        println!(
             "## shoal bench swarm: 1 seeder, {} peers, {} MiB, links {} Mbit/s each way (seeder {} \
              Mbit/s), tc tbf\n",
-            self.peers,
-            args.size_mib,
-            args.rate_mbit,
-            seeder_mbit
+            self.peers, args.size_mib, args.rate_mbit, seeder_mbit
         );
-        crate::output::outln!(
+        println!(
             "bound SIZE/RATE = {:.2} s; shoal: {} ({version}); {} reps, contenders alternating; \
              timeout per run {}",
             self.bound,
@@ -46,7 +45,7 @@ impl Bench {
             .peers
             .last()
             .map_or_else(String::new, |h| h.ip.to_string());
-        crate::output::outln!(
+        println!(
             "- addresses: index {}, seeder {}, peers PEER_IP = {}..{last_peer}; DIR: a fresh empty \
              folder per peer and run",
             self.net.index.ip,
@@ -81,20 +80,20 @@ impl Bench {
                     libtorrent_version()
                 ),
             };
-            crate::output::outln!("- {line}");
+            println!("- {line}");
         }
         if contenders
             .iter()
             .any(|c| matches!(c, Contender::T1 | Contender::Consoles | Contender::Get))
         {
-            crate::output::outln!(
+            println!(
                 "- shoal servers: shoal index --listen {idx}; shoal peer --dir SEED --index {idx} \
                  --listen {}:{PEER_PORT} --no-console",
                 self.net.seeder.ip
             );
         }
         for (c, why) in skipped {
-            crate::output::outln!("- skipped {}: {why}", c.name());
+            println!("- skipped {}: {why}", c.name());
         }
     }
 
@@ -103,11 +102,11 @@ impl Bench {
             .iter()
             .find(|r| r.contender == Contender::T1)
             .and_then(RunResult::last);
-        crate::output::outln!(
+        println!(
             "| contender | done | last | median | seeder upload | peers upload | last / T1 | \
              last / bound |"
         );
-        crate::output::outln!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in results {
             // An incomplete run: when the copies that did arrive were done.
             let partial = r
@@ -123,7 +122,7 @@ impl Bench {
                 (None, Some(t), None) => format!("timed out ({t:.0} s{partial})"),
                 (None, None, None) => format!("failed{partial}"),
             };
-            crate::output::outln!(
+            println!(
                 "| {} | {}/{} | {last} | {} | {} | {} | {} | {} |",
                 r.contender.label(r.peers),
                 r.finished(),
@@ -136,10 +135,10 @@ impl Bench {
                 ratio(r.last(), Some(self.bound)),
             );
         }
-        crate::output::outln!();
+        println!();
         for r in results {
             if let Some(e) = &r.error {
-                crate::output::outln!("- {}: could not run: {e}", r.contender.label(r.peers));
+                println!("- {}: could not run: {e}", r.contender.label(r.peers));
             }
             // One line per reason, naming the peers (logs: p3.log in the run's folder).
             let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -155,7 +154,7 @@ impl Bench {
                 } else {
                     peers.join(", ")
                 };
-                crate::output::outln!(
+                println!(
                     "- {}: {} of {} ({names}): {why}",
                     r.contender.label(r.peers),
                     peers.len(),
@@ -167,7 +166,7 @@ impl Bench {
                 .iter()
                 .any(|(_, why)| why.contains("unexpected argument"));
             if r.contender == Contender::Get && unknown_arg {
-                crate::output::outln!(
+                println!(
                     "- {}: this shoal does not know an argument of --get-args ({:?}, which make \
                      `get` share while it downloads); --get-args '' runs it without them",
                     r.contender.label(r.peers),
@@ -175,7 +174,7 @@ impl Bench {
                 );
             }
             if let Some(up) = r.reported_upload {
-                crate::output::outln!(
+                println!(
                     "- {}: the peers report {} uploaded to others (`get --json` `uploaded`)",
                     r.contender.label(r.peers),
                     crate::units::bytes(up)
@@ -192,7 +191,7 @@ impl Bench {
             .and_then(RunResult::last)
             .zip(bt_alone)
         {
-            crate::output::outln!(
+            println!(
                 "- libtorrent: {} peers take {:.2}x its own single download",
                 self.peers,
                 crowd / alone
@@ -202,13 +201,13 @@ impl Bench {
             .iter()
             .any(|r| r.error.is_some() || !r.failures.is_empty());
         if failed && !self.keep_logs {
-            crate::output::outln!(
+            println!(
                 "- logs: {}/logs/run<rep>-<contender>/ (removed when the bench ends; --dir DIR \
                  keeps them)",
                 self.work.display()
             );
         } else if failed {
-            crate::output::outln!("- logs: {}/logs/run<rep>-<contender>/", self.work.display());
+            println!("- logs: {}/logs/run<rep>-<contender>/", self.work.display());
         }
         let bt = results
             .iter()
@@ -221,7 +220,7 @@ impl Bench {
                 .last()
                 .and(r.seeder_sent)
                 .map(|b| b as f64 / self.size as f64);
-            crate::output::outln!(
+            println!(
                 "- targets, {}: {}; seeder uploads <= {TARGET_SEEDER_COPIES} copies: {}; faster \
                  than libtorrent in the same run: {}",
                 r.contender.label(r.peers),
@@ -253,12 +252,12 @@ impl Bench {
     }
 
     pub(super) fn print_summary(&self, contenders: &[Contender], all: &[Vec<RunResult>]) {
-        crate::output::outln!("\n### all {} runs: median (min-max)\n", all.len());
-        crate::output::outln!(
+        println!("\n### all {} runs: median (min-max)\n", all.len());
+        println!(
             "| contender | complete runs | last | median | seeder upload (copies) | peers upload \
              (copies) | last / T1 | last / bound |"
         );
-        crate::output::outln!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         let mut t1_ratio_medians: Vec<(Contender, Option<f64>)> = Vec::new();
         for &c in contenders {
             let runs: Vec<(&RunResult, Option<f64>)> = all
@@ -291,8 +290,8 @@ impl Bench {
                 .filter_map(|(r, t1)| r.last().zip(*t1).map(|(l, t)| l / t))
                 .collect();
             let bounds: Vec<f64> = lasts.iter().map(|l| l / self.bound).collect();
-            t1_ratio_medians.push((c, median(&mut t1s.clone())));
-            crate::output::outln!(
+            t1_ratio_medians.push((c, median(&t1s)));
+            println!(
                 "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
                 c.label(peers),
                 complete.len(),
@@ -305,7 +304,7 @@ impl Bench {
                 spread(&bounds, "x"),
             );
         }
-        crate::output::outln!();
+        println!();
         let bt_lasts: Vec<Option<f64>> = all
             .iter()
             .map(|rep| {
@@ -320,19 +319,19 @@ impl Bench {
                 .iter()
                 .filter_map(|rep| rep.iter().find(|r| r.contender == *c))
                 .collect();
-            let mut copies: Vec<f64> = runs
+            let copies: Vec<f64> = runs
                 .iter()
                 .filter(|r| r.last().is_some())
                 .filter_map(|r| r.seeder_sent)
                 .map(|b| b as f64 / self.size as f64)
                 .collect();
-            let copies = median(&mut copies);
+            let copies = median(&copies);
             let faster = runs
                 .iter()
                 .zip(&bt_lasts)
                 .filter(|(r, bt)| r.last().zip(**bt).is_some_and(|(l, b)| l < b))
                 .count();
-            crate::output::outln!(
+            println!(
                 "- targets, {} (medians): {}; seeder uploads <= {TARGET_SEEDER_COPIES} copies: \
                  {}; faster than libtorrent in the same run: {}",
                 c.label(self.peers),
@@ -377,26 +376,9 @@ fn ratio(value: Option<f64>, base: Option<f64>) -> String {
 
 /// `5.61 s (5.50-5.80)`, or `-` when there is nothing.
 fn spread(values: &[f64], unit: &str) -> String {
-    let mut v = values.to_vec();
-    let Some(m) = median(&mut v) else {
-        return "-".into();
-    };
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{m:.2}{unit} ({lo:.2}-{hi:.2})")
-}
-
-/// The median (the mean of the middle two for an even count).
-pub(super) fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values.get(mid).copied()
-    } else {
-        Some((values[mid - 1] + values[mid]) / 2.0)
+    match Spread::of(values) {
+        Some(s) => format!("{:.2}{unit} ({:.2}-{:.2})", s.median, s.min, s.max),
+        None => "-".into(),
     }
 }
 
@@ -405,10 +387,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians_and_spreads() {
-        assert_eq!(median(&mut []), None);
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    fn spreads() {
         assert_eq!(spread(&[2.0, 1.0, 3.0], " s"), "2.00 s (1.00-3.00)");
         assert_eq!(spread(&[], " s"), "-");
     }
