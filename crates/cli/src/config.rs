@@ -106,19 +106,33 @@ pub(crate) enum Failure {
 pub(crate) fn parse_from<C: CommandFactory + FromArgMatches>(
     args: &[OsString],
 ) -> Result<C, Failure> {
-    let matches = C::command()
-        .try_get_matches_from(args)
-        .map_err(Failure::Clap)?;
+    let plain = || {
+        let matches = C::command()
+            .try_get_matches_from(args)
+            .map_err(Failure::Clap)?;
+        C::from_arg_matches(&matches).map_err(Failure::Clap)
+    };
+    // First with every flag of `index` and `peer` optional (`--dir` may come from the file),
+    // to find `--config` and what the command line and the environment set.
+    let mut relaxed = C::command();
+    for name in ["index", "peer"] {
+        if relaxed.find_subcommand(name).is_some() {
+            relaxed = relaxed.mut_subcommand(name, |s| s.mut_args(|a| a.required(false)));
+        }
+    }
+    let Ok(matches) = relaxed.try_get_matches_from(args) else {
+        return plain();
+    };
     let Some((table, sub)) = matches.subcommand() else {
-        return C::from_arg_matches(&matches).map_err(Failure::Clap);
+        return plain();
     };
     let table: &'static str = match table {
         "index" => "index",
         "peer" => "peer",
-        _ => return C::from_arg_matches(&matches).map_err(Failure::Clap),
+        _ => return plain(),
     };
     let Some(path) = sub.get_one::<PathBuf>("config").cloned() else {
-        return C::from_arg_matches(&matches).map_err(Failure::Clap);
+        return plain();
     };
     let file = ConfigFile::load(&path).map_err(Failure::Config)?;
     let values = if table == "index" {
@@ -128,7 +142,7 @@ pub(crate) fn parse_from<C: CommandFactory + FromArgMatches>(
     };
     let extra = file_args::<C>(&path, table, values, sub).map_err(Failure::Config)?;
     if extra.is_empty() {
-        return C::from_arg_matches(&matches).map_err(Failure::Clap);
+        return plain();
     }
     // Re-parse with the file's values as flags, after everything given: the same parsers
     // and range checks apply, and an error names the file.
@@ -231,6 +245,8 @@ mod tests {
     struct IndexArgs {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[arg(long)]
+        dir: PathBuf,
         #[arg(long, default_value = "default:1")]
         listen: String,
         #[arg(long, default_value_t = 60,
@@ -255,7 +271,8 @@ mod tests {
 
     #[test]
     fn config_file_fills_what_flags_do_not_set() {
-        let (_dir, path) = write("[index]\nlisten = \"file:1\"\nlease = 30\ntrust = true\n");
+        let (_dir, path) =
+            write("[index]\ndir = \"/d\"\nlisten = \"file:1\"\nlease = 30\ntrust = true\n");
         let p = path.to_str().unwrap();
         let args = parse(&["shoal", "index", "--config", p]).unwrap();
         assert_eq!(
@@ -266,7 +283,7 @@ mod tests {
         let args = parse(&["shoal", "index", "--config", p, "--listen", "flag:1"]).unwrap();
         assert_eq!((args.listen.as_str(), args.lease), ("flag:1", 30));
         // Without the file: the defaults.
-        let args = parse(&["shoal", "index"]).unwrap();
+        let args = parse(&["shoal", "index", "--dir", "/x"]).unwrap();
         assert_eq!(
             (args.listen.as_str(), args.lease, args.trust),
             ("default:1", 60, false)
@@ -294,7 +311,7 @@ mod tests {
 
     #[test]
     fn config_values_are_checked_like_flags() {
-        let (_dir, path) = write("[index]\nlease = 0\n");
+        let (_dir, path) = write("[index]\ndir = \"/d\"\nlease = 0\n");
         let p = path.to_str().unwrap();
         let Err(Failure::Config(e)) = parse(&["shoal", "index", "--config", p]) else {
             panic!("a lease of 0 must fail");
@@ -303,7 +320,7 @@ mod tests {
             e.to_string().contains("shoal.toml") && e.to_string().contains("lease"),
             "{e}"
         );
-        let (_dir, path) = write("[index]\ntrust = \"yes\"\n");
+        let (_dir, path) = write("[index]\ndir = \"/d\"\ntrust = \"yes\"\n");
         let p = path.to_str().unwrap();
         assert!(matches!(
             parse(&["shoal", "index", "--config", p]),

@@ -132,6 +132,10 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     for peer in &peers {
         let mut downloader = peer.peer.downloader();
         for (_, name, _) in &samples {
+            // Nobody reads the table any more (`shoal demo | head`): stop, tidily.
+            if crate::output::closed() {
+                break;
+            }
             if peer.peer.library().contains_name(name) {
                 continue;
             }

@@ -1,6 +1,5 @@
 //! The one-shot client commands: `shoal get` and `shoal search`.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
 
 use crate::error::CliError;
+use crate::output::outln;
 use crate::progress::DownloadBar;
 use crate::units;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
@@ -115,12 +115,12 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
             peer.announce_added(&report.file);
         }
         match &result {
-            Ok(outcome) if args.json => crate::output::outln!("{}", outcome_json(outcome)),
-            Ok(outcome) => crate::output::outln!("{}", describe_outcome(outcome)),
+            Ok(outcome) if args.json => outln!("{}", outcome_json(outcome)),
+            Ok(outcome) => outln!("{}", describe_outcome(outcome)),
             Err(e) => {
                 failed += 1;
                 if args.json {
-                    crate::output::outln!(
+                    outln!(
                         "{}",
                         serde_json::json!({"name": key.to_string(), "error": e.to_string()})
                     );
@@ -335,10 +335,15 @@ fn holders_summary(report: &shoal_peer::DownloadReport) -> String {
 pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
     let mut index = IndexClient::new(TcpTransport::default(), parse_index_list(&args.index)?);
     let hits = index.search(&args.query, args.limit)?;
-    let mut out = std::io::stdout().lock();
-    let write_err = |source| CliError::Io {
-        what: "cannot write to standard output".into(),
-        source,
+    // Said on stderr, so `--json` output stays one object per line.
+    let stopped = hits.len() >= usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let note = || {
+        if stopped {
+            eprintln!(
+                "shoal: stopped at --limit {} matches; there may be more (raise --limit or narrow the query)",
+                args.limit
+            );
+        }
     };
     if args.json {
         for hit in &hits {
@@ -349,12 +354,13 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
                 "holders": hit.holders,
                 "downloading": hit.downloading,
             });
-            writeln!(out, "{line}").map_err(write_err)?;
+            outln!("{line}");
         }
+        note();
         return Ok(());
     }
     if hits.is_empty() {
-        writeln!(out, "no files match {:?}", args.query).map_err(write_err)?;
+        outln!("no files match {:?}", args.query);
         return Ok(());
     }
     let width = hits
@@ -363,23 +369,23 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
         .max()
         .unwrap_or(4)
         .max(4);
-    writeln!(
-        out,
+    outln!(
         "{:<width$}  {:>10}  {:>7}  {:>11}  ID",
-        "NAME", "SIZE", "HOLDERS", "DOWNLOADING"
-    )
-    .map_err(write_err)?;
+        "NAME",
+        "SIZE",
+        "HOLDERS",
+        "DOWNLOADING"
+    );
     for hit in &hits {
-        writeln!(
-            out,
+        outln!(
             "{:<width$}  {:>10}  {:>7}  {:>11}  {}",
             hit.file.name,
             units::bytes(hit.file.size),
             hit.holders,
             hit.downloading,
             hit.file.id
-        )
-        .map_err(write_err)?;
+        );
     }
+    note();
     Ok(())
 }
