@@ -100,6 +100,7 @@ pub use download::{
 pub use error::PeerError;
 pub use library::{
     ChangedFile, Library, LibraryChange, OpenOptions, ScanProgress, ScanReport, SharedFile,
+    SkipReason, Skipped,
 };
 pub use peer::{FolderRow, IndexRow, Peer, PeerConfig, PeerMonitor, PeerSnapshot, PeerTotals};
 pub use server::{PeerServer, PeerServerConfig};
