@@ -229,8 +229,8 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         ..WatchConfig::default()
     });
     let heartbeat = config.announcer.heartbeat_interval();
-    // Server, then registration with every index (fails only if none accepts; the others
-    // are retried at each heartbeat), then the folder watcher.
+    // Server, then registration with every index (one that does not answer, even the only
+    // one, is retried at each heartbeat while the peer serves), then the folder watcher.
     let peer = Peer::start(transport, library, config)?;
     if let Some(addr) = peer.listen_addr() {
         announce_listening(addr);
@@ -248,15 +248,23 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         .filter(|(_, status)| matches!(status, IndexStatus::Registered { .. }))
         .map(|(addr, _)| addr.to_string())
         .collect();
-    log::info!(
-        "registered {} files with {} of {} indexes ({}) as {advertise}; heartbeat every {} s, \
-         watching the folder; downloads are shared while they run",
-        report.files,
-        accepted.len(),
-        index_addrs.len(),
-        accepted.join(", "),
-        heartbeat.as_secs_f64()
-    );
+    if accepted.is_empty() {
+        log::warn!(
+            "no index answered yet: serving as {advertise} anyway and retrying all {} every {} s",
+            index_addrs.len(),
+            heartbeat.as_secs_f64()
+        );
+    } else {
+        log::info!(
+            "registered {} files with {} of {} indexes ({}) as {advertise}; heartbeat every {} s, \
+             watching the folder; downloads are shared while they run",
+            report.files,
+            accepted.len(),
+            index_addrs.len(),
+            accepted.join(", "),
+            heartbeat.as_secs_f64()
+        );
+    }
 
     if !args.no_console {
         let downloader = peer.downloader();

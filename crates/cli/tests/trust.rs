@@ -329,3 +329,55 @@ fn completions_and_man_page() {
         assert!(dir.path().join(page).is_file(), "{page}");
     }
 }
+
+#[test]
+fn a_peer_whose_only_index_is_down_serves_and_registers_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "song.ogg", 5000);
+    // A port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let index = format!("127.0.0.1:{port}");
+    let args = [
+        "peer",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--index",
+        &index,
+        "--no-console",
+        "--lease",
+        "3",
+    ];
+    // It starts and serves (`listening on` is printed) although no index answers.
+    let (mut peer, _addr) = Server::start_with(&args, &[("RUST_LOG", "info")], true);
+    let log = peer.log.take().unwrap();
+    // A few heartbeats (one a second) fail meanwhile; the log says so once.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (_index, _) = Server::start(&["index", "--listen", &index]);
+    let mut down_lines = Vec::new();
+    loop {
+        let line = log
+            .recv_timeout(process::WAIT)
+            .expect("the peer never registered");
+        if line.contains(&format!("index {index} is back")) {
+            break;
+        }
+        if line.contains(&index) {
+            down_lines.push(line);
+        }
+    }
+    let first = run(&["search", "song.ogg", "--index", &index, "--json"]);
+    assert_eq!(String::from_utf8_lossy(&first.stdout).lines().count(), 1);
+    let about_the_index: Vec<&String> = down_lines
+        .iter()
+        .filter(|l| l.contains("did not take") || l.contains("not answering"))
+        .collect();
+    assert_eq!(
+        about_the_index.len(),
+        1,
+        "one line per state change: {down_lines:#?}"
+    );
+}

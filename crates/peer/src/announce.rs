@@ -5,7 +5,8 @@
 //! over to the next index, and it lists the peer too. For each index the [`Announcer`]:
 //!
 //! - registers the whole library at start (an index that is down is retried at every
-//!   heartbeat; starting needs one index to accept);
+//!   heartbeat, even when it is the only one: the peer serves meanwhile, and says so once
+//!   when an index goes away and once when it is back);
 //! - renews the lease with one small `Renew` every [`AnnouncerConfig::heartbeat_interval`]
 //!   (a third of the lease, so two heartbeats may be lost before the lease lapses);
 //! - registers everything again when the index answers that it does not know the peer (it
@@ -160,23 +161,13 @@ impl<T: Transport> Announcer<T> {
             trackers,
             stopped: false,
         };
-        let statuses = core.heartbeat();
-        let accepted = statuses
-            .iter()
-            .filter(|(_, s)| matches!(s, IndexStatus::Registered { .. }))
-            .count();
-        if accepted == 0 {
-            let reasons = if statuses.is_empty() {
-                "no index address was given".to_string()
-            } else {
-                statuses
-                    .iter()
-                    .map(|(addr, status)| format!("{addr}: {status}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            return Err(PeerError::NoIndexAccepted { holder, reasons });
+        if core.trackers.is_empty() {
+            return Err(PeerError::NoIndexAccepted {
+                holder,
+                reasons: "no index address was given".into(),
+            });
         }
+        let statuses = core.heartbeat();
         for (addr, status) in &statuses {
             if let IndexStatus::Failed { reason } = status {
                 log::warn!(

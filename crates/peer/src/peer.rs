@@ -78,7 +78,8 @@ impl<T: Transport> std::fmt::Debug for Peer<T> {
 
 impl<T: Transport> Peer<T> {
     /// Serves `library`, registers it with the indexes and starts the heartbeat (and the
-    /// watcher, if configured). Fails if the address cannot be bound or no index accepts.
+    /// watcher, if configured). Fails if the address cannot be bound or no index is given; an
+    /// index that does not answer is retried at every heartbeat while the peer serves.
     pub fn start(transport: T, library: Library, config: PeerConfig) -> Result<Self, PeerError> {
         let server = PeerServer::new(transport.clone(), library.clone(), config.server.clone());
         let stats = server.stats();
