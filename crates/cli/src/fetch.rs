@@ -10,6 +10,7 @@ use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
 
+use crate::choose;
 use crate::error::CliError;
 use crate::output::outln;
 use crate::progress::DownloadBar;
@@ -28,6 +29,10 @@ pub(crate) struct GetArgs {
     /// Folder to download into (created if missing).
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// When the index lists several contents under NAME: the one whose id starts with
+    /// PREFIX (at least 12 hex digits, as `search` and `get` print them). One NAME only.
+    #[arg(long, value_name = "PREFIX")]
+    id: Option<String>,
     /// Holders to download from at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_sources: u16,
@@ -84,6 +89,11 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         .iter()
         .map(|n| FileKey::parse(n))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.id.is_some() && keys.len() != 1 {
+        return Err(CliError::Usage(
+            "--id chooses the content of one NAME".into(),
+        ));
+    }
     ensure_dir(&args.out)?;
     let index = parse_index_list(&args.index)?;
     let config = DownloaderConfig {
@@ -108,9 +118,19 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
     let mut failed = 0;
     let mut last_error = None;
     for key in &keys {
+        let (chosen, candidates) = choose_content(&mut downloader, key, args.id.as_deref())?;
         bar.start();
-        let result = downloader.fetch(key);
+        let result = downloader.fetch(&chosen);
         bar.finish();
+        if let (Ok(outcome), FileKey::Name(name), None) = (&result, key, &args.id) {
+            let taken = match outcome {
+                DownloadOutcome::AlreadyPresent(file) => file.id,
+                DownloadOutcome::Downloaded(report) => report.file.id,
+            };
+            if let Some(note) = choose::took_one_of_several(name, &taken, &candidates) {
+                eprintln!("shoal: {note}");
+            }
+        }
         if let (Ok(DownloadOutcome::Downloaded(report)), Some(peer)) = (&result, &peer) {
             peer.announce_added(&report.file);
         }
@@ -158,6 +178,40 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         }),
     }
 }
+
+/// What to fetch for `key`: for a name, the contents the index lists under it (from a
+/// search), and with `--id PREFIX` the one it names, by id. Without `--id`, a failed search
+/// leaves the choice to the download's own lookup (which reports the index's trouble).
+fn choose_content<T: shoal_proto::Transport>(
+    downloader: &mut Downloader<T>,
+    key: &FileKey,
+    id: Option<&str>,
+) -> Result<(FileKey, Vec<choose::Candidate>), CliError> {
+    let FileKey::Name(name) = key else {
+        if id.is_some() {
+            return Err(CliError::Usage(
+                "--id chooses among the contents of a NAME, not an id".into(),
+            ));
+        }
+        return Ok((key.clone(), Vec::new()));
+    };
+    let hits = match downloader.index().search(name, SEARCH_FOR_CONTENTS) {
+        Ok(hits) => hits,
+        Err(e) if id.is_some() => return Err(e.into()),
+        Err(_) => return Ok((key.clone(), Vec::new())),
+    };
+    let candidates = choose::candidates(name, &hits);
+    match id {
+        Some(prefix) => {
+            let chosen = choose::by_prefix(name, prefix, &candidates)?;
+            Ok((FileKey::Id(chosen), candidates))
+        }
+        None => Ok((key.clone(), candidates)),
+    }
+}
+
+/// Search results asked for when looking for every content under a name.
+const SEARCH_FOR_CONTENTS: u32 = 1000;
 
 /// A peer that shares this `get`'s downloads while they run (and while it seeds). An
 /// explicit `--listen` that is not an address, or cannot be served, is an error; without

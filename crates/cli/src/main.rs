@@ -4,6 +4,7 @@
 //! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`;
 //! `shoal bench ...` is parsed and run by `shoal-bench`.
 
+mod choose;
 mod config;
 mod demo;
 mod error;

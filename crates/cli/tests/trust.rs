@@ -381,3 +381,91 @@ fn a_peer_whose_only_index_is_down_serves_and_registers_when_it_is_back() {
         "one line per state change: {down_lines:#?}"
     );
 }
+
+#[test]
+fn get_a_name_with_several_contents_says_which_it_took_and_id_selects_another() {
+    let root = tempfile::tempdir().unwrap();
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let mut seeders = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let dir = root.path().join(format!("seed{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_file(&dir, "song.ogg", 4000 + n);
+        let bytes = std::fs::read(dir.join("song.ogg")).unwrap();
+        ids.push((blake3::hash(&bytes).to_hex().to_string(), bytes));
+        seeders.push(start_long_lease_peer(&dir, &index).0);
+    }
+    // One holder each: the index takes the smallest id.
+    ids.sort();
+    let (taken, other) = (&ids[0], &ids[1]);
+    let out = root.path().join("out");
+    let got = run(&[
+        "get",
+        "song.ogg",
+        "--index",
+        &index,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-share",
+    ]);
+    let stderr = stderr_of(&got);
+    assert!(got.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("took {}", &taken.0[..12]))
+            && stderr.contains("1 other content")
+            && stderr.contains(&other.0[..12]),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("song.ogg")).unwrap(), taken.1);
+
+    let out2 = root.path().join("out2");
+    let pick = &other.0[..12];
+    let got = run(&[
+        "get",
+        "song.ogg",
+        "--id",
+        pick,
+        "--index",
+        &index,
+        "--out",
+        out2.to_str().unwrap(),
+        "--no-share",
+    ]);
+    assert!(got.status.success(), "{}", stderr_of(&got));
+    assert_eq!(std::fs::read(out2.join("song.ogg")).unwrap(), other.1);
+
+    // Too short, or matching nothing: refused, listing the candidates.
+    let got = run(&[
+        "get",
+        "song.ogg",
+        "--id",
+        &other.0[..6],
+        "--index",
+        &index,
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!got.status.success());
+    assert!(
+        stderr_of(&got).contains("at least 12 hex digits"),
+        "{}",
+        stderr_of(&got)
+    );
+    let got = run(&[
+        "get",
+        "song.ogg",
+        "--id",
+        "000000000000",
+        "--index",
+        &index,
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!got.status.success());
+    let stderr = stderr_of(&got);
+    assert!(
+        stderr.contains(&taken.0[..12]) && stderr.contains(&other.0[..12]),
+        "{stderr}"
+    );
+}
