@@ -6,6 +6,7 @@
 
 mod choose;
 mod config;
+mod console;
 mod demo;
 mod error;
 mod fetch;

@@ -1,22 +1,19 @@
 //! The long-running commands: `shoal index` and `shoal peer`.
 
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::thread;
 use std::time::Duration;
 
 use shoal_index::{IndexServer, IndexServerConfig, MemoryStore};
 use shoal_peer::{
-    AnnouncerConfig, Downloader, DownloaderConfig, IndexStatus, Library, OpenOptions, Peer,
-    PeerConfig, PeerServerConfig, ScanProgress, WatchConfig,
+    AnnouncerConfig, DownloaderConfig, IndexStatus, Library, OpenOptions, Peer, PeerConfig,
+    PeerServerConfig, ScanProgress, WatchConfig,
 };
+use shoal_proto::PeerAddr;
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
-use shoal_proto::{FileKey, PeerAddr};
 
 use crate::error::CliError;
-use crate::fetch::describe_outcome;
-use crate::progress::{DownloadBar, ScanBar};
+use crate::progress::ScanBar;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 
 /// `shoal index`
@@ -266,48 +263,42 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         );
     }
 
-    if !args.no_console {
-        let downloader = peer.downloader();
-        thread::Builder::new()
-            .name("console".into())
-            .spawn(move || run_console(downloader))
-            .map_err(|source| CliError::Io {
-                what: "cannot start the console".into(),
-                source,
-            })?;
+    let console = !args.no_console;
+    for line in crate::console::interrupted_report(
+        &shoal_peer::interrupted_downloads(&args.dir),
+        false,
+        console,
+    ) {
+        log::warn!("{line}");
+    }
+    if console {
+        crate::console::spawn(peer.downloader(), &args.dir)?;
     }
 
     wait_for_interrupt()?;
+    let running: Vec<shoal_peer::Interrupted> = peer
+        .library()
+        .activity()
+        .downloads()
+        .into_iter()
+        .filter_map(|d| {
+            Some(shoal_peer::Interrupted {
+                id: d.id.parse().ok()?,
+                name: d.name,
+                size: d.size,
+                verified_bytes: d.done,
+            })
+        })
+        .collect();
+    for line in crate::console::interrupted_report(&running, true, console) {
+        log::warn!("{line}");
+    }
     log::info!(
         "peer stopping: unregistering {advertise} from every index ({} served to others)",
         crate::units::bytes(peer.stats().bytes_served())
     );
     peer.shutdown();
     Ok(())
-}
-
-/// Reads file names from stdin, one per line, and downloads each; one result line each.
-fn run_console(mut downloader: Downloader<TcpTransport>) {
-    let bar = DownloadBar::attach(&mut downloader);
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let input = line.trim();
-        if input.is_empty() {
-            continue;
-        }
-        bar.start();
-        let result = FileKey::parse(input)
-            .map_err(CliError::from)
-            .and_then(|key| downloader.fetch(&key).map_err(CliError::from));
-        bar.finish();
-        let text = match result {
-            Ok(outcome) => describe_outcome(&outcome),
-            Err(e) => format!("error   {input}: {e}"),
-        };
-        crate::output::outln!("{text}");
-    }
-    log::info!("console closed (end of input); still serving until interrupted");
 }
 
 /// The line scripts and tests wait for.

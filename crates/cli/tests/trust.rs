@@ -469,3 +469,54 @@ fn get_a_name_with_several_contents_says_which_it_took_and_id_selects_another() 
         "{stderr}"
     );
 }
+
+#[test]
+fn console_answers_help_and_says_what_it_queued() {
+    let root = tempfile::tempdir().unwrap();
+    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let seed = root.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    write_file(&seed, "a.bin", 3000);
+    write_file(&seed, "b.bin", 4000);
+    let (_seeder, _) = start_long_lease_peer(&seed, &index);
+    let mine = root.path().join("mine");
+    let args = [
+        "peer",
+        "--dir",
+        mine.to_str().unwrap(),
+        "--index",
+        &index,
+        "--lease",
+        "3600",
+    ];
+    let (mut console, _) = Server::start_with(&args, &[], true);
+    let log = console.log.take().unwrap();
+    let greeting = log.recv_timeout(process::WAIT).unwrap();
+    assert!(greeting.contains("`help` lists the commands"), "{greeting}");
+    console.type_line("help");
+    assert_eq!(console.next_line(), "commands:");
+    while !console.next_line().starts_with("end of input") {}
+    console.type_line("a.bin");
+    console.type_line("b.bin");
+    let first = console.next_line();
+    let second = console.next_line();
+    assert!(
+        first.starts_with("ok") && first.contains("a.bin"),
+        "{first}"
+    );
+    assert!(
+        second.starts_with("ok") && second.contains("b.bin"),
+        "{second}"
+    );
+    // Both were written before their results; the log channel may lag behind stdout.
+    let mut feedback = Vec::new();
+    while feedback.len() < 2 {
+        let line = log.recv_timeout(process::WAIT).expect("no queued feedback");
+        if line.starts_with("queued") {
+            feedback.push(line);
+        }
+    }
+    assert!(feedback[0].starts_with("queued a.bin: ") && feedback[1].starts_with("queued b.bin: "));
+    console.type_line("queue");
+    assert_eq!(console.next_line(), "downloading nothing; waiting: none");
+}

@@ -102,6 +102,7 @@ pub use library::{
     ChangedFile, Library, LibraryChange, OpenOptions, ScanProgress, ScanReport, SharedFile,
     SkipReason, Skipped,
 };
+pub use part::{Interrupted, interrupted_downloads};
 pub use peer::{FolderRow, IndexRow, Peer, PeerConfig, PeerMonitor, PeerSnapshot, PeerTotals};
 pub use server::{PeerServer, PeerServerConfig};
 pub use share::PartialShare;

@@ -86,6 +86,31 @@ impl ResumeState {
         Self::decode(&bytes, expected).map(Some)
     }
 
+    /// Reads a sidecar without knowing which download it belongs to (to report the
+    /// interrupted downloads of a folder): its geometry and how many chunks it marks done.
+    /// Bounded like [`ResumeState::load`], by the most chunks a file may have.
+    pub(crate) fn peek(path: &Path) -> Result<(Geometry, Vec<u32>), String> {
+        let file = fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let most = HEADER_LEN
+            + usize::try_from(MAX_CHUNKS.div_ceil(8)).unwrap_or(usize::MAX)
+            + CHECKSUM_LEN;
+        let mut bytes = Vec::new();
+        file.take(most as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        let field = |range: std::ops::Range<usize>| bytes.get(range).unwrap_or(&[]);
+        let geometry = Geometry {
+            id: FileId(field(8..40).try_into().map_err(|_| "too short")?),
+            size: u64::from_le_bytes(field(40..48).try_into().map_err(|_| "too short")?),
+            chunk_size: u32::from_le_bytes(field(48..52).try_into().map_err(|_| "too short")?),
+        };
+        let state = Self::decode(&bytes, geometry)?;
+        let done = (0..geometry.chunks() as u32)
+            .filter(|&i| state.is_done(i))
+            .collect();
+        Ok((geometry, done))
+    }
+
     fn decode(bytes: &[u8], expected: Geometry) -> Result<Self, String> {
         if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
             return Err(format!("too short ({} bytes)", bytes.len()));
