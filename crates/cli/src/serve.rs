@@ -111,7 +111,7 @@ pub(crate) struct PeerArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     frame_timeout: u64,
     /// The indexes' lease in seconds (their `--lease`): registrations are renewed every
-    /// third of it.
+    /// third of it, or of a shorter lease an index tells.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease: u64,
@@ -229,6 +229,8 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     // Server, then registration with every index (one that does not answer, even the only
     // one, is retried at each heartbeat while the peer serves), then the folder watcher.
     let peer = Peer::start(transport, library, config)?;
+    // An index may have told a shorter lease than --lease.
+    let heartbeat = peer.heartbeat_interval().unwrap_or(heartbeat);
     if let Some(addr) = peer.listen_addr() {
         announce_listening(addr);
     }

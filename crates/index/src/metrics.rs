@@ -150,6 +150,7 @@ pub(crate) fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::Unregister { .. } => "unregister",
         IndexRequest::UnregisterPartial { .. } => "unregister_partial",
         IndexRequest::Renew { .. } => "renew",
+        IndexRequest::Lease => "lease",
     }
 }
 

@@ -477,6 +477,9 @@ fn answer<S: Store>(
             }
             Err(refusal) => refusal,
         },
+        IndexRequest::Lease => IndexResponse::Lease {
+            lease_ms: u64::try_from(store.lease().as_millis()).unwrap_or(u64::MAX),
+        },
         IndexRequest::Search { query, limit } => {
             if query.len() > config.max_query_len {
                 log::info!(

@@ -165,6 +165,12 @@ impl<T: Transport> Peer<T> {
         &self.stats
     }
 
+    /// The time between heartbeats now (a third of the shortest lease: the peer's own, or
+    /// one an index told).
+    pub fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        self.announcer.as_ref().map(Announcer::heartbeat_interval)
+    }
+
     /// Each index and how the last exchange with it went.
     pub fn index_status(&self) -> Vec<(PeerAddr, IndexStatus)> {
         self.announcer

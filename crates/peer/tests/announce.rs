@@ -628,3 +628,48 @@ fn the_heartbeat_thread_renews_until_stopped() {
     announcer.shutdown();
     assert!(world.listed(0).is_empty());
 }
+
+#[test]
+fn a_peer_adapts_to_an_index_lease_shorter_than_its_own() {
+    let net = MemNetwork::new();
+    let spawn = |host: &str, lease: Duration| {
+        let store = MemoryStore::with_seed(1).with_lease(lease);
+        IndexServer::new(net.host(host), store, IndexServerConfig::default())
+            .spawn(&addr(&format!("{host}:1024")))
+            .unwrap()
+    };
+    let short = spawn("short", Duration::from_secs(3));
+    let long = spawn("long", Duration::from_secs(600));
+    let dir = TempDir::new().unwrap();
+    fs::write(dir.path().join("a.bin"), [7; 100]).unwrap();
+    let library = Library::open(dir.path(), 1024).unwrap();
+    let config = AnnouncerConfig {
+        lease: LEASE,
+        ..AnnouncerConfig::default()
+    };
+    assert_eq!(config.heartbeat_interval(), Duration::from_secs(20));
+    let announcer = Announcer::start(
+        net.host("alice"),
+        vec![short.addr().clone(), long.addr().clone()],
+        addr("alice:7000"),
+        &library,
+        config,
+    )
+    .unwrap();
+    // The shortest lease told wins: a third of 3 s, not of the peer's own 60 s.
+    assert_eq!(announcer.heartbeat_interval(), Duration::from_secs(1));
+    // A longer lease than the peer's own changes nothing.
+    drop(announcer);
+    let announcer = Announcer::start(
+        net.host("alice"),
+        vec![long.addr().clone()],
+        addr("alice:7000"),
+        &library,
+        AnnouncerConfig {
+            lease: LEASE,
+            ..AnnouncerConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(announcer.heartbeat_interval(), Duration::from_secs(20));
+}

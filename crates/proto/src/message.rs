@@ -83,6 +83,10 @@ pub enum IndexRequest {
         /// Which file.
         key: FileKey,
     },
+    /// How long this index keeps a registration without renewal: a peer renews well
+    /// within the shortest lease of its indexes. Appended last, for wire compatibility
+    /// (an index that predates it answers `BadRequest`).
+    Lease,
 }
 
 /// The index server's answer to one [`IndexRequest`].
@@ -138,6 +142,11 @@ pub enum IndexResponse {
         /// Holders still downloading it (they serve the chunks they have verified), sorted.
         #[serde(deserialize_with = "grow_only::deserialize")]
         partial: Vec<PeerAddr>,
+    },
+    /// Answer to `Lease`.
+    Lease {
+        /// The lease of a registration, in milliseconds.
+        lease_ms: u64,
     },
 }
 
