@@ -11,25 +11,33 @@ use shoal_peer::{
 use shoal_proto::PeerAddr;
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
+use shoal_status::{IndexPage, PeerPage};
 
 use crate::error::CliError;
 use crate::progress::ScanBar;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 
-/// `shoal index`
+/// What `shoal index` and `shoal peer` share: a config file, the status page, the log level.
 #[derive(clap::Args, Debug)]
-pub(crate) struct IndexArgs {
-    /// Read every flag not given on the command line from this TOML file's `[index]`
-    /// table (see `dist/shoal.toml`).
+pub(crate) struct ServiceArgs {
+    /// Read every flag not given on the command line from this TOML file's `[index]` or
+    /// `[peer]` table (see `dist/shoal.toml`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Serve a status page, `/api/status` (JSON) and `/metrics` (Prometheus) on this
     /// address (printed as `status page on http://ADDR/`). Off by default.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
-    /// Log warnings and errors only (not one line per event).
+    /// Log warnings and errors only (not one line per transfer or event).
     #[arg(long)]
     quiet: bool,
+}
+
+/// `shoal index`
+#[derive(clap::Args, Debug)]
+pub(crate) struct IndexArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
     #[arg(long, default_value = DEFAULT_INDEX)]
     listen: String,
@@ -68,17 +76,8 @@ pub(crate) struct IndexArgs {
 /// `shoal peer`
 #[derive(clap::Args, Debug)]
 pub(crate) struct PeerArgs {
-    /// Read every flag not given on the command line from this TOML file's `[peer]`
-    /// table (see `dist/shoal.toml`).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Serve a status page, `/api/status` (JSON) and `/metrics` (Prometheus) on this
-    /// address (printed as `status page on http://ADDR/`). Off by default.
-    #[arg(long, value_name = "ADDR")]
-    http: Option<String>,
-    /// Log warnings and errors only (not one line per transfer or event).
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// The folder to serve (created if missing); downloads land here too.
     #[arg(long)]
     dir: PathBuf,
@@ -137,7 +136,9 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         let handle = server.spawn(listen)?;
         announce_listening(handle.addr());
         let _status = http
-            .map(|http| crate::status::serve_index(http, monitor, handle.addr()))
+            .map(|http| {
+                crate::status::serve(http, IndexPage::new(monitor, handle.addr().to_string()))
+            })
             .transpose()?;
         log::info!(
             "index started on {} ({what}, lease {lease} s)",
@@ -168,12 +169,12 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             // Recovery logs its own line (records replayed, damaged tail cut, time).
             let store = shoal_index::DurableStore::open(dir, options)?;
             let what = format!("durable, data in {}", dir.display());
-            serve(&listen, store, config, &what, args.http.as_deref())
+            serve(&listen, store, config, &what, args.service.http.as_deref())
         }
         None => {
             let store = MemoryStore::new().with_lease(lease);
             let what = "in-memory registry, lost on exit";
-            serve(&listen, store, config, what, args.http.as_deref())
+            serve(&listen, store, config, what, args.service.http.as_deref())
         }
     }
 }
@@ -234,9 +235,10 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     if let Some(addr) = peer.listen_addr() {
         announce_listening(addr);
     }
-    let _status = match (&args.http, peer.listen_addr()) {
+    let _status = match (&args.service.http, peer.listen_addr()) {
         (Some(http), Some(listen)) => {
-            Some(crate::status::serve_peer(http, peer.monitor(), listen)?)
+            let page = PeerPage::new(peer.monitor(), listen.to_string());
+            Some(crate::status::serve(http, page)?)
         }
         _ => None,
     };
@@ -323,13 +325,13 @@ pub(crate) fn wait_for_interrupt() -> Result<(), CliError> {
 impl IndexArgs {
     /// `--quiet`.
     pub(crate) fn quiet(&self) -> bool {
-        self.quiet
+        self.service.quiet
     }
 }
 
 impl PeerArgs {
     /// `--quiet`.
     pub(crate) fn quiet(&self) -> bool {
-        self.quiet
+        self.service.quiet
     }
 }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 mod process;
-use process::{Server, http_get, run, shoal, start_long_lease_peer, write_file};
+use process::{Server, get, http_get, run, seeded, shoal, start_long_lease_peer, write_file};
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -28,13 +28,9 @@ fn peer_args<'a>(dir: &'a str, index: &'a str) -> Vec<&'a str> {
 
 #[test]
 fn get_a_name_the_folder_holds_with_other_content_names_both_ids_and_fails() {
-    let root = tempfile::tempdir().unwrap();
-    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
-    let seed = root.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    write_file(&seed, "notes.txt", 10_000);
-    let (_seeder, _) = start_long_lease_peer(&seed, &index);
-    let out = root.path().join("out");
+    let swarm = seeded(&[("notes.txt", 10_000)]);
+    let (index, seed) = (&swarm.addr, &swarm.seed);
+    let out = swarm.root.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("notes.txt"), b"my own notes, not the listed ones").unwrap();
     let here = blake3::hash(b"my own notes, not the listed ones")
@@ -44,15 +40,7 @@ fn get_a_name_the_folder_holds_with_other_content_names_both_ids_and_fails() {
         .to_hex()
         .to_string();
 
-    let got = run(&[
-        "get",
-        "notes.txt",
-        "--index",
-        &index,
-        "--out",
-        out.to_str().unwrap(),
-        "--no-share",
-    ]);
+    let got = get("notes.txt", &index, &out, &["--no-share"]);
     let stderr = stderr_of(&got);
     assert!(!got.status.success(), "{stderr}");
     assert!(
@@ -66,18 +54,10 @@ fn get_a_name_the_folder_holds_with_other_content_names_both_ids_and_fails() {
         b"my own notes, not the listed ones"
     );
     // The same content stays a quiet no-op.
-    let same = root.path().join("same");
+    let same = swarm.root.path().join("same");
     std::fs::create_dir_all(&same).unwrap();
     std::fs::copy(seed.join("notes.txt"), same.join("notes.txt")).unwrap();
-    let got = run(&[
-        "get",
-        "notes.txt",
-        "--index",
-        &index,
-        "--out",
-        same.to_str().unwrap(),
-        "--no-share",
-    ]);
+    let got = get("notes.txt", &index, &same, &["--no-share"]);
     assert!(got.status.success(), "{}", stderr_of(&got));
 }
 
@@ -169,14 +149,7 @@ fn seeder_log_of_one_get(extra: &[&str]) -> Vec<String> {
     args.extend_from_slice(extra);
     let (mut seeder, _) = Server::start_with(&args, &[("RUST_LOG", "")], true);
     let out = root.path().join("out");
-    let got = run(&[
-        "get",
-        "big.bin",
-        "--index",
-        &index,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let got = get("big.bin", &index, &out, &[]);
     assert!(got.status.success(), "{}", stderr_of(&got));
     let log = seeder.log.take().unwrap();
     if extra.is_empty() {
@@ -341,16 +314,9 @@ fn a_peer_whose_only_index_is_down_serves_and_registers_when_it_is_back() {
         .unwrap()
         .port();
     let index = format!("127.0.0.1:{port}");
-    let args = [
-        "peer",
-        "--dir",
-        dir.path().to_str().unwrap(),
-        "--index",
-        &index,
-        "--no-console",
-        "--lease",
-        "3",
-    ];
+    let mut args = peer_args(dir.path().to_str().unwrap(), &index);
+    args.truncate(args.len() - 2);
+    args.extend_from_slice(&["--lease", "3"]);
     // It starts and serves (`listening on` is printed) although no index answers.
     let (mut peer, _addr) = Server::start_with(&args, &[("RUST_LOG", "info")], true);
     let log = peer.log.take().unwrap();
@@ -400,15 +366,7 @@ fn get_a_name_with_several_contents_says_which_it_took_and_id_selects_another() 
     ids.sort();
     let (taken, other) = (&ids[0], &ids[1]);
     let out = root.path().join("out");
-    let got = run(&[
-        "get",
-        "song.ogg",
-        "--index",
-        &index,
-        "--out",
-        out.to_str().unwrap(),
-        "--no-share",
-    ]);
+    let got = get("song.ogg", &index, &out, &["--no-share"]);
     let stderr = stderr_of(&got);
     assert!(got.status.success(), "{stderr}");
     assert!(
@@ -421,47 +379,19 @@ fn get_a_name_with_several_contents_says_which_it_took_and_id_selects_another() 
 
     let out2 = root.path().join("out2");
     let pick = &other.0[..12];
-    let got = run(&[
-        "get",
-        "song.ogg",
-        "--id",
-        pick,
-        "--index",
-        &index,
-        "--out",
-        out2.to_str().unwrap(),
-        "--no-share",
-    ]);
+    let got = get("song.ogg", &index, &out2, &["--id", pick, "--no-share"]);
     assert!(got.status.success(), "{}", stderr_of(&got));
     assert_eq!(std::fs::read(out2.join("song.ogg")).unwrap(), other.1);
 
     // Too short, or matching nothing: refused, listing the candidates.
-    let got = run(&[
-        "get",
-        "song.ogg",
-        "--id",
-        &other.0[..6],
-        "--index",
-        &index,
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    let got = get("song.ogg", &index, &out2, &["--id", &other.0[..6]]);
     assert!(!got.status.success());
     assert!(
         stderr_of(&got).contains("at least 12 hex digits"),
         "{}",
         stderr_of(&got)
     );
-    let got = run(&[
-        "get",
-        "song.ogg",
-        "--id",
-        "000000000000",
-        "--index",
-        &index,
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    let got = get("song.ogg", &index, &out2, &["--id", "000000000000"]);
     assert!(!got.status.success());
     let stderr = stderr_of(&got);
     assert!(
@@ -472,14 +402,9 @@ fn get_a_name_with_several_contents_says_which_it_took_and_id_selects_another() 
 
 #[test]
 fn console_answers_help_and_says_what_it_queued() {
-    let root = tempfile::tempdir().unwrap();
-    let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
-    let seed = root.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    write_file(&seed, "a.bin", 3000);
-    write_file(&seed, "b.bin", 4000);
-    let (_seeder, _) = start_long_lease_peer(&seed, &index);
-    let mine = root.path().join("mine");
+    let swarm = seeded(&[("a.bin", 3000), ("b.bin", 4000)]);
+    let index = &swarm.addr;
+    let mine = swarm.root.path().join("mine");
     let args = [
         "peer",
         "--dir",

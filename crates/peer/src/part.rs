@@ -486,22 +486,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn interrupted_downloads_are_listed_with_what_they_verified() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let manifest = manifest_of("song.ogg", &bytes);
-        assert!(interrupted_downloads(tmp.path()).is_empty());
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
-        // Chunks 0 and 2 (1024 + 952 bytes) verified, then the download stops.
-        for index in [0u32, 2] {
+    /// A download of `bytes` into `dir` that verifies `chunks` (1 KiB each) and stops,
+    /// keeping its part file for a resume.
+    fn interrupt_after(dir: &Path, manifest: &Manifest, bytes: &[u8], chunks: &[u32]) {
+        let part = PartFile::open(dir, manifest).unwrap();
+        for &index in chunks {
             let start = index as usize * 1024;
             let end = (start + 1024).min(bytes.len());
             part.write_piece(start as u64, &bytes[start..end]).unwrap();
             part.chunk_verified(index).unwrap();
         }
         part.keep_for_resume();
-        drop(part);
+    }
+
+    #[test]
+    fn interrupted_downloads_are_listed_with_what_they_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let manifest = manifest_of("song.ogg", &bytes);
+        assert!(interrupted_downloads(tmp.path()).is_empty());
+        // Chunks 0 and 2 (1024 + 952 bytes) verified, then the download stops.
+        interrupt_after(tmp.path(), &manifest, &bytes, &[0, 2]);
         let found = interrupted_downloads(tmp.path());
         assert_eq!(
             found,
@@ -576,16 +581,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         let manifest = manifest_of("f", &bytes);
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
-        assert_eq!(part.missing(), vec![0, 1, 2, 3, 4]);
-        for index in [0u32, 2, 4] {
-            let start = index as usize * 1024;
-            let end = (start + 1024).min(bytes.len());
-            part.write_piece(start as u64, &bytes[start..end]).unwrap();
-            part.chunk_verified(index).unwrap();
-        }
-        part.keep_for_resume();
-        drop(part);
+        assert_eq!(
+            PartFile::open(tmp.path(), &manifest).unwrap().missing(),
+            vec![0, 1, 2, 3, 4]
+        );
+        interrupt_after(tmp.path(), &manifest, &bytes, &[0, 2, 4]);
         let part_file = part_path(tmp.path(), &manifest.file);
         assert!(part_file.exists() && state_path(&part_file).exists());
 

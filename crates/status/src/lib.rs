@@ -47,7 +47,7 @@ use std::time::Duration;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 mod sources;
-pub use sources::{FILES_SHOWN, IndexPage, PeerPage};
+pub use sources::{FILES_SHOWN, IndexPage, Monitor, Page, PeerPage};
 
 /// The page, embedded in the binary.
 const PAGE: &str = include_str!("page.html");

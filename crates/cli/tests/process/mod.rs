@@ -105,16 +105,23 @@ pub(crate) fn run(args: &[&str]) -> Output {
     shoal().args(args).stdin(Stdio::null()).output().unwrap()
 }
 
-/// `shoal get NAME --index INDEX --out OUT` must succeed; returns its stdout.
-pub(crate) fn get_ok(name: &str, index: &str, out: &Path) -> String {
-    let got = run(&[
+/// `shoal get NAME --index INDEX --out OUT EXTRA...`.
+pub(crate) fn get(name: &str, index: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "get",
         name,
         "--index",
         index,
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// `shoal get NAME --index INDEX --out OUT` must succeed; returns its stdout.
+pub(crate) fn get_ok(name: &str, index: &str, out: &Path) -> String {
+    let got = get(name, index, out, &[]);
     assert!(
         got.status.success(),
         "{}",
@@ -175,5 +182,34 @@ impl Server {
             .unwrap();
         assert!(sent.success());
         self.child.wait().unwrap()
+    }
+}
+
+/// An index and one seeder (an hour's lease) sharing `files` (name, length), in `root`.
+pub(crate) struct Seeded {
+    pub(crate) seeder: Server,
+    pub(crate) index: Server,
+    /// The index's address.
+    pub(crate) addr: String,
+    /// The seeder's folder.
+    pub(crate) seed: std::path::PathBuf,
+    pub(crate) root: tempfile::TempDir,
+}
+
+pub(crate) fn seeded(files: &[(&str, usize)]) -> Seeded {
+    let root = tempfile::tempdir().unwrap();
+    let (index, addr) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
+    let seed = root.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    for (name, len) in files {
+        write_file(&seed, name, *len);
+    }
+    let (seeder, _) = start_long_lease_peer(&seed, &addr);
+    Seeded {
+        seeder,
+        index,
+        addr,
+        seed,
+        root,
     }
 }
