@@ -40,7 +40,7 @@ fn get_a_name_the_folder_holds_with_other_content_names_both_ids_and_fails() {
         .to_hex()
         .to_string();
 
-    let got = get("notes.txt", &index, &out, &["--no-share"]);
+    let got = get("notes.txt", index, &out, &["--no-share"]);
     let stderr = stderr_of(&got);
     assert!(!got.status.success(), "{stderr}");
     assert!(
@@ -57,7 +57,7 @@ fn get_a_name_the_folder_holds_with_other_content_names_both_ids_and_fails() {
     let same = swarm.root.path().join("same");
     std::fs::create_dir_all(&same).unwrap();
     std::fs::copy(seed.join("notes.txt"), same.join("notes.txt")).unwrap();
-    let got = get("notes.txt", &index, &same, &["--no-share"]);
+    let got = get("notes.txt", index, &same, &["--no-share"]);
     assert!(got.status.success(), "{}", stderr_of(&got));
 }
 
@@ -410,7 +410,7 @@ fn console_answers_help_and_says_what_it_queued() {
         "--dir",
         mine.to_str().unwrap(),
         "--index",
-        &index,
+        index,
         "--lease",
         "3600",
     ];
