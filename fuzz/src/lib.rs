@@ -3,6 +3,8 @@
 //! Every target feeds untrusted bytes to a decoder from `shoal-proto` and checks, beyond
 //! "does not panic", a few properties that must hold for anything the decoder accepts.
 
+pub mod disk;
+
 use std::fmt::Debug;
 use std::io::{self, Cursor, Read, Write};
 

@@ -35,6 +35,9 @@ pub enum BenchError {
         /// Why it failed.
         source: io::Error,
     },
+    /// A registration store failed (the durable one on disk, or Redis).
+    #[error(transparent)]
+    Store(#[from] shoal_index::StoreError),
     /// A shoal peer failure (library, download, server).
     #[error(transparent)]
     Peer(#[from] shoal_peer::PeerError),

@@ -45,21 +45,26 @@ mod client;
 mod clock;
 mod durable;
 mod error;
+mod local_redis;
 mod metrics;
 mod partial;
+mod redis;
 mod registry;
 mod server;
 mod store;
+mod store_error;
 
 pub use client::IndexClient;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
+pub use local_redis::LocalRedis;
 pub use metrics::{
     FileRow, IndexMetrics, IndexMonitor, IndexSnapshot, REFUSAL_REASONS, Refusals, RequestTotals,
     StoreHealth, outcome_label,
 };
 pub use partial::{Partials, Sources};
+pub use redis::{DEFAULT_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisOptions, RedisStore};
 pub use registry::{
     DEFAULT_LEASE, LimitExceeded, ListingView, RegistrationLimits, Registry, Search,
 };
@@ -69,3 +74,4 @@ pub use server::{
 };
 pub use shoal_proto::server::ServerHandle;
 pub use store::{MemoryStore, Store, StoreCounts};
+pub use store_error::StoreError;

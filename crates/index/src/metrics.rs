@@ -15,7 +15,7 @@ use shoal_proto::message::SearchHit;
 use shoal_proto::message::{ErrorCode, IndexRequest, IndexResponse};
 use shoal_proto::server::{AcceptCounters, SessionEnd};
 
-use crate::{IndexError, Store, StoreCounts};
+use crate::{Store, StoreCounts};
 
 /// The labels of `shoal_index_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,6 +151,7 @@ pub(crate) fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::UnregisterPartial { .. } => "unregister_partial",
         IndexRequest::Renew { .. } => "renew",
         IndexRequest::Lease => "lease",
+        IndexRequest::Identify => "identify",
     }
 }
 
@@ -164,6 +165,7 @@ pub fn outcome_label(code: Option<ErrorCode>) -> &'static str {
         Some(ErrorCode::Busy) => "busy",
         Some(ErrorCode::Internal) => "internal",
         Some(ErrorCode::Unavailable) => "unavailable",
+        Some(ErrorCode::RegistryUnavailable) => "registry_unavailable",
     }
 }
 
@@ -266,7 +268,7 @@ impl IndexMetrics {
     }
 
     /// Counts a store failure and keeps its message for the status page.
-    pub(crate) fn store_failed(&self, error: &IndexError) {
+    pub(crate) fn store_failed(&self, error: &impl std::fmt::Display) {
         self.store_errors.inc();
         *self
             .last_store_error
@@ -297,6 +299,7 @@ impl IndexMetrics {
                 Some(ErrorCode::Busy),
                 Some(ErrorCode::Internal),
                 Some(ErrorCode::Unavailable),
+                Some(ErrorCode::RegistryUnavailable),
             ] {
                 let labels = RequestLabels {
                     kind,

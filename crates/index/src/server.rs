@@ -14,7 +14,7 @@ use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
 };
 
-use crate::{IndexError, IndexMetrics, IndexMonitor, RegistrationLimits, Store};
+use crate::{IndexError, IndexMetrics, IndexMonitor, RegistrationLimits, Store, StoreError};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
 const READ_BUFFER: usize = 4 << 10;
@@ -178,6 +178,8 @@ fn sweep_once<S: Store>(store: &S) {
                 log::info!("lease of {holder} lapsed: removed its {removed} registrations");
             }
         }
+        // The store logged the outage already, once.
+        Err(StoreError::Unavailable(reason)) => log::debug!("index: no sweep: {reason}"),
         Err(e) => log::warn!("index: sweeping expired leases failed: {e}"),
     }
 }
@@ -291,13 +293,13 @@ fn not_found(key: &FileKey) -> IndexResponse {
 
 /// A change the store refused or failed: over a cap is the client's doing.
 fn change_failed(
-    e: &IndexError,
+    e: &StoreError,
     holder: &PeerAddr,
     from: &PeerAddr,
     metrics: &IndexMetrics,
 ) -> IndexResponse {
     match e {
-        IndexError::OverLimit(limit) => {
+        StoreError::OverLimit(limit) => {
             log::warn!("index: refused a registration of {holder} from {from}: {limit}");
             refuse(ErrorCode::BadRequest, limit.to_string())
         }
@@ -316,7 +318,14 @@ impl IndexServerConfig {
 
 /// An internal failure: the details (paths in the data folder, the store's own words) go
 /// to the log; the client learns only that the index could not answer, and may try another.
-fn store_failed(e: &IndexError, metrics: &IndexMetrics) -> IndexResponse {
+/// A registry that is unavailable (Redis down) gets its own code, so clients can tell
+/// "try again shortly" from a failure; the store logs each outage once, so a request
+/// refused meanwhile is logged at debug level only.
+fn store_failed(e: &StoreError, metrics: &IndexMetrics) -> IndexResponse {
+    if let StoreError::Unavailable(reason) = e {
+        log::debug!("index: registry unavailable: {reason}");
+        return refuse(ErrorCode::RegistryUnavailable, REGISTRY_UNAVAILABLE);
+    }
     log::warn!("index: {e}");
     metrics.store_failed(e);
     refuse(ErrorCode::Internal, STORE_FAILED)
@@ -324,6 +333,9 @@ fn store_failed(e: &IndexError, metrics: &IndexMetrics) -> IndexResponse {
 
 /// What a client is told when the store fails.
 const STORE_FAILED: &str = "the index's registry failed to answer; try again or ask another index";
+/// What a client is told while the shared registry cannot be reached.
+const REGISTRY_UNAVAILABLE: &str =
+    "the index's registry is unavailable; nothing was changed; try again shortly";
 
 fn answer<S: Store>(
     request: IndexRequest,
@@ -333,6 +345,9 @@ fn answer<S: Store>(
     metrics: &IndexMetrics,
 ) -> IndexResponse {
     match request {
+        IndexRequest::Identify => IndexResponse::Identity {
+            registry: store.identity(),
+        },
         IndexRequest::Locate { key } => {
             if let Err(e) = key.validate() {
                 return refuse(ErrorCode::BadName, e.to_string());

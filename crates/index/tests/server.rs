@@ -394,29 +394,39 @@ impl Store for Watched {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner.register_within(holder, address, files, limits)
     }
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister(
+        &self,
+        holder: &PeerAddr,
+        ids: &[FileId],
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner.unregister(holder, ids)
     }
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+    fn locate(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<(FileMeta, PeerAddr)>, shoal_index::StoreError> {
         self.inner.locate(key)
     }
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+    fn holders(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, shoal_index::StoreError> {
         self.inner.holders(key)
     }
     fn search(
         &self,
         query: &str,
         limit: usize,
-    ) -> Result<Vec<shoal_proto::message::SearchHit>, IndexError> {
+    ) -> Result<Vec<shoal_proto::message::SearchHit>, shoal_index::StoreError> {
         self.inner.search(query, limit)
     }
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, shoal_index::StoreError> {
         self.inner.renew(holder)
     }
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, shoal_index::StoreError> {
         let gone = self.inner.sweep_expired()?;
         if !gone.is_empty() {
             let _ = self.swept.send(gone.clone());
@@ -432,14 +442,21 @@ impl Store for Watched {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner
             .register_partial_within(holder, address, files, limits)
     }
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister_partial(
+        &self,
+        holder: &PeerAddr,
+        ids: &[FileId],
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner.unregister_partial(holder, ids)
     }
-    fn sources(&self, key: &FileKey) -> Result<Option<shoal_index::Sources>, IndexError> {
+    fn sources(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<shoal_index::Sources>, shoal_index::StoreError> {
         self.inner.sources(key)
     }
 }

@@ -18,6 +18,7 @@ use shoal_proto::{
     Connection, FileKey, FileMeta, PeerAddr, ProtoError, Transport, content, validate_name,
 };
 
+use crate::clock;
 use crate::error::io_text;
 use crate::library::hash_file;
 use crate::part::{PartFile, check_space};
@@ -324,7 +325,7 @@ impl<T: Transport> Downloader<T> {
         }
 
         let mut part = match target {
-            Target::Folder => Some(PartFile::open(&self.dir, &manifest)?),
+            Target::Folder => Some(PartFile::open(&self.dir, &manifest, clock::system())?),
             Target::VerifyOnly => None,
         };
         let missing: Vec<u32> = match &part {

@@ -78,8 +78,10 @@
 
 mod activity;
 mod announce;
+mod clock;
 mod download;
 mod error;
+mod format;
 mod hash_cache;
 mod library;
 mod part;
@@ -88,10 +90,14 @@ mod pieces;
 mod resume;
 mod server;
 mod share;
+mod stamp;
 mod swarm;
 mod watch;
 
 pub use activity::{Activity, DownloadRow, ServerStats, UploadRow};
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use announce::{Announcer, AnnouncerConfig, IndexStatus};
 pub use download::{
     DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, HolderReport, Progress,

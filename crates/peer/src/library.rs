@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shoal_proto::message::ChunkHash;
 
@@ -20,8 +20,10 @@ use crate::activity::Activity;
 use shoal_proto::{FileId, FileKey, FileMeta, content, validate_name};
 
 use crate::PeerError;
-use crate::hash_cache::{self, CachedFile};
+use crate::clock::{self, Clock};
+use crate::hash_cache;
 use crate::share::PartialShare;
+use crate::stamp::{CachedFile, Stamp};
 
 /// One file of the shared folder, with everything needed to serve it.
 #[derive(Clone, Debug)]
@@ -201,55 +203,6 @@ impl std::fmt::Display for SkipReason {
     }
 }
 
-/// What a file looked like when it was hashed; a rescan re-hashes only files whose stamp
-/// changed. The change time is included because it cannot be set back: a tool that rewrites
-/// a file and restores its modification time (`cp -p`, `touch -r`) still changes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-    pub(crate) size: u64,
-    pub(crate) mtime: i64,
-    pub(crate) mtime_nsec: i64,
-    pub(crate) ctime: i64,
-    pub(crate) ctime_nsec: i64,
-}
-
-impl Stamp {
-    fn of(m: &Metadata) -> Self {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-            ctime: m.ctime(),
-            ctime_nsec: m.ctime_nsec(),
-        }
-    }
-
-    /// Whether a write right after `seen_at` could leave the modification time unchanged
-    /// (it ticks coarsely), so the stamp cannot prove the hash later. Such a file is hashed
-    /// again at the next rescan and not written to the hash cache, as git does with its
-    /// "racily clean" index entries. Whole-second times suggest a coarse file system (FAT
-    /// has 2 s); otherwise timestamps tick in milliseconds at worst.
-    fn racy(&self, seen_at: SystemTime) -> bool {
-        let granularity = if self.mtime_nsec == 0 {
-            Duration::from_secs(2)
-        } else {
-            Duration::from_millis(100)
-        };
-        let Ok(seen) = seen_at.duration_since(UNIX_EPOCH) else {
-            return true;
-        };
-        let mtime = Duration::new(
-            u64::try_from(self.mtime).unwrap_or(0),
-            u32::try_from(self.mtime_nsec).unwrap_or(0),
-        );
-        seen < mtime + granularity
-    }
-}
-
 #[derive(Clone)]
 struct Entry {
     file: SharedFile,
@@ -319,6 +272,8 @@ struct Inner {
     activity: Arc<Activity>,
     /// Names skipped and already reported (see [`ScanReport::skipped`]).
     reported_skips: Mutex<HashSet<String>>,
+    /// Tells a file hashed right after a write (see [`Stamp::racy`]).
+    clock: Arc<dyn Clock>,
 }
 
 /// The shared folder. Cheap to clone (an `Arc` inside) and safe to share between the server
@@ -364,6 +319,15 @@ impl Library {
         dir: &Path,
         options: &OpenOptions<'_>,
     ) -> Result<(Library, ScanReport), PeerError> {
+        Library::open_with_clock(dir, options, clock::system())
+    }
+
+    /// [`Library::open_with`], telling the time by `clock`.
+    pub(crate) fn open_with_clock(
+        dir: &Path,
+        options: &OpenOptions<'_>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Library, ScanReport), PeerError> {
         let started = Instant::now();
         fs::create_dir_all(dir).map_err(|e| PeerError::io("create the folder", dir, e))?;
         let disk = if options.hash_cache {
@@ -377,6 +341,7 @@ impl Library {
             disk,
             busy: &|_| false,
             progress: options.progress,
+            clock: &*clock,
         };
         let (by_name, mut report) = scan(dir, options.chunk_size, sources, started)?;
         let mut reported = HashSet::new();
@@ -398,6 +363,7 @@ impl Library {
                 cache_dirty: AtomicBool::new(false),
                 partials: Mutex::new(HashMap::new()),
                 reported_skips: Mutex::new(reported),
+                clock,
             }),
         };
         // Rewritten when it would differ: new hashes, or entries of files now gone.
@@ -422,6 +388,7 @@ impl Library {
                 cache_dirty: AtomicBool::new(false),
                 partials: Mutex::new(HashMap::new()),
                 reported_skips: Mutex::new(HashSet::new()),
+                clock: clock::system(),
             }),
         }
     }
@@ -543,6 +510,7 @@ impl Library {
             disk: HashMap::new(),
             busy,
             progress: None,
+            clock: &*self.inner.clock,
         };
         let (mut by_name, mut report) =
             scan(&self.inner.dir, self.inner.chunk_size, sources, started)?;
@@ -592,23 +560,23 @@ impl Library {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         self.inner.cache_dirty.store(false, Ordering::Relaxed);
-        let entries: Vec<(String, Stamp, SharedFile)> = self
+        let entries: Vec<(String, CachedFile)> = self
             .read()
             .by_name
             .iter()
             .filter(|(_, e)| e.trusted)
-            .filter_map(|(name, e)| Some((name.clone(), e.stamp?, e.file.clone())))
+            .filter_map(|(name, e)| {
+                let file = &e.file;
+                let recorded = CachedFile::recorded(
+                    &e.stamp?,
+                    file.meta.chunk_size,
+                    file.meta.id,
+                    Arc::clone(&file.chunk_hashes),
+                );
+                Some((name.clone(), recorded))
+            })
             .collect();
-        let rows = entries.iter().map(|(name, stamp, file)| {
-            (
-                name.as_str(),
-                stamp,
-                file.meta.chunk_size,
-                &file.meta.id,
-                &file.chunk_hashes[..],
-            )
-        });
-        if let Err(e) = hash_cache::save(&self.inner.dir, rows) {
+        if let Err(e) = hash_cache::save(&self.inner.dir, &entries) {
             log::warn!(
                 "cannot write the hash cache in {}: {e} (files will be hashed again after a restart)",
                 self.inner.dir.display()
@@ -673,7 +641,15 @@ pub(crate) fn hash_file(
     preferred_chunk_size: u32,
     buf: &mut Vec<u8>,
 ) -> io::Result<SharedFile> {
-    hash_file_stamped(path, name, preferred_chunk_size, buf, &mut |_| {}).map(|(file, _, _)| file)
+    hash_file_stamped(
+        path,
+        name,
+        preferred_chunk_size,
+        buf,
+        &mut |_| {},
+        &clock::SystemClock,
+    )
+    .map(|(file, _, _)| file)
 }
 
 /// Hashes a file, calling `on_read` with each number of bytes read. Returns the file, its
@@ -684,9 +660,10 @@ fn hash_file_stamped(
     preferred_chunk_size: u32,
     buf: &mut Vec<u8>,
     on_read: &mut dyn FnMut(u64),
+    clock: &dyn Clock,
 ) -> io::Result<(SharedFile, Stamp, bool)> {
     // Taken before the stamp: the racy check must not credit time spent reading.
-    let seen_at = SystemTime::now();
+    let seen_at = clock.now();
     let (file, meta) = open_regular(path)?;
     let size = meta.len();
     let chunk_size = content::chunk_size_for(size, preferred_chunk_size);
@@ -734,6 +711,8 @@ struct Sources<'a> {
     /// Names left as they are in `memory` (absent if they are not there).
     busy: &'a dyn Fn(&str) -> bool,
     progress: Option<&'a dyn Fn(&ScanProgress<'_>)>,
+    /// Tells whether a file was hashed racily.
+    clock: &'a dyn Clock,
 }
 
 /// Logs each name of `skipped` not yet in `reported` (once, at the normal level), keeps only
@@ -842,7 +821,7 @@ fn scan(
                     chunk_size: cached.chunk_size,
                     id: cached.id,
                 },
-                chunk_hashes: Arc::new(cached.chunk_hashes),
+                chunk_hashes: cached.chunk_hashes,
                 path,
             };
             let entry = Entry {
@@ -882,7 +861,14 @@ fn scan(
             bytes_done += n;
             show(&name, files_done, bytes_done);
         };
-        match hash_file_stamped(&path, &name, chunk_size, &mut buf, &mut on_read) {
+        match hash_file_stamped(
+            &path,
+            &name,
+            chunk_size,
+            &mut buf,
+            &mut on_read,
+            sources.clock,
+        ) {
             Ok((file, stamp, trusted)) => {
                 report.hashed += 1;
                 report.bytes_hashed += file.meta.size;
@@ -905,7 +891,10 @@ fn scan(
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::clock::ManualClock;
 
     #[test]
     fn a_name_swapped_for_a_fifo_is_refused_without_blocking() {
@@ -1178,16 +1167,64 @@ mod tests {
         fs::write(dir.join("fresh"), data(3000, 1)).unwrap();
         fs::write(dir.join("old"), data(3000, 2)).unwrap();
         age(&dir.join("old"));
-        let (lib, report) = cached_open(dir);
+        // The clock reads 50 ms after the fresh file's write, however long the machine
+        // took to get here: within the granularity of any file system's timestamps.
+        let written = fs::metadata(dir.join("fresh")).unwrap().modified().unwrap();
+        let clock = ManualClock::at(written + Duration::from_millis(50));
+        let open = || {
+            let options = OpenOptions {
+                chunk_size: 1024,
+                hash_cache: true,
+                progress: None,
+            };
+            Library::open_with_clock(dir, &options, Arc::new(clock.clone())).unwrap()
+        };
+        let (lib, report) = open();
         assert_eq!(report.hashed, 2);
         // In memory too: the next rescan reads it again (same content: no change).
         let rescan = lib.rescan().unwrap();
         assert_eq!((rescan.hashed, rescan.cached), (1, 1));
         assert!(rescan.change.is_empty());
         drop(lib);
-        age(&dir.join("fresh"));
-        let (_, report) = cached_open(dir);
+        // Only the old file went to the cache.
+        let (_, report) = open();
         assert_eq!((report.hashed, report.cached), (1, 1));
+
+        // Once the modification time has surely ticked (2 s even on a coarse file system),
+        // hashing the fresh file once more proves it: kept in memory and in the cache.
+        clock.advance(Duration::from_secs(3));
+        let (lib, report) = open();
+        assert_eq!((report.hashed, report.cached), (1, 1));
+        let rescan = lib.rescan().unwrap();
+        assert_eq!((rescan.hashed, rescan.cached), (0, 2));
+        drop(lib);
+        let (_, report) = open();
+        assert_eq!((report.hashed, report.cached), (0, 2));
+    }
+
+    #[test]
+    fn a_hash_cache_of_an_older_shoal_is_refused_and_the_folder_hashed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for (name, seed) in [("a", 1), ("b", 2)] {
+            fs::write(dir.join(name), data(3000, seed)).unwrap();
+            age(&dir.join(name));
+        }
+        cached_open(dir);
+        let cache = dir.join(hash_cache::CACHE_FILE);
+        let entries = hash_cache::decode(&fs::read(&cache).unwrap()).unwrap();
+        assert_eq!(entries.len(), 2);
+        // The same entries as version 1 wrote them: not read, every file hashed, and the
+        // cache written again in the current version.
+        fs::write(&cache, hash_cache::version_1_cache(&entries)).unwrap();
+        let (_, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (2, 0));
+        assert_eq!(
+            hash_cache::decode(&fs::read(&cache).unwrap()).unwrap(),
+            entries
+        );
+        let (_, report) = cached_open(dir);
+        assert_eq!((report.hashed, report.cached), (0, 2));
     }
 
     #[test]

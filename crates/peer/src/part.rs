@@ -8,12 +8,13 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use shoal_proto::message::Manifest;
 use shoal_proto::{FileMeta, MAX_NAME_LEN, content};
 
 use crate::PeerError;
+use crate::clock::Clock;
 use crate::resume::{Geometry, ResumeState};
 use crate::share::PartialShare;
 use crate::swarm::ChunkSink;
@@ -149,11 +150,13 @@ pub(crate) struct PartFile {
     record: Mutex<Record>,
     /// Told of each verified chunk, when the download is shared.
     share: Option<Arc<PartialShare>>,
+    /// Paces the sidecar's rewrites.
+    clock: Arc<dyn Clock>,
 }
 
 struct Record {
     state: ResumeState,
-    last_save: Instant,
+    last_save: SystemTime,
     dirty: bool,
     keep: bool,
 }
@@ -161,8 +164,13 @@ struct Record {
 impl PartFile {
     /// Opens the part file of `manifest`'s file for a resume if it and its sidecar are
     /// sound, or creates it afresh. Chunks the sidecar lists are re-hashed from disk before
-    /// they count: the sidecar is a hint, never trusted blindly.
-    pub(crate) fn open(dir: &Path, manifest: &Manifest) -> Result<PartFile, PeerError> {
+    /// they count: the sidecar is a hint, never trusted blindly. `clock` paces the sidecar's
+    /// rewrites.
+    pub(crate) fn open(
+        dir: &Path,
+        manifest: &Manifest,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PartFile, PeerError> {
         let meta = &manifest.file;
         let path = part_path(dir, meta);
         let state_path = state_path(&path);
@@ -171,7 +179,7 @@ impl PartFile {
             size: meta.size,
             chunk_size: meta.chunk_size,
         };
-        if let Some(part) = Self::resume(&path, &state_path, geometry, manifest)? {
+        if let Some(part) = Self::resume(&path, &state_path, geometry, manifest, &clock)? {
             return Ok(part);
         }
         // A part file without a usable sidecar is stale, unless a download holds it.
@@ -202,11 +210,12 @@ impl PartFile {
             file,
             record: Mutex::new(Record {
                 state,
-                last_save: Instant::now(),
+                last_save: clock.now(),
                 dirty: false,
                 keep: false,
             }),
             share: None,
+            clock,
         };
         // The sidecar exists from the start, at its final length: should the disk fill,
         // it can still be updated in place and the verified part stays resumable.
@@ -222,6 +231,7 @@ impl PartFile {
         state_path: &Path,
         geometry: Geometry,
         manifest: &Manifest,
+        clock: &Arc<dyn Clock>,
     ) -> Result<Option<PartFile>, PeerError> {
         let mut state = match ResumeState::load(state_path, geometry) {
             Ok(Some(state)) => state,
@@ -282,11 +292,12 @@ impl PartFile {
             file,
             record: Mutex::new(Record {
                 state,
-                last_save: Instant::now(),
+                last_save: clock.now(),
                 dirty: rejected > 0,
                 keep: false,
             }),
             share: None,
+            clock: Arc::clone(clock),
         }))
     }
 
@@ -376,9 +387,14 @@ impl ChunkSink for PartFile {
         let mut record = self.lock();
         record.state.set_done(index, true);
         record.dirty = true;
-        if record.last_save.elapsed() >= STATE_SAVE_INTERVAL {
+        let now = self.clock.now();
+        // A clock that went back saves at once rather than never.
+        let due = now
+            .duration_since(record.last_save)
+            .map_or(true, |since| since >= STATE_SAVE_INTERVAL);
+        if due {
             record.state.save(&self.state_path)?;
-            record.last_save = Instant::now();
+            record.last_save = now;
             record.dirty = false;
         }
         drop(record);
@@ -414,6 +430,8 @@ impl Drop for PartFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{self, ManualClock};
+    use crate::resume;
     use shoal_proto::FileId;
 
     fn meta(name: &str) -> FileMeta {
@@ -489,12 +507,9 @@ mod tests {
     /// A download of `bytes` into `dir` that verifies `chunks` (1 KiB each) and stops,
     /// keeping its part file for a resume.
     fn interrupt_after(dir: &Path, manifest: &Manifest, bytes: &[u8], chunks: &[u32]) {
-        let part = PartFile::open(dir, manifest).unwrap();
+        let part = PartFile::open(dir, manifest, clock::system()).unwrap();
         for &index in chunks {
-            let start = index as usize * 1024;
-            let end = (start + 1024).min(bytes.len());
-            part.write_piece(start as u64, &bytes[start..end]).unwrap();
-            part.chunk_verified(index).unwrap();
+            store_chunk(&part, bytes, index);
         }
         part.keep_for_resume();
     }
@@ -528,14 +543,14 @@ mod tests {
         let manifest = manifest_of("x", &[1, 2, 3]);
         let path = part_path(tmp.path(), &manifest.file);
         fs::write(&path, b"stale").unwrap();
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 3);
         drop(part);
         assert!(!path.exists());
 
         let target = tmp.path().join("x");
         fs::write(&target, b"mine").unwrap();
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         assert!(matches!(
             part.publish(&target),
             Err(PeerError::AlreadyExists { .. })
@@ -543,7 +558,7 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"mine");
         assert!(!path.exists());
 
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         let fresh = tmp.path().join("y");
         assert_eq!(part.publish(&fresh).unwrap(), fresh);
         assert_eq!(fs::read(&fresh).unwrap(), [0, 0, 0]);
@@ -555,10 +570,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
         let manifest = manifest_of("f", &bytes);
-        let first = PartFile::open(tmp.path(), &manifest).unwrap();
+        let first = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         // A fresh part (no sidecar yet) and a resumable one (sidecar saved) alike.
         for round in 0..2 {
-            match PartFile::open(tmp.path(), &manifest) {
+            match PartFile::open(tmp.path(), &manifest, clock::system()) {
                 Err(PeerError::InProgress { name, dir }) => {
                     assert_eq!((name.as_str(), dir.as_path()), ("f", tmp.path()));
                 }
@@ -572,8 +587,16 @@ mod tests {
         }
         first.keep_for_resume();
         drop(first);
-        let again = PartFile::open(tmp.path(), &manifest).unwrap();
+        let again = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         assert_eq!(again.missing(), vec![1, 2]);
+    }
+
+    /// Writes chunk `index` of `bytes` (1 KiB chunks) and marks it verified.
+    fn store_chunk(part: &PartFile, bytes: &[u8], index: u32) {
+        let start = index as usize * 1024;
+        let end = (start + 1024).min(bytes.len());
+        part.write_piece(start as u64, &bytes[start..end]).unwrap();
+        part.chunk_verified(index).unwrap();
     }
 
     #[test]
@@ -581,15 +604,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         let manifest = manifest_of("f", &bytes);
-        assert_eq!(
-            PartFile::open(tmp.path(), &manifest).unwrap().missing(),
-            vec![0, 1, 2, 3, 4]
-        );
-        interrupt_after(tmp.path(), &manifest, &bytes, &[0, 2, 4]);
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
+        assert_eq!(part.missing(), vec![0, 1, 2, 3, 4]);
+        for index in [0u32, 2, 4] {
+            store_chunk(&part, &bytes, index);
+        }
+        part.keep_for_resume();
+        drop(part);
         let part_file = part_path(tmp.path(), &manifest.file);
         assert!(part_file.exists() && state_path(&part_file).exists());
 
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         assert_eq!(part.missing(), vec![1, 3]);
         part.keep_for_resume();
         drop(part);
@@ -597,14 +622,69 @@ mod tests {
         // A chunk damaged on disk is fetched again, whatever the sidecar says.
         let damaged = OpenOptions::new().write(true).open(&part_file).unwrap();
         damaged.write_all_at(&[0xff], 2048).unwrap();
-        let part = PartFile::open(tmp.path(), &manifest).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
         assert_eq!(part.missing(), vec![1, 2, 3]);
         part.keep_for_resume();
         drop(part);
 
         // A sidecar describing another file is discarded: everything is fetched afresh.
         let other = manifest_of("f", &bytes[..4000]);
-        let part = PartFile::open(tmp.path(), &other).unwrap();
+        let part = PartFile::open(tmp.path(), &other, clock::system()).unwrap();
         assert_eq!(part.missing(), vec![0, 1, 2, 3]);
+    }
+
+    /// The chunks the sidecar on disk lists as done.
+    fn on_disk(part: &PartFile) -> Vec<u32> {
+        let geometry = part.lock().state.geometry();
+        ResumeState::load(&part.state_path, geometry)
+            .unwrap()
+            .unwrap()
+            .done_chunks()
+    }
+
+    #[test]
+    fn the_sidecar_is_rewritten_at_most_every_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let manifest = manifest_of("f", &bytes);
+        let clock = ManualClock::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30));
+        let part = PartFile::open(tmp.path(), &manifest, Arc::new(clock.clone())).unwrap();
+        let verify = |index| store_chunk(&part, &bytes, index);
+        verify(0);
+        assert_eq!(on_disk(&part), Vec::<u32>::new(), "saved at once");
+        clock.advance(STATE_SAVE_INTERVAL);
+        verify(1);
+        assert_eq!(on_disk(&part), vec![0, 1]);
+        clock.advance(STATE_SAVE_INTERVAL - Duration::from_millis(1));
+        verify(2);
+        assert_eq!(on_disk(&part), vec![0, 1], "saved before the interval");
+        clock.advance(Duration::from_millis(1));
+        verify(3);
+        assert_eq!(on_disk(&part), vec![0, 1, 2, 3]);
+        // What the throttle held back is written when the download stops.
+        verify(4);
+        part.keep_for_resume();
+        drop(part);
+        let again = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
+        assert_eq!(again.missing(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_sidecar_of_an_older_shoal_restarts_the_part() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = vec![5u8; 3000];
+        let manifest = manifest_of("f", &bytes);
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
+        store_chunk(&part, &bytes, 0);
+        let state = part.lock().state.clone();
+        let state_file = part.state_path.clone();
+        part.keep_for_resume();
+        drop(part);
+        // The same record, as version 1 wrote it: refused, and the part starts afresh.
+        fs::write(&state_file, resume::version_1_sidecar(&state)).unwrap();
+        let part = PartFile::open(tmp.path(), &manifest, clock::system()).unwrap();
+        assert_eq!(part.missing(), vec![0, 1, 2]);
+        let rewritten = fs::read(&state_file).unwrap();
+        assert_eq!(&rewritten[..10], b"SHOALRES\x02\x00");
     }
 }

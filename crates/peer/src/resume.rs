@@ -1,35 +1,43 @@
 //! The resume sidecar: which chunks of a part file are already verified, and for which
 //! content.
 //!
-//! Next to `DIR/.NAME.shoal-part` lives `DIR/.NAME.shoal-state`:
+//! Next to `DIR/.NAME.shoal-part` lives `DIR/.NAME.shoal-state`, in the shared convention
+//! of `format.rs` (integers little-endian):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 4 | magic `SHRS` |
-//! | 1 | format version (1) |
-//! | 3 | reserved, zero |
+//! | 8 | magic `SHOALRES` |
+//! | 2 | format version (2), u16 |
 //! | 32 | content id |
-//! | 8 | file size, little-endian |
-//! | 4 | chunk size, little-endian |
-//! | 4 | chunk count, little-endian |
-//! | ceil(count / 8) | bitmap, chunk `i` done = bit `i % 8` of byte `i / 8` |
-//! | 16 | first 16 bytes of the BLAKE3 hash of everything above |
+//! | 8 | file size, u64 |
+//! | 4 | chunk size, u32 |
+//! | 4 | chunk count, u32 |
+//! | ceil(count / 8) | bitmap, chunk `i` done = bit `i % 8` of byte `i / 8`; bits past the last chunk zero |
+//! | 32 | BLAKE3 hash of everything above |
 //!
-//! A sidecar is a hint, never trusted blindly: one that does not parse, fails its checksum or
-//! describes another file is discarded (the caller warns), and chunks it marks done are
-//! re-hashed from the part file before a resumed download counts them.
+//! A sidecar is a hint, never trusted blindly: one that does not parse, fails its checksum,
+//! is of another version or describes another file is discarded (the caller warns and
+//! starts the part afresh), and chunks it marks done are re-hashed from the part file before
+//! a resumed download counts them. Version 1 (magic `SHRS`, a 16-byte truncated checksum) is
+//! refused as an older shoal's.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use shoal_proto::FileId;
 use shoal_proto::content::{MAX_CHUNKS, chunk_count};
 
-const MAGIC: [u8; 4] = *b"SHRS";
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 4 + 1 + 3 + 32 + 8 + 4 + 4;
-const CHECKSUM_LEN: usize = 16;
+use crate::format::{self, CHECKSUM_LEN, Format, FormatError, HEADER_LEN, LoadError, Reader};
+
+pub(crate) const FORMAT: Format = Format {
+    name: "resume sidecar",
+    magic: *b"SHOALRES",
+    version: 2,
+    legacy_magic: b"SHRS",
+};
+/// Id, size, chunk size, chunk count.
+const GEOMETRY_LEN: usize = 32 + 8 + 4 + 4;
 
 /// What a sidecar describes: one file's identity and chunk grid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +55,18 @@ impl Geometry {
     fn bitmap_len(&self) -> usize {
         self.chunks().div_ceil(8)
     }
+}
+
+/// Why a sidecar on disk was discarded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SidecarError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(
+        "it describes another download (id {}, {} bytes, {}-byte chunks)",
+        .found.id.short(), .found.size, .found.chunk_size
+    )]
+    OtherDownload { found: Geometry },
 }
 
 /// The verified-chunk bitmap of one partial download.
@@ -67,106 +87,77 @@ impl ResumeState {
 
     /// Reads a sidecar. `Ok(None)`: there is none. `Err(reason)`: there is one but it is
     /// garbage or describes another file; the caller discards it with a warning.
-    pub(crate) fn load(path: &Path, expected: Geometry) -> Result<Option<Self>, String> {
-        let file = match fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read it: {e}")),
+    pub(crate) fn load(path: &Path, expected: Geometry) -> Result<Option<Self>, SidecarError> {
+        // Read no more than a sidecar of this file can be.
+        let most = HEADER_LEN + GEOMETRY_LEN + expected.bitmap_len() + CHECKSUM_LEN;
+        let Some(bytes) = format::read_capped(path, most as u64)? else {
+            return Ok(None);
         };
-        // Read no more than a sidecar of this file can be: a huge file planted under the
-        // sidecar's name costs one bounded read, not memory.
-        let most = HEADER_LEN + expected.bitmap_len() + CHECKSUM_LEN;
-        let mut bytes = Vec::new();
-        file.take(most as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read it: {e}"))?;
-        if bytes.len() > most {
-            return Err(format!("too long for this file (over {most} bytes)"));
+        let state = Self::decode(&bytes).map_err(LoadError::from)?;
+        if state.geometry != expected {
+            return Err(SidecarError::OtherDownload {
+                found: state.geometry,
+            });
         }
-        Self::decode(&bytes, expected).map(Some)
+        Ok(Some(state))
     }
 
     /// Reads a sidecar without knowing which download it belongs to (to report the
-    /// interrupted downloads of a folder): its geometry and how many chunks it marks done.
-    /// Bounded like [`ResumeState::load`], by the most chunks a file may have.
+    /// interrupted downloads of a folder): its geometry and the chunks it marks done.
+    /// Bounded by the largest sidecar any file can have.
     pub(crate) fn peek(path: &Path) -> Result<(Geometry, Vec<u32>), String> {
-        let file = fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
         let most = HEADER_LEN
+            + GEOMETRY_LEN
             + usize::try_from(MAX_CHUNKS.div_ceil(8)).unwrap_or(usize::MAX)
             + CHECKSUM_LEN;
-        let mut bytes = Vec::new();
-        file.take(most as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read it: {e}"))?;
-        let field = |range: std::ops::Range<usize>| bytes.get(range).unwrap_or(&[]);
-        let geometry = Geometry {
-            id: FileId(field(8..40).try_into().map_err(|_| "too short")?),
-            size: u64::from_le_bytes(field(40..48).try_into().map_err(|_| "too short")?),
-            chunk_size: u32::from_le_bytes(field(48..52).try_into().map_err(|_| "too short")?),
-        };
-        let state = Self::decode(&bytes, geometry)?;
-        let done = (0..geometry.chunks() as u32)
-            .filter(|&i| state.is_done(i))
-            .collect();
-        Ok((geometry, done))
+        let bytes = format::read_capped(path, most as u64)
+            .map_err(|e| e.to_string())?
+            .ok_or("there is none")?;
+        let state = Self::decode(&bytes).map_err(|e| e.to_string())?;
+        Ok((state.geometry, state.done_chunks()))
     }
 
-    fn decode(bytes: &[u8], expected: Geometry) -> Result<Self, String> {
-        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(format!("too short ({} bytes)", bytes.len()));
+    /// The sidecar in `bytes`, whichever file it describes.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader(FORMAT.open(bytes)?);
+        let id = FileId(r.array("the id")?);
+        let size = r.u64("the size")?;
+        let chunk_size = r.u32("the chunk size")?;
+        let count = u64::from(r.u32("the chunk count")?);
+        if count > MAX_CHUNKS {
+            return Err(FormatError::TooManyChunks { count });
         }
-        let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        if blake3::hash(body).as_bytes()[..CHECKSUM_LEN] != *checksum {
-            return Err("checksum mismatch (torn or corrupted)".into());
+        if count != chunk_count(size, chunk_size) {
+            return Err(FormatError::ChunkCount {
+                count,
+                size,
+                chunk_size,
+            });
         }
-        if body[..4] != MAGIC {
-            return Err("not a shoal resume file".into());
-        }
-        if body[4] != VERSION {
-            return Err(format!("unknown format version {}", body[4]));
-        }
-        let field = |range: std::ops::Range<usize>| body.get(range).unwrap_or(&[]);
-        let id = FileId(field(8..40).try_into().map_err(|_| "short id")?);
-        let size = u64::from_le_bytes(field(40..48).try_into().map_err(|_| "short size")?);
-        let chunk_size =
-            u32::from_le_bytes(field(48..52).try_into().map_err(|_| "short chunk size")?);
-        let count = u32::from_le_bytes(field(52..56).try_into().map_err(|_| "short count")?);
-        let found = Geometry {
+        let geometry = Geometry {
             id,
             size,
             chunk_size,
         };
-        if found != expected {
-            return Err(format!(
-                "it describes another download (id {}, {size} bytes, {chunk_size}-byte chunks)",
-                id.short()
-            ));
+        let done = r.take(geometry.bitmap_len(), "the bitmap")?.to_vec();
+        r.finish()?;
+        // Bits past the last chunk: no encoder sets them.
+        let used = count % 8;
+        if used != 0 && done.last().is_some_and(|last| last >> used != 0) {
+            return Err(FormatError::Padding);
         }
-        if u64::from(count) != chunk_count(size, chunk_size) || u64::from(count) > MAX_CHUNKS {
-            return Err("inconsistent chunk count".into());
-        }
-        let bitmap = &body[HEADER_LEN..];
-        if bitmap.len() != expected.bitmap_len() {
-            return Err("bitmap length does not match the chunk count".into());
-        }
-        Ok(ResumeState {
-            geometry: expected,
-            done: bitmap.to_vec(),
-        })
+        Ok(ResumeState { geometry, done })
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let g = &self.geometry;
-        let mut out = Vec::with_capacity(HEADER_LEN + self.done.len() + CHECKSUM_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, 0, 0, 0]);
+        let mut out = FORMAT.header();
         out.extend_from_slice(&g.id.0);
         out.extend_from_slice(&g.size.to_le_bytes());
         out.extend_from_slice(&g.chunk_size.to_le_bytes());
         out.extend_from_slice(&(g.chunks() as u32).to_le_bytes());
         out.extend_from_slice(&self.done);
-        let checksum = blake3::hash(&out);
-        out.extend_from_slice(&checksum.as_bytes()[..CHECKSUM_LEN]);
+        Format::seal(&mut out);
         out
     }
 
@@ -205,8 +196,12 @@ impl ResumeState {
             .is_some_and(|b| b & (1 << (i % 8)) != 0)
     }
 
+    /// Marks chunk `index` done or not; an index past the last chunk is ignored.
     pub(crate) fn set_done(&mut self, index: u32, done: bool) {
         let i = index as usize;
+        if i >= self.geometry.chunks() {
+            return;
+        }
         if let Some(byte) = self.done.get_mut(i / 8) {
             if done {
                 *byte |= 1 << (i % 8);
@@ -231,6 +226,18 @@ fn temp_path(path: &Path) -> PathBuf {
         .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
+}
+
+/// A sidecar as version 1 wrote it: `SHRS`, a version byte, three zero bytes, the
+/// geometry and bitmap, the first 16 bytes of the BLAKE3 hash.
+#[cfg(test)]
+pub(crate) fn version_1_sidecar(state: &ResumeState) -> Vec<u8> {
+    let new = state.encode();
+    let mut out = b"SHRS\x01\0\0\0".to_vec();
+    out.extend_from_slice(&new[HEADER_LEN..new.len() - CHECKSUM_LEN]);
+    let checksum = blake3::hash(&out);
+    out.extend_from_slice(&checksum.as_bytes()[..16]);
+    out
 }
 
 #[cfg(test)]
@@ -297,40 +304,90 @@ mod tests {
         assert!(ResumeState::load(&path, geometry()).is_err());
     }
 
+    #[test]
+    fn a_version_1_sidecar_is_refused_as_an_older_shoals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".f.shoal-state");
+        let mut state = ResumeState::new(geometry());
+        state.set_done(1, true);
+        fs::write(&path, version_1_sidecar(&state)).unwrap();
+        let err = ResumeState::load(&path, geometry()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SidecarError::Load(LoadError::Format(FormatError::Legacy { supported: 2, .. }))
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("older shoal"), "{err}");
+    }
+
+    #[test]
+    fn marks_past_the_last_chunk_are_neither_kept_nor_read() {
+        // 11 chunks: five bits of the second byte are padding.
+        let mut state = ResumeState::new(geometry());
+        state.set_done(11, true);
+        state.set_done(15, true);
+        assert_eq!(state, ResumeState::new(geometry()));
+        let mut bytes = state.encode();
+        let last = bytes.len() - CHECKSUM_LEN - 1;
+        bytes[last] |= 0x80;
+        format::reseal(&mut bytes);
+        assert_eq!(ResumeState::decode(&bytes), Err(FormatError::Padding));
+    }
+
+    fn arb_state() -> impl proptest::strategy::Strategy<Value = ResumeState> {
+        use proptest::prelude::*;
+        (
+            any::<[u8; 32]>(),
+            0u64..200_000,
+            10u32..24,
+            proptest::collection::vec(any::<u32>(), 0..20),
+        )
+            .prop_map(|(id, size, shift, done)| {
+                let mut state = ResumeState::new(Geometry {
+                    id: FileId(id),
+                    size,
+                    chunk_size: 1 << shift,
+                });
+                let chunks = state.geometry().chunks() as u32;
+                for i in done {
+                    state.set_done(i % chunks, true);
+                }
+                state
+            })
+    }
+
     proptest::proptest! {
-        /// Any bytes, for any expected file: a verdict, never a panic; and whatever is
-        /// accepted describes exactly the expected file.
+        /// Any sidecar: decode(encode(s)) == s, and re-encoding gives the same bytes.
+        #[test]
+        fn any_sidecar_round_trips(state in arb_state()) {
+            let bytes = state.encode();
+            let back = ResumeState::decode(&bytes).unwrap();
+            proptest::prop_assert_eq!(&back, &state);
+            proptest::prop_assert_eq!(back.encode(), bytes);
+        }
+
+        /// Any bytes: a verdict, never a panic; whatever is accepted re-encodes to itself.
         #[test]
         fn decoding_arbitrary_bytes_never_panics(
-            mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
             seal in proptest::bool::ANY,
-            size in 0u64..100_000,
-            chunk_shift in 10u32..24,
         ) {
-            let expected = Geometry { id: FileId([7; 32]), size, chunk_size: 1 << chunk_shift };
-            if seal {
-                // Past the checksum and the magic, into the field checks.
-                if bytes.len() >= 5 {
-                    bytes[..4].copy_from_slice(&MAGIC);
-                    bytes[4] = VERSION;
-                }
-                let checksum = blake3::hash(&bytes);
-                bytes.extend_from_slice(&checksum.as_bytes()[..CHECKSUM_LEN]);
-            }
-            if let Ok(state) = ResumeState::decode(&bytes, expected) {
-                proptest::prop_assert_eq!(state.geometry(), expected);
+            // Sealed: past the magic and the checksum, into the field checks.
+            let bytes = if seal { FORMAT.sealed(&body) } else { body };
+            if let Ok(state) = ResumeState::decode(&bytes) {
+                proptest::prop_assert_eq!(state.encode(), bytes);
             }
         }
 
-        /// A valid sidecar with any one byte changed is refused.
+        /// A valid sidecar with any one bit flipped is refused.
         #[test]
-        fn any_changed_byte_is_refused(at in 0usize..1000, xor in 1u8..=255, done in 0u32..11) {
-            let mut state = ResumeState::new(geometry());
-            state.set_done(done, true);
+        fn any_flipped_bit_is_refused(state in arb_state(), at in 0usize..10_000, bit in 0u8..8) {
             let mut bytes = state.encode();
             let at = at % bytes.len();
-            bytes[at] ^= xor;
-            proptest::prop_assert!(ResumeState::decode(&bytes, geometry()).is_err());
+            bytes[at] ^= 1 << bit;
+            proptest::prop_assert!(ResumeState::decode(&bytes).is_err());
         }
     }
 
@@ -342,6 +399,6 @@ mod tests {
         bytes.extend_from_slice(&[0; 4096]);
         fs::write(&path, &bytes).unwrap();
         let err = ResumeState::load(&path, geometry()).unwrap_err();
-        assert!(err.contains("too long"), "{err}");
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 }

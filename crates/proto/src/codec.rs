@@ -19,7 +19,7 @@ use crate::ProtoError;
 /// Handshake magic: the first four bytes of every shoal connection.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Hard ceiling on any frame body (16 MiB); [`read_frame`] callers pass a lower limit.
 pub const MAX_FRAME_LEN: usize = 16 << 20;
 /// Default limit for frames a server accepts from clients (64 KiB is plenty for a request).
@@ -341,10 +341,10 @@ mod tests {
     fn lease_frames_are_the_documented_bytes() {
         let mut buf = Vec::new();
         encode_frame(&IndexRequest::Lease, &mut buf).unwrap();
-        assert_eq!(buf, [0, 0, 0, 1, 9], "docs/PROTOCOL.md");
+        assert_eq!(buf, [0, 0, 0, 1, 10], "docs/PROTOCOL.md");
         buf.clear();
         encode_frame(&IndexResponse::Lease { lease_ms: 60_000 }, &mut buf).unwrap();
-        assert_eq!(buf, [0, 0, 0, 4, 8, 0xfb, 0x60, 0xea], "docs/PROTOCOL.md");
+        assert_eq!(buf, [0, 0, 0, 4, 9, 0xfb, 0x60, 0xea], "docs/PROTOCOL.md");
     }
 
     #[test]

@@ -159,8 +159,11 @@ pub(super) fn encode_listings(
 /// Appends one record: length, body, checksum.
 pub(super) fn encode_record<M: Serialize>(record: &M, out: &mut Vec<u8>) -> Result<(), IndexError> {
     let start = out.len();
-    codec::encode_frame(record, out)
-        .map_err(|e| IndexError::Store(format!("cannot encode a log record: {e}")))?;
+    codec::encode_frame(record, out).map_err(|e| {
+        IndexError::Store(crate::StoreError::Failed(format!(
+            "cannot encode a log record: {e}"
+        )))
+    })?;
     let sum = checksum(out.get(start..).unwrap_or(&[]));
     out.extend_from_slice(&sum);
     Ok(())
