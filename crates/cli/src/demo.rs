@@ -51,7 +51,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
     if args.keep.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     } else if result.is_ok() {
-        println!("\nfolders kept in {}", root.display());
+        crate::output::outln!("\nfolders kept in {}", root.display());
     }
     result
 }
@@ -95,7 +95,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     )
     .spawn(&localhost)?;
     let index_addr = index.addr().clone();
-    println!("index listening on {index_addr}");
+    crate::output::outln!("index listening on {index_addr}");
 
     let mut peers = Vec::new();
     let mut names_by_addr = HashMap::new();
@@ -106,7 +106,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
         config.watch = None;
         let peer = Peer::start(transport.clone(), library.clone(), config)?;
         let name = format!("peer{}", n + 1);
-        println!(
+        crate::output::outln!(
             "{name} listening on {}, sharing {} files ({})",
             peer.advertise(),
             library.files().len(),
@@ -116,17 +116,26 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
         peers.push(DemoPeer { name, peer });
     }
 
-    println!(
+    crate::output::outln!(
         "\neach peer fetches every file it lacks (holders are picked at random by the index):\n"
     );
-    println!(
+    crate::output::outln!(
         "{:<14} {:>10}  {:<6} {:<6} {:>10} {:>9}  VERIFIED",
-        "FILE", "SIZE", "FROM", "TO", "TIME", "MB/s"
+        "FILE",
+        "SIZE",
+        "FROM",
+        "TO",
+        "TIME",
+        "MB/s"
     );
     let mut total_bytes = 0;
     for peer in &peers {
         let mut downloader = peer.peer.downloader();
         for (_, name, _) in &samples {
+            // Nobody reads the table any more (`shoal demo | head`): stop, tidily.
+            if crate::output::closed() {
+                break;
+            }
             if peer.peer.library().contains_name(name) {
                 continue;
             }
@@ -138,7 +147,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
             let path = peer.peer.library().dir().join(&report.file.name);
             let verified = rehash_matches(&path, &report.file)?;
             total_bytes += report.bytes;
-            println!(
+            crate::output::outln!(
                 "{:<14} {:>10}  {:<6} {:<6} {:>10} {:>9}  {}",
                 name,
                 units::bytes(report.bytes),
@@ -159,10 +168,10 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
         }
     }
 
-    println!("\nthe index now lists every copy:\n");
+    crate::output::outln!("\nthe index now lists every copy:\n");
     let hits = IndexClient::new(transport, vec![index_addr]).search("", 100)?;
     for hit in hits {
-        println!(
+        crate::output::outln!(
             "{:<14} {:>10}  {} holders  {}",
             hit.file.name,
             units::bytes(hit.file.size),
@@ -170,7 +179,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
             hit.file.id.short()
         );
     }
-    println!(
+    crate::output::outln!(
         "\nmoved {} in total, every chunk verified on arrival",
         units::bytes(total_bytes)
     );

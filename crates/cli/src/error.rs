@@ -18,6 +18,12 @@ pub(crate) enum CliError {
     /// A peer-side failure (download, folder, server).
     #[error(transparent)]
     Peer(#[from] shoal_peer::PeerError),
+    /// No single content of a name could be chosen (`get --id`).
+    #[error(transparent)]
+    Choose(#[from] crate::choose::ChooseError),
+    /// The status page could not start.
+    #[error(transparent)]
+    Status(#[from] shoal_status::StatusError),
     /// A local I/O failure.
     #[error("{what}: {source}")]
     Io {

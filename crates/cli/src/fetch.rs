@@ -1,6 +1,5 @@
 //! The one-shot client commands: `shoal get` and `shoal search`.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +10,9 @@ use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
 
+use crate::choose;
 use crate::error::CliError;
+use crate::output::outln;
 use crate::progress::DownloadBar;
 use crate::units;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
@@ -23,11 +24,15 @@ pub(crate) struct GetArgs {
     #[arg(required = true)]
     names: Vec<String>,
     /// Index server(s), comma-separated; the first that answers is used.
-    #[arg(long, default_value = DEFAULT_INDEX)]
+    #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
     /// Folder to download into (created if missing).
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// When the index lists several contents under NAME: the one whose id starts with
+    /// PREFIX (at least 12 hex digits, as `search` and `get` print them). One NAME only.
+    #[arg(long, value_name = "PREFIX")]
+    id: Option<String>,
     /// Holders to download from at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_sources: u16,
@@ -65,7 +70,7 @@ pub(crate) struct SearchArgs {
     #[arg(default_value = "")]
     query: String,
     /// Index server(s), comma-separated; the first that answers is used.
-    #[arg(long, default_value = DEFAULT_INDEX)]
+    #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
     /// One JSON object per line: {"name", "size", "id", "holders", "downloading"}
     /// (`holders` hold the whole file; `downloading` are fetching it and serve what they
@@ -84,6 +89,11 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         .iter()
         .map(|n| FileKey::parse(n))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.id.is_some() && keys.len() != 1 {
+        return Err(CliError::Usage(
+            "--id chooses the content of one NAME".into(),
+        ));
+    }
     ensure_dir(&args.out)?;
     let index = parse_index_list(&args.index)?;
     let config = DownloaderConfig {
@@ -108,19 +118,29 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
     let mut failed = 0;
     let mut last_error = None;
     for key in &keys {
+        let (chosen, candidates) = choose_content(&mut downloader, key, args.id.as_deref())?;
         bar.start();
-        let result = downloader.fetch(key);
+        let result = downloader.fetch(&chosen);
         bar.finish();
+        if let (Ok(outcome), FileKey::Name(name), None) = (&result, key, &args.id) {
+            let taken = match outcome {
+                DownloadOutcome::AlreadyPresent(file) => file.id,
+                DownloadOutcome::Downloaded(report) => report.file.id,
+            };
+            if let Some(note) = choose::took_one_of_several(name, &taken, &candidates) {
+                eprintln!("shoal: {note}");
+            }
+        }
         if let (Ok(DownloadOutcome::Downloaded(report)), Some(peer)) = (&result, &peer) {
             peer.announce_added(&report.file);
         }
         match &result {
-            Ok(outcome) if args.json => println!("{}", outcome_json(outcome)),
-            Ok(outcome) => println!("{}", describe_outcome(outcome)),
+            Ok(outcome) if args.json => outln!("{}", outcome_json(outcome)),
+            Ok(outcome) => outln!("{}", describe_outcome(outcome)),
             Err(e) => {
                 failed += 1;
                 if args.json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"name": key.to_string(), "error": e.to_string()})
                     );
@@ -158,6 +178,40 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         }),
     }
 }
+
+/// What to fetch for `key`: for a name, the contents the index lists under it (from a
+/// search), and with `--id PREFIX` the one it names, by id. Without `--id`, a failed search
+/// leaves the choice to the download's own lookup (which reports the index's trouble).
+fn choose_content<T: shoal_proto::Transport>(
+    downloader: &mut Downloader<T>,
+    key: &FileKey,
+    id: Option<&str>,
+) -> Result<(FileKey, Vec<choose::Candidate>), CliError> {
+    let FileKey::Name(name) = key else {
+        if id.is_some() {
+            return Err(CliError::Usage(
+                "--id chooses among the contents of a NAME, not an id".into(),
+            ));
+        }
+        return Ok((key.clone(), Vec::new()));
+    };
+    let hits = match downloader.index().search(name, SEARCH_FOR_CONTENTS) {
+        Ok(hits) => hits,
+        Err(e) if id.is_some() => return Err(e.into()),
+        Err(_) => return Ok((key.clone(), Vec::new())),
+    };
+    let candidates = choose::candidates(name, &hits);
+    match id {
+        Some(prefix) => {
+            let chosen = choose::by_prefix(name, prefix, &candidates)?;
+            Ok((FileKey::Id(chosen), candidates))
+        }
+        None => Ok((key.clone(), candidates)),
+    }
+}
+
+/// Search results asked for when looking for every content under a name.
+const SEARCH_FOR_CONTENTS: u32 = 1000;
 
 /// A peer that shares this `get`'s downloads while they run (and while it seeds). An
 /// explicit `--listen` that is not an address, or cannot be served, is an error; without
@@ -335,10 +389,15 @@ fn holders_summary(report: &shoal_peer::DownloadReport) -> String {
 pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
     let mut index = IndexClient::new(TcpTransport::default(), parse_index_list(&args.index)?);
     let hits = index.search(&args.query, args.limit)?;
-    let mut out = std::io::stdout().lock();
-    let write_err = |source| CliError::Io {
-        what: "cannot write to standard output".into(),
-        source,
+    // Said on stderr, so `--json` output stays one object per line.
+    let stopped = hits.len() >= usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let note = || {
+        if stopped {
+            eprintln!(
+                "shoal: stopped at --limit {} matches; there may be more (raise --limit or narrow the query)",
+                args.limit
+            );
+        }
     };
     if args.json {
         for hit in &hits {
@@ -349,12 +408,13 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
                 "holders": hit.holders,
                 "downloading": hit.downloading,
             });
-            writeln!(out, "{line}").map_err(write_err)?;
+            outln!("{line}");
         }
+        note();
         return Ok(());
     }
     if hits.is_empty() {
-        writeln!(out, "no files match {:?}", args.query).map_err(write_err)?;
+        outln!("no files match {:?}", args.query);
         return Ok(());
     }
     let width = hits
@@ -363,23 +423,23 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
         .max()
         .unwrap_or(4)
         .max(4);
-    writeln!(
-        out,
+    outln!(
         "{:<width$}  {:>10}  {:>7}  {:>11}  ID",
-        "NAME", "SIZE", "HOLDERS", "DOWNLOADING"
-    )
-    .map_err(write_err)?;
+        "NAME",
+        "SIZE",
+        "HOLDERS",
+        "DOWNLOADING"
+    );
     for hit in &hits {
-        writeln!(
-            out,
+        outln!(
             "{:<width$}  {:>10}  {:>7}  {:>11}  {}",
             hit.file.name,
             units::bytes(hit.file.size),
             hit.holders,
             hit.downloading,
             hit.file.id
-        )
-        .map_err(write_err)?;
+        );
     }
+    note();
     Ok(())
 }

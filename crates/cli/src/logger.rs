@@ -2,7 +2,6 @@
 //! module. `RUST_LOG` sets the level: `debug`, or per module `shoal_peer=debug,info`.
 //! (env_logger would do the same with a regex engine in tow; this is all we need.)
 
-use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
@@ -38,8 +37,9 @@ impl Log for StderrLogger {
             record.target(),
             record.args()
         );
-        // One write per line so lines from different threads never interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write per line so lines from different threads never interleave; around the
+        // progress bar, if one is on screen, so the line never overwrites it.
+        crate::progress::write_stderr(&line);
     }
 
     fn flush(&self) {}

@@ -4,12 +4,18 @@
 //! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`;
 //! `shoal bench ...` is parsed and run by `shoal-bench`.
 
+mod choose;
+mod config;
+mod console;
 mod demo;
 mod error;
 mod fetch;
+mod install;
 mod logger;
+mod output;
 mod progress;
 mod serve;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,17 +80,33 @@ it registered; --seed SECS serves the finished files that long first."
     /// Measurements (run with --release).
     #[command(subcommand)]
     Bench(shoal_bench::BenchCommand),
+    /// Print a shell completion script: `shoal completions bash > /etc/bash_completion.d/shoal`.
+    #[command(
+        after_help = "Examples:\n  shoal completions bash > ~/.local/share/bash-completion/completions/shoal\n  \
+shoal completions zsh > ~/.zfunc/_shoal\n  shoal completions fish > ~/.config/fish/completions/shoal.fish"
+    )]
+    Completions(install::CompletionsArgs),
+    /// Print the man page shoal(1), or write every page into a folder with --out.
+    #[command(
+        after_help = "Examples:\n  shoal man | man -l -\n  shoal man --out /usr/local/share/man/man1"
+    )]
+    Man(install::ManArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Flags, then the environment (SHOAL_INDEX), then `--config FILE`, then defaults.
+    let cli: Cli = config::parse();
     // Servers log one line per event. The demo and benchmarks print tables that their
     // servers' event lines would bury. One-shot clients print their results, and on failure
     // one error line that carries the details (`RUST_LOG=info` shows the events too).
-    logger::init(match cli.command {
+    logger::init(match &cli.command {
+        Command::Index(args) if args.quiet() => log::LevelFilter::Warn,
+        Command::Peer(args) if args.quiet() => log::LevelFilter::Warn,
         Command::Index(_) | Command::Peer(_) => log::LevelFilter::Info,
         Command::Demo(_) | Command::Bench(_) => log::LevelFilter::Warn,
-        Command::Get(_) | Command::Search(_) => log::LevelFilter::Error,
+        Command::Get(_) | Command::Search(_) | Command::Completions(_) | Command::Man(_) => {
+            log::LevelFilter::Error
+        }
     });
     let result = match cli.command {
         Command::Index(args) => serve::run_index(&args),
@@ -92,6 +114,8 @@ fn main() -> ExitCode {
         Command::Get(args) => fetch::run_get(&args),
         Command::Search(args) => fetch::run_search(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Completions(args) => install::completions::<Cli>(&args),
+        Command::Man(args) => install::man::<Cli>(&args),
         Command::Bench(command) => shoal_bench::run(&command).map_err(CliError::from),
     };
     match result {

@@ -2,12 +2,33 @@
 //! holders), and one for the first scan of a peer's folder (files, bytes, rate, ETA).
 //! Not on a terminal (pipes, CI, logs): nothing, and one result line per file as before.
 
-use std::io::IsTerminal;
-use std::sync::Arc;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shoal_peer::{Downloader, Progress, ScanProgress};
 use shoal_proto::Transport;
+
+/// The bar on screen, if one is: log lines and console feedback are written around it
+/// ([`write_stderr`]) so they never overwrite it and it is drawn again below them.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn shown() -> std::sync::MutexGuard<'static, Option<ProgressBar>> {
+    SHOWN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `text` to stderr in one write; with a bar on screen, the bar is cleared first and
+/// drawn again after, so the text stands on its own lines above it.
+pub(crate) fn write_stderr(text: &str) {
+    let bar = shown().clone();
+    let write = || {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    };
+    match bar {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
 
 /// The bar of one command, reused file after file; `None` when stderr is not a terminal.
 pub(crate) struct DownloadBar {
@@ -40,12 +61,14 @@ impl DownloadBar {
     pub(crate) fn start(&self) {
         if let Some(bar) = &self.bar {
             bar.reset();
+            *shown() = Some(bar.clone());
         }
     }
 
     /// After each file: clear the bar so the result line stands alone.
     pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
+            *shown() = None;
             bar.finish_and_clear();
         }
     }
@@ -69,6 +92,7 @@ impl ScanBar {
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
+        *shown() = Some(bar.clone());
         ScanBar { bar: Some(bar) }
     }
 
@@ -87,6 +111,7 @@ impl ScanBar {
     /// Clears the bar so the scan's summary line stands alone.
     pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
+            *shown() = None;
             bar.finish_and_clear();
         }
     }

@@ -1,27 +1,43 @@
 //! The long-running commands: `shoal index` and `shoal peer`.
 
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::thread;
 use std::time::Duration;
 
 use shoal_index::{IndexServer, IndexServerConfig, MemoryStore};
 use shoal_peer::{
-    AnnouncerConfig, Downloader, DownloaderConfig, IndexStatus, Library, OpenOptions, Peer,
-    PeerConfig, PeerServerConfig, ScanProgress, WatchConfig,
+    AnnouncerConfig, DownloaderConfig, IndexStatus, Library, OpenOptions, Peer, PeerConfig,
+    PeerServerConfig, ScanProgress, WatchConfig,
 };
+use shoal_proto::PeerAddr;
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
-use shoal_proto::{FileKey, PeerAddr};
+use shoal_status::{IndexPage, PeerPage};
 
 use crate::error::CliError;
-use crate::fetch::describe_outcome;
-use crate::progress::{DownloadBar, ScanBar};
+use crate::progress::ScanBar;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
+
+/// What `shoal index` and `shoal peer` share: a config file, the status page, the log level.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServiceArgs {
+    /// Read every flag not given on the command line from this TOML file's `[index]` or
+    /// `[peer]` table (see `dist/shoal.toml`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve a status page, `/api/status` (JSON) and `/metrics` (Prometheus) on this
+    /// address (printed as `status page on http://ADDR/`). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Log warnings and errors only (not one line per transfer or event).
+    #[arg(long)]
+    quiet: bool,
+}
 
 /// `shoal index`
 #[derive(clap::Args, Debug)]
 pub(crate) struct IndexArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
     #[arg(long, default_value = DEFAULT_INDEX)]
     listen: String,
@@ -69,12 +85,14 @@ pub(crate) struct IndexArgs {
 /// `shoal peer`
 #[derive(clap::Args, Debug)]
 pub(crate) struct PeerArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
     /// The folder to serve (created if missing); downloads land here too.
     #[arg(long)]
     dir: PathBuf,
     /// Index server(s), comma-separated: the folder is registered with all of them;
     /// downloads ask the first that answers.
-    #[arg(long, default_value = DEFAULT_INDEX)]
+    #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
     /// Address to serve other peers on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -101,7 +119,7 @@ pub(crate) struct PeerArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     frame_timeout: u64,
     /// The indexes' lease in seconds (their `--lease`): registrations are renewed every
-    /// third of it.
+    /// third of it, or of a shorter lease an index tells.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease: u64,
@@ -119,10 +137,18 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         store: S,
         config: IndexServerConfig,
         what: &str,
+        http: Option<&str>,
     ) -> Result<(), CliError> {
         let lease = store.lease().as_secs();
-        let handle = IndexServer::new(TcpTransport::default(), store, config).spawn(listen)?;
+        let server = IndexServer::new(TcpTransport::default(), store, config);
+        let monitor = server.monitor();
+        let handle = server.spawn(listen)?;
         announce_listening(handle.addr());
+        let _status = http
+            .map(|http| {
+                crate::status::serve(http, IndexPage::new(monitor, handle.addr().to_string()))
+            })
+            .transpose()?;
         log::info!(
             "index started on {} ({what}, lease {lease} s)",
             handle.addr()
@@ -151,7 +177,7 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         };
         let store = shoal_index::RedisStore::open(url, options)?;
         let what = format!("shared registry, {}", store.describe());
-        return serve(&listen, store, config, &what);
+        return serve(&listen, store, config, &what, args.service.http.as_deref());
     }
     match &args.data {
         Some(dir) => {
@@ -162,11 +188,12 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             // Recovery logs its own line (records replayed, damaged tail cut, time).
             let store = shoal_index::DurableStore::open(dir, options)?;
             let what = format!("durable, data in {}", dir.display());
-            serve(&listen, store, config, &what)
+            serve(&listen, store, config, &what, args.service.http.as_deref())
         }
         None => {
             let store = MemoryStore::new().with_lease(lease);
-            serve(&listen, store, config, "in-memory registry, lost on exit")
+            let what = "in-memory registry, lost on exit";
+            serve(&listen, store, config, what, args.service.http.as_deref())
         }
     }
 }
@@ -219,12 +246,21 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         ..WatchConfig::default()
     });
     let heartbeat = config.announcer.heartbeat_interval();
-    // Server, then registration with every index (fails only if none accepts; the others
-    // are retried at each heartbeat), then the folder watcher.
+    // Server, then registration with every index (one that does not answer, even the only
+    // one, is retried at each heartbeat while the peer serves), then the folder watcher.
     let peer = Peer::start(transport, library, config)?;
+    // An index may have told a shorter lease than --lease.
+    let heartbeat = peer.heartbeat_interval().unwrap_or(heartbeat);
     if let Some(addr) = peer.listen_addr() {
         announce_listening(addr);
     }
+    let _status = match (&args.service.http, peer.listen_addr()) {
+        (Some(http), Some(listen)) => {
+            let page = PeerPage::new(peer.monitor(), listen.to_string());
+            Some(crate::status::serve(http, page)?)
+        }
+        _ => None,
+    };
     let advertise = peer.advertise().clone();
     let accepted: Vec<String> = peer
         .index_status()
@@ -232,28 +268,54 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         .filter(|(_, status)| matches!(status, IndexStatus::Registered { .. }))
         .map(|(addr, _)| addr.to_string())
         .collect();
-    log::info!(
-        "registered {} files with {} of {} indexes ({}) as {advertise}; heartbeat every {} s, \
-         watching the folder; downloads are shared while they run",
-        report.files,
-        accepted.len(),
-        index_addrs.len(),
-        accepted.join(", "),
-        heartbeat.as_secs_f64()
-    );
+    if accepted.is_empty() {
+        log::warn!(
+            "no index answered yet: serving as {advertise} anyway and retrying all {} every {} s",
+            index_addrs.len(),
+            heartbeat.as_secs_f64()
+        );
+    } else {
+        log::info!(
+            "registered {} files with {} of {} indexes ({}) as {advertise}; heartbeat every {} s, \
+             watching the folder; downloads are shared while they run",
+            report.files,
+            accepted.len(),
+            index_addrs.len(),
+            accepted.join(", "),
+            heartbeat.as_secs_f64()
+        );
+    }
 
-    if !args.no_console {
-        let downloader = peer.downloader();
-        thread::Builder::new()
-            .name("console".into())
-            .spawn(move || run_console(downloader))
-            .map_err(|source| CliError::Io {
-                what: "cannot start the console".into(),
-                source,
-            })?;
+    let console = !args.no_console;
+    for line in crate::console::interrupted_report(
+        &shoal_peer::interrupted_downloads(&args.dir),
+        false,
+        console,
+    ) {
+        log::warn!("{line}");
+    }
+    if console {
+        crate::console::spawn(peer.downloader(), &args.dir)?;
     }
 
     wait_for_interrupt()?;
+    let running: Vec<shoal_peer::Interrupted> = peer
+        .library()
+        .activity()
+        .downloads()
+        .into_iter()
+        .filter_map(|d| {
+            Some(shoal_peer::Interrupted {
+                id: d.id.parse().ok()?,
+                name: d.name,
+                size: d.size,
+                verified_bytes: d.done,
+            })
+        })
+        .collect();
+    for line in crate::console::interrupted_report(&running, true, console) {
+        log::warn!("{line}");
+    }
     log::info!(
         "peer stopping: unregistering {advertise} from every index ({} served to others)",
         crate::units::bytes(peer.stats().bytes_served())
@@ -262,37 +324,9 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Reads file names from stdin, one per line, and downloads each; one result line each.
-fn run_console(mut downloader: Downloader<TcpTransport>) {
-    let bar = DownloadBar::attach(&mut downloader);
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let input = line.trim();
-        if input.is_empty() {
-            continue;
-        }
-        bar.start();
-        let result = FileKey::parse(input)
-            .map_err(CliError::from)
-            .and_then(|key| downloader.fetch(&key).map_err(CliError::from));
-        bar.finish();
-        let text = match result {
-            Ok(outcome) => describe_outcome(&outcome),
-            Err(e) => format!("error   {input}: {e}"),
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-    }
-    log::info!("console closed (end of input); still serving until interrupted");
-}
-
 /// The line scripts and tests wait for.
 pub(crate) fn announce_listening(addr: &PeerAddr) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {addr}");
-    let _ = out.flush();
+    crate::output::outln!("listening on {addr}");
 }
 
 /// Blocks until SIGINT (Ctrl-C) or SIGTERM.
@@ -305,4 +339,18 @@ pub(crate) fn wait_for_interrupt() -> Result<(), CliError> {
         })?;
     let _ = signals.forever().next();
     Ok(())
+}
+
+impl IndexArgs {
+    /// `--quiet`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.service.quiet
+    }
+}
+
+impl PeerArgs {
+    /// `--quiet`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.service.quiet
+    }
 }

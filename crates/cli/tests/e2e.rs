@@ -2,134 +2,14 @@
 //! then `get`, `search --json`, the peer console and the refusals a user would see.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::channel;
 use std::thread;
-use std::time::Duration;
 
 use tempfile::TempDir;
 
-mod common;
-use common::line_channel;
-
-/// Bound on any single wait for the binary; generous for a loaded 2-core CI machine.
-const WAIT: Duration = Duration::from_secs(60);
-
-fn shoal() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
-    cmd.env("RUST_LOG", "warn");
-    cmd
-}
-
-/// A running server process, killed when dropped; its stdout (and, if asked, stderr) lines
-/// arrive on channels.
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    log: Option<Receiver<String>>,
-    stdin: Option<ChildStdin>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> (Server, String) {
-        Self::start_with(args, &[], false)
-    }
-
-    fn start_with(args: &[&str], env: &[(&str, &str)], capture_log: bool) -> (Server, String) {
-        let mut child = shoal()
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(if capture_log {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
-            })
-            .spawn()
-            .unwrap();
-        let lines = line_channel(child.stdout.take().unwrap());
-        let log = child.stderr.take().map(line_channel);
-        let stdin = child.stdin.take();
-        let mut server = Server {
-            child,
-            lines,
-            log,
-            stdin,
-        };
-        let first = server.next_line();
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_string();
-        (server, addr)
-    }
-
-    /// Types a line on the server's console.
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn next_line(&mut self) -> String {
-        self.lines
-            .recv_timeout(WAIT)
-            .expect("the server printed nothing in time")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    shoal().args(args).stdin(Stdio::null()).output().unwrap()
-}
-
-/// `shoal get NAME --index INDEX --out OUT` must succeed; returns its stdout.
-fn get_ok(name: &str, index: &str, out: &Path) -> String {
-    let got = run(&[
-        "get",
-        name,
-        "--index",
-        index,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    String::from_utf8(got.stdout).unwrap()
-}
-
-/// A peer serving `dir` (no console) with an hour's lease: its next heartbeat is 20 minutes
-/// away, so whatever an index lists meanwhile is not from a fresh announcement.
-fn start_long_lease_peer(dir: &Path, index: &str) -> (Server, String) {
-    Server::start(&[
-        "peer",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--index",
-        index,
-        "--lease",
-        "3600",
-        "--no-console",
-    ])
-}
-
-fn write_file(dir: &Path, name: &str, len: usize) -> Vec<u8> {
-    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + name.len()) as u8).collect();
-    std::fs::write(dir.join(name), &bytes).unwrap();
-    bytes
-}
+mod process;
+use process::{Server, WAIT, get_ok, line_channel, run, shoal, start_long_lease_peer, write_file};
 
 #[test]
 fn index_two_peers_get_search_and_console() {
@@ -254,7 +134,8 @@ fn a_holder_killed_during_get_does_not_stop_the_download() {
         std::fs::write(dir.path().join("big.bin"), &bytes).unwrap();
     }
     let (_index, index) = Server::start(&["index", "--listen", "127.0.0.1:0"]);
-    // The holders log each batch they serve: that is how the test knows a transfer is under way.
+    // The holders log each batch they serve at debug level (at info, one line per transfer,
+    // when it ends): that is how the test knows a transfer is under way.
     let mut holders: Vec<Server> = dirs
         .iter()
         .map(|dir| {
@@ -266,7 +147,7 @@ fn a_holder_killed_during_get_does_not_stop_the_download() {
                 &index,
                 "--no-console",
             ];
-            Server::start_with(&args, &[("RUST_LOG", "info")], true).0
+            Server::start_with(&args, &[("RUST_LOG", "info,shoal_peer=debug")], true).0
         })
         .collect();
 

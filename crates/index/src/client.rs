@@ -162,6 +162,14 @@ impl<T: Transport> IndexClient<T> {
         }
     }
 
+    /// How long the index keeps a registration without renewal (its `--lease`).
+    pub fn lease(&mut self) -> Result<Duration, IndexError> {
+        match self.call(&IndexRequest::Lease)? {
+            IndexResponse::Lease { lease_ms } => Ok(Duration::from_millis(lease_ms)),
+            other => Err(unexpected(other, None, "Lease")),
+        }
+    }
+
     /// Files whose name contains `query`, ignoring case (empty: all), sorted by name then id;
     /// at most `limit`, and the server may cap it lower.
     pub fn search(&mut self, query: &str, limit: u32) -> Result<Vec<SearchHit>, IndexError> {
@@ -323,6 +331,7 @@ fn variant_name(response: &IndexResponse) -> &'static str {
         IndexResponse::Error(_) => "Error",
         IndexResponse::Renewed { .. } => "Renewed",
         IndexResponse::Sources { .. } => "Sources",
+        IndexResponse::Lease { .. } => "Lease",
         IndexResponse::Identity { .. } => "Identity",
     }
 }

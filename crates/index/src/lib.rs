@@ -48,6 +48,7 @@ mod clock;
 mod durable;
 mod error;
 mod local_redis;
+mod metrics;
 mod partial;
 mod redis;
 mod registry;
@@ -60,6 +61,10 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
 pub use local_redis::LocalRedis;
+pub use metrics::{
+    FileRow, IndexMetrics, IndexMonitor, IndexSnapshot, REFUSAL_REASONS, Refusals, RequestTotals,
+    StoreHealth, outcome_label,
+};
 pub use partial::{Partials, Sources};
 pub use redis::{DEFAULT_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisOptions, RedisStore};
 pub use registry::{
@@ -70,5 +75,5 @@ pub use server::{
     IndexServerConfig,
 };
 pub use shoal_proto::server::ServerHandle;
-pub use store::{MemoryStore, Store};
+pub use store::{MemoryStore, Store, StoreCounts};
 pub use store_error::StoreError;

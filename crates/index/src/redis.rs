@@ -471,6 +471,10 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     fn register_within(
         &self,
         holder: &PeerAddr,

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
@@ -14,7 +14,7 @@ use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
 };
 
-use crate::{IndexError, RegistrationLimits, Store, StoreError};
+use crate::{IndexError, IndexMetrics, IndexMonitor, RegistrationLimits, Store, StoreError};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
 const READ_BUFFER: usize = 4 << 10;
@@ -86,6 +86,7 @@ pub struct IndexServer<T: Transport, S: Store> {
     transport: T,
     store: Arc<S>,
     config: IndexServerConfig,
+    metrics: Arc<IndexMetrics>,
 }
 
 impl<T: Transport, S: Store> IndexServer<T, S> {
@@ -95,7 +96,20 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
             transport,
             store: Arc::new(store),
             config,
+            metrics: Arc::new(IndexMetrics::new()),
         }
+    }
+
+    /// The server's counters (shared with the running server).
+    pub fn metrics(&self) -> Arc<IndexMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Reads the store and the counters while the server runs: for status pages and
+    /// `/metrics`.
+    pub fn monitor(&self) -> IndexMonitor {
+        let store: Arc<dyn Store> = Arc::clone(&self.store) as Arc<dyn Store>;
+        IndexMonitor::new(store, Arc::clone(&self.metrics))
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves in the background until the
@@ -113,6 +127,7 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         let store = Arc::clone(&self.store);
         let config = self.config;
         let session = config.session();
+        let metrics = Arc::clone(&self.metrics);
         let mut handle = spawn_accept_loop(
             &self.transport,
             listener,
@@ -122,12 +137,15 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
                     store: &*store,
                     config: &config,
                     from: &from,
+                    metrics: &metrics,
                     out: Vec::with_capacity(256),
                 };
-                serve_session(stream, &from, live, &session, &mut handler);
+                let end = serve_session(stream, &from, live, &session, &mut handler);
+                metrics.refusals().session_ended(&end);
             },
         )
         .map_err(bind_error)?;
+        self.metrics.refusals().attach(handle.counters());
         let interval = (self.store.lease() / 4).max(MIN_SWEEP_INTERVAL);
         // Dropping the sender (when the handle stops) wakes and ends the sweeper at once.
         let (stop, stopped) = mpsc::channel::<()>();
@@ -171,6 +189,8 @@ struct IndexHandler<'a, S> {
     store: &'a S,
     config: &'a IndexServerConfig,
     from: &'a PeerAddr,
+    /// The server's counters.
+    metrics: &'a IndexMetrics,
     /// Encoded response scratch, reused for every answer of the connection.
     out: Vec<u8>,
 }
@@ -188,7 +208,10 @@ impl<C: Connection, S: Store> Handler<C> for IndexHandler<'_, S> {
         request: IndexRequest,
         stream: &mut SessionStream<C>,
     ) -> Result<(), ProtoError> {
-        let response = answer(request, self.store, self.config, self.from);
+        let kind = crate::metrics::request_kind(&request);
+        let started = Instant::now();
+        let response = answer(request, self.store, self.config, self.from, self.metrics);
+        self.metrics.record(kind, &response, started.elapsed());
         if let Err(e) = write_frame(stream, &mut self.out, &response) {
             let ProtoError::Malformed(e) = e else {
                 return Err(e);
@@ -269,13 +292,18 @@ fn not_found(key: &FileKey) -> IndexResponse {
 }
 
 /// A change the store refused or failed: over a cap is the client's doing.
-fn change_failed(e: &StoreError, holder: &PeerAddr, from: &PeerAddr) -> IndexResponse {
+fn change_failed(
+    e: &StoreError,
+    holder: &PeerAddr,
+    from: &PeerAddr,
+    metrics: &IndexMetrics,
+) -> IndexResponse {
     match e {
         StoreError::OverLimit(limit) => {
             log::warn!("index: refused a registration of {holder} from {from}: {limit}");
             refuse(ErrorCode::BadRequest, limit.to_string())
         }
-        other => store_failed(other),
+        other => store_failed(other, metrics),
     }
 }
 
@@ -293,12 +321,13 @@ impl IndexServerConfig {
 /// A registry that is unavailable (Redis down) gets its own code, so clients can tell
 /// "try again shortly" from a failure; the store logs each outage once, so a request
 /// refused meanwhile is logged at debug level only.
-fn store_failed(e: &StoreError) -> IndexResponse {
+fn store_failed(e: &StoreError, metrics: &IndexMetrics) -> IndexResponse {
     if let StoreError::Unavailable(reason) = e {
         log::debug!("index: registry unavailable: {reason}");
         return refuse(ErrorCode::RegistryUnavailable, REGISTRY_UNAVAILABLE);
     }
     log::warn!("index: {e}");
+    metrics.store_failed(e);
     refuse(ErrorCode::Internal, STORE_FAILED)
 }
 
@@ -313,6 +342,7 @@ fn answer<S: Store>(
     store: &S,
     config: &IndexServerConfig,
     from: &PeerAddr,
+    metrics: &IndexMetrics,
 ) -> IndexResponse {
     match request {
         IndexRequest::Identify => IndexResponse::Identity {
@@ -328,7 +358,7 @@ fn answer<S: Store>(
                     IndexResponse::Located { file, holder }
                 }
                 Ok(None) => not_found(&key),
-                Err(e) => store_failed(&e),
+                Err(e) => store_failed(&e, metrics),
             }
         }
         IndexRequest::Holders { key } => {
@@ -344,7 +374,7 @@ fn answer<S: Store>(
                     IndexResponse::Holders { file, holders }
                 }
                 Ok(None) => not_found(&key),
-                Err(e) => store_failed(&e),
+                Err(e) => store_failed(&e, metrics),
             }
         }
         IndexRequest::Register { holder, files } => {
@@ -362,7 +392,7 @@ fn answer<S: Store>(
                     log::info!("{holder} registered {} files ({added} new)", files.len());
                     IndexResponse::Registered { added }
                 }
-                Err(e) => change_failed(&e, &holder, from),
+                Err(e) => change_failed(&e, &holder, from, metrics),
             }
         }
         IndexRequest::RegisterPartial { holder, files } => {
@@ -385,7 +415,7 @@ fn answer<S: Store>(
                     }
                     IndexResponse::Registered { added }
                 }
-                Err(e) => change_failed(&e, &holder, from),
+                Err(e) => change_failed(&e, &holder, from, metrics),
             }
         }
         IndexRequest::UnregisterPartial { holder, ids } => {
@@ -400,7 +430,7 @@ fn answer<S: Store>(
                     log::info!("{holder} stopped {removed} downloads");
                     IndexResponse::Unregistered { removed }
                 }
-                Err(e) => store_failed(&e),
+                Err(e) => store_failed(&e, metrics),
             }
         }
         IndexRequest::Sources { key } => {
@@ -421,7 +451,7 @@ fn answer<S: Store>(
                     }
                 }
                 Ok(None) => not_found(&key),
-                Err(e) => store_failed(&e),
+                Err(e) => store_failed(&e, metrics),
             }
         }
         IndexRequest::Unregister { holder, ids } => {
@@ -441,11 +471,11 @@ fn answer<S: Store>(
                     log::info!("{holder} unregistered {what} ({removed} removed)");
                     IndexResponse::Unregistered { removed }
                 }
-                Err(e) => store_failed(&e),
+                Err(e) => store_failed(&e, metrics),
             }
         }
         IndexRequest::Renew { holder } => match own_holder(&holder, from, config, "renew")
-            .and_then(|()| store.renew(&holder).map_err(|e| store_failed(&e)))
+            .and_then(|()| store.renew(&holder).map_err(|e| store_failed(&e, metrics)))
         {
             Ok(Some(files)) => {
                 log::debug!("index: {holder} renewed its lease ({files} registrations)");
@@ -461,6 +491,9 @@ fn answer<S: Store>(
                 )
             }
             Err(refusal) => refusal,
+        },
+        IndexRequest::Lease => IndexResponse::Lease {
+            lease_ms: u64::try_from(store.lease().as_millis()).unwrap_or(u64::MAX),
         },
         IndexRequest::Search { query, limit } => {
             if query.len() > config.max_query_len {
@@ -486,7 +519,7 @@ fn answer<S: Store>(
                     log::debug!("index: {from} searched {query:?}: {} hits", hits.len());
                     IndexResponse::SearchResults { hits }
                 }
-                Err(e) => store_failed(&e),
+                Err(e) => store_failed(&e, metrics),
             }
         }
     }
@@ -580,7 +613,7 @@ mod tests {
             query: String::new(),
             limit: 100,
         };
-        match answer(request, &store, &config, &holder) {
+        match answer(request, &store, &config, &holder, &IndexMetrics::new()) {
             IndexResponse::SearchResults { hits } => assert_eq!(hits.len(), 3),
             other => panic!("{other:?}"),
         }

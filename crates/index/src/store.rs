@@ -70,6 +70,23 @@ pub trait Store: Send + Sync + 'static {
     /// Every live complete and partial holder of the file, marked apart.
     fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError>;
 
+    /// What the store holds, for status pages and metrics. The default counts through a
+    /// search of everything (it cannot tell distinct holders); stores that can count
+    /// directly say so.
+    fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let hits = self.search("", usize::MAX)?;
+        Ok(StoreCounts {
+            files: hits.len(),
+            holders: None,
+            registrations: hits.iter().map(|h| u64::from(h.holders)).sum(),
+            partial_registrations: hits.iter().map(|h| u64::from(h.downloading)).sum(),
+        })
+    }
+    /// A short name of the kind of store (`memory`, `durable`, ...), for status pages.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
     /// [`Store::register`] within `limits`: `address` is the host the request came from.
     /// A request that would take the holder, or the holders registered from its address,
     /// past a cap is refused whole with [`StoreError::OverLimit`] and stores nothing. The
@@ -91,6 +108,34 @@ pub trait Store: Send + Sync + 'static {
         files: &[FileMeta],
         limits: &RegistrationLimits,
     ) -> Result<u32, StoreError>;
+}
+
+/// What a [`Store`] holds ([`Store::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreCounts {
+    /// Files with at least one complete or partial holder.
+    pub files: usize,
+    /// Distinct complete holders, where the store can tell.
+    pub holders: Option<usize>,
+    /// Complete (file, holder) registrations.
+    pub registrations: u64,
+    /// Partial (file, holder) registrations: downloads in progress that serve.
+    pub partial_registrations: u64,
+}
+
+/// Exact counts of a registry and its partial registry (expired entries included until
+/// swept); files counted from the listing of everything.
+pub(crate) fn registry_counts(
+    registry: &Registry,
+    partials: &Partials,
+    files: usize,
+) -> StoreCounts {
+    StoreCounts {
+        files,
+        holders: Some(registry.holder_count()),
+        registrations: registry.registration_count() as u64,
+        partial_registrations: partials.registration_count() as u64,
+    }
 }
 
 /// Runs `search` over the registry `lock` gives, one [`SEARCH_SLICE`] per hold of the lock.
@@ -230,6 +275,19 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let complete = search_in_slices(|| RegistryGuard(self.lock()), query, limit, now);
         Ok(self.partials.search(query, limit, complete, now))
+    }
+
+    fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let files = self.search("", usize::MAX)?.len();
+        Ok(registry_counts(
+            &self.lock().registry,
+            &self.partials,
+            files,
+        ))
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
     }
 
     fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError> {

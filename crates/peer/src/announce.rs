@@ -5,7 +5,8 @@
 //! over to the next index, and it lists the peer too. For each index the [`Announcer`]:
 //!
 //! - registers the whole library at start (an index that is down is retried at every
-//!   heartbeat; starting needs one index to accept);
+//!   heartbeat, even when it is the only one: the peer serves meanwhile, and says so once
+//!   when an index goes away and once when it is back);
 //! - renews the lease with one small `Renew` every [`AnnouncerConfig::heartbeat_interval`]
 //!   (a third of the lease, so two heartbeats may be lost before the lease lapses);
 //! - registers everything again when the index answers that it does not know the peer (it
@@ -117,7 +118,6 @@ impl fmt::Display for IndexStatus {
 pub struct Announcer<T: Transport> {
     shared: Arc<Mutex<Core<T>>>,
     holder: PeerAddr,
-    config: AnnouncerConfig,
     heartbeat: Option<(Sender<()>, JoinHandle<()>)>,
 }
 
@@ -157,6 +157,7 @@ impl<T: Transport> Announcer<T> {
                     sync: Standing::Unregistered,
                     suspect: false,
                     last: IndexStatus::Idle,
+                    lease: None,
                 })
             })
             .collect();
@@ -169,24 +170,16 @@ impl<T: Transport> Announcer<T> {
                 .collect(),
             trackers,
             stopped: false,
+            own_lease: config.lease,
+            interval: config.heartbeat_interval(),
         };
-        let statuses = core.heartbeat();
-        let accepted = statuses
-            .iter()
-            .filter(|(_, s)| matches!(s, IndexStatus::Registered { .. }))
-            .count();
-        if accepted == 0 {
-            let reasons = if statuses.is_empty() {
-                "no index address was given".to_string()
-            } else {
-                statuses
-                    .iter()
-                    .map(|(addr, status)| format!("{addr}: {status}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            return Err(PeerError::NoIndexAccepted { holder, reasons });
+        if core.trackers.is_empty() {
+            return Err(PeerError::NoIndexAccepted {
+                holder,
+                reasons: "no index address was given".into(),
+            });
         }
+        let statuses = core.heartbeat();
         for (addr, status) in &statuses {
             if let IndexStatus::Failed { reason } = status {
                 log::warn!(
@@ -198,25 +191,37 @@ impl<T: Transport> Announcer<T> {
         Ok(Announcer {
             shared: Arc::new(Mutex::new(core)),
             holder,
-            config,
             heartbeat: None,
         })
     }
 
+    /// The time between heartbeats now: a third of the shortest lease, this peer's own
+    /// ([`AnnouncerConfig::lease`]) or one an index told (it asks each after registering).
+    pub fn heartbeat_interval(&self) -> Duration {
+        lock(&self.shared).interval
+    }
+
     /// Starts the heartbeat thread: a [`Announcer::tick`] every
-    /// [`AnnouncerConfig::heartbeat_interval`] until shutdown. Calling it again does nothing.
+    /// [`Announcer::heartbeat_interval`] until shutdown. Calling it again does nothing.
     pub fn spawn_heartbeat(&mut self) -> Result<(), PeerError> {
         if self.heartbeat.is_some() {
             return Ok(());
         }
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let shared = Arc::clone(&self.shared);
-        let interval = self.config.heartbeat_interval();
         let thread = thread::Builder::new()
             .name("index-heartbeat".into())
             .spawn(move || {
                 // The stop signal is the channel closing; a timeout is the next heartbeat.
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                // The interval is read each time: an index may have told a shorter lease.
+                loop {
+                    let interval = lock(&shared).interval;
+                    if !matches!(
+                        stopped.recv_timeout(interval),
+                        Err(RecvTimeoutError::Timeout)
+                    ) {
+                        break;
+                    }
                     lock(&shared).heartbeat();
                 }
             })
@@ -258,6 +263,20 @@ impl<T: Transport> Announcer<T> {
             .iter()
             .map(|t| (t.addr.clone(), t.last.clone()))
             .collect()
+    }
+
+    /// A reader of [`Announcer::status`] that outlives a borrow (for status pages).
+    pub fn status_reader(
+        &self,
+    ) -> impl Fn() -> Vec<(PeerAddr, IndexStatus)> + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            lock(&shared)
+                .trackers
+                .iter()
+                .map(|t| (t.addr.clone(), t.last.clone()))
+                .collect()
+        }
     }
 
     /// Stops the heartbeat and unregisters the peer from every index at once; returns what
@@ -309,6 +328,8 @@ struct Tracker<T: Transport> {
     /// watcher reported it).
     suspect: bool,
     last: IndexStatus,
+    /// The lease this index said it keeps registrations for, once it said.
+    lease: Option<Duration>,
 }
 
 struct Core<T: Transport> {
@@ -317,6 +338,10 @@ struct Core<T: Transport> {
     announced: BTreeMap<String, FileMeta>,
     trackers: Vec<Tracker<T>>,
     stopped: bool,
+    /// The lease this peer was configured with ([`AnnouncerConfig::lease`]).
+    own_lease: Duration,
+    /// The heartbeat interval in force, for logging its changes.
+    interval: Duration,
 }
 
 impl<T: Transport> Core<T> {
@@ -326,12 +351,38 @@ impl<T: Transport> Core<T> {
         }
         let files: Vec<FileMeta> = self.announced.values().cloned().collect();
         let holder = &self.holder;
-        round(&mut self.trackers, |t| {
+        let statuses = round(&mut self.trackers, |t| {
             let before = t.last.clone();
             let status = t.heartbeat(holder, &files);
             log_transition(&t.addr, &before, &status);
             status
-        })
+        });
+        self.adapt_interval();
+        statuses
+    }
+
+    /// A third of the shortest lease: ours, or one an index told (see [`heartbeat_for`]).
+    fn adapt_interval(&mut self) {
+        let told: Vec<(PeerAddr, Duration)> = self
+            .trackers
+            .iter()
+            .filter_map(|t| t.lease.map(|l| (t.addr.clone(), l)))
+            .collect();
+        let interval = heartbeat_for(self.own_lease, told.iter().map(|(_, l)| *l));
+        if interval != self.interval {
+            let shortest = told.iter().min_by_key(|(_, l)| *l);
+            match shortest {
+                Some((addr, lease)) if *lease < self.own_lease => log::info!(
+                    "index {addr} keeps registrations {} s, less than this peer's {} s \
+                     (--lease): renewing every {:.1} s",
+                    lease.as_secs_f64(),
+                    self.own_lease.as_secs_f64(),
+                    interval.as_secs_f64()
+                ),
+                _ => log::info!("renewing every {:.1} s", interval.as_secs_f64()),
+            }
+            self.interval = interval;
+        }
     }
 
     fn apply(&mut self, change: &LibraryChange) {
@@ -517,6 +568,15 @@ impl<T: Transport> Tracker<T> {
         }
     }
 
+    /// Asks the index its lease (once it answers; again after each registration, since a
+    /// restarted index may have another). An index that predates the question keeps ours.
+    fn learn_lease(&mut self) {
+        match self.client.lease() {
+            Ok(lease) => self.lease = Some(lease),
+            Err(e) => log::debug!("index {} does not tell its lease: {e}", self.addr),
+        }
+    }
+
     /// Registers every file, after unregistering everything first if `clear`.
     fn register_all(&mut self, holder: &PeerAddr, files: &[FileMeta], clear: bool) -> IndexStatus {
         let result = (|| {
@@ -536,6 +596,7 @@ impl<T: Transport> Tracker<T> {
             Ok(()) => {
                 self.sync = Standing::InSync;
                 self.suspect = false;
+                self.learn_lease();
                 IndexStatus::Registered { files: files.len() }
             }
             Err(e) => IndexStatus::Failed {
@@ -583,6 +644,13 @@ impl<T: Transport> Tracker<T> {
 }
 
 /// One log line when an index stops or starts answering, not one per heartbeat.
+/// The heartbeat interval for a peer whose own lease is `own` and whose indexes told
+/// `told`: a third of the shortest (at least 1 ms).
+pub(crate) fn heartbeat_for(own: Duration, told: impl IntoIterator<Item = Duration>) -> Duration {
+    let shortest = told.into_iter().fold(own, Duration::min);
+    (shortest / 3).max(Duration::from_millis(1))
+}
+
 fn log_transition(addr: &PeerAddr, before: &IndexStatus, now: &IndexStatus) {
     let failed = |s: &IndexStatus| matches!(s, IndexStatus::Failed { .. });
     match (failed(before), now) {

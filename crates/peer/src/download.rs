@@ -359,6 +359,14 @@ impl<T: Transport> Downloader<T> {
             }
             _ => None,
         };
+        // On the peer's board (status page, metrics) while it runs.
+        let ticket = self.library.as_ref().map(|library| {
+            library.activity().download_started(
+                &manifest.file,
+                resumed_bytes,
+                sources.iter().map(|s| s.addr.clone()).collect(),
+            )
+        });
         let swarming = share.is_some() || sources.iter().any(|s| !s.complete);
         let config = SwarmConfig {
             io_timeout: self.config.io_timeout,
@@ -387,7 +395,11 @@ impl<T: Transport> Downloader<T> {
         let progress = self.progress.clone();
         let name = meta.name.clone();
         let size = meta.size;
+        let board = ticket.as_ref();
         let report_progress = move |bytes: u64, active: usize| {
+            if let Some(ticket) = board {
+                ticket.progress(resumed_bytes + bytes, active);
+            }
             if let Some(callback) = &progress {
                 callback(&Progress {
                     name: name.clone(),
@@ -428,7 +440,13 @@ impl<T: Transport> Downloader<T> {
                     }
                 }
                 match index.sources(&FileKey::Id(id)) {
-                    Ok(sources) => source_specs(sources, advertise.as_ref(), rng),
+                    Ok(sources) => {
+                        let specs = source_specs(sources, advertise.as_ref(), rng);
+                        if let Some(ticket) = board {
+                            ticket.add_sources(specs.iter().map(|s| s.addr.clone()));
+                        }
+                        specs
+                    }
                     Err(e) => {
                         log::debug!("cannot ask the index for more sources: {e}");
                         Vec::new()
@@ -544,6 +562,9 @@ impl<T: Transport> Downloader<T> {
                 tried: 0,
                 last_error: "no holder left".into(),
             })?;
+        if let Some(ticket) = ticket {
+            ticket.succeeded();
+        }
         let elapsed = started.elapsed();
         log::info!(
             "downloaded {} ({} B) from {} holders in {} ms; uploaded {uploaded} B of it to others meanwhile",

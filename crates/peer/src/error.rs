@@ -133,8 +133,9 @@ pub enum PeerError {
         /// Why it failed.
         source: io::Error,
     },
-    /// No index accepted the peer's registration (each was unreachable or refused).
-    #[error("no index accepted the registration of {holder}: {reasons}")]
+    /// The peer was given no index to register with (an index that is down is not an
+    /// error: it is retried at every heartbeat while the peer serves).
+    #[error("no index to register {holder} with: {reasons}")]
     NoIndexAccepted {
         /// The address the peer registers as.
         holder: PeerAddr,

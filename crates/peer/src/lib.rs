@@ -76,6 +76,7 @@
 //! # }
 //! ```
 
+mod activity;
 mod announce;
 mod clock;
 mod download;
@@ -93,6 +94,7 @@ mod stamp;
 mod swarm;
 mod watch;
 
+pub use activity::{Activity, DownloadRow, ServerStats, UploadRow};
 #[doc(hidden)]
 pub mod fuzzing;
 
@@ -104,9 +106,11 @@ pub use download::{
 pub use error::PeerError;
 pub use library::{
     ChangedFile, Library, LibraryChange, OpenOptions, ScanProgress, ScanReport, SharedFile,
+    SkipReason, Skipped,
 };
-pub use peer::{Peer, PeerConfig};
-pub use server::{PeerServer, PeerServerConfig, ServerStats};
+pub use part::{Interrupted, interrupted_downloads};
+pub use peer::{FolderRow, IndexRow, Peer, PeerConfig, PeerMonitor, PeerSnapshot, PeerTotals};
+pub use server::{PeerServer, PeerServerConfig};
 pub use share::PartialShare;
 pub use shoal_proto::server::ServerHandle;
 pub use swarm::DropReason;

@@ -5,7 +5,7 @@
 //! size, modification and change time) is unchanged, and with [`OpenOptions::hash_cache`]
 //! the hashes also survive restarts in `DIR/.shoal-cache` (see `hash_cache.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use shoal_proto::message::ChunkHash;
+
+use crate::activity::Activity;
 use shoal_proto::{FileId, FileKey, FileMeta, content, validate_name};
 
 use crate::PeerError;
@@ -153,6 +155,52 @@ pub struct ScanReport {
     pub elapsed: Duration,
     /// What changed.
     pub change: LibraryChange,
+    /// Names in the folder that are not shared, with why, reported for the first time by
+    /// this scan (each is logged once, at the normal level; a name that stays is not
+    /// reported again, one that leaves and comes back is).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A name in a shared folder that is not shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The name as it is (not UTF-8 names lossily, with U+FFFD).
+    pub name: String,
+    /// Why it is not shared.
+    pub reason: SkipReason,
+}
+
+/// Why a name in a shared folder is not shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// A subfolder: only files directly in the folder are shared.
+    Subfolder,
+    /// A symbolic link: never followed.
+    Symlink,
+    /// Neither a regular file, a folder nor a link (a FIFO, socket or device).
+    NotRegular,
+    /// The name is not UTF-8, so it cannot travel on the wire.
+    NotUtf8,
+    /// The name is not a plain shareable name (a control character, too long, ...).
+    BadName(String),
+    /// It could not be read.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Subfolder => {
+                f.write_str("a subfolder (only files directly in the folder are shared)")
+            }
+            SkipReason::Symlink => f.write_str("a symbolic link (links are never followed)"),
+            SkipReason::NotRegular => f.write_str("not a regular file"),
+            SkipReason::NotUtf8 => f.write_str("the name is not UTF-8"),
+            SkipReason::BadName(why) => write!(f, "the name cannot be shared: {why}"),
+            SkipReason::Unreadable(why) => write!(f, "cannot be read: {why}"),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -220,6 +268,10 @@ struct Inner {
     cache_dirty: AtomicBool,
     /// Downloads in progress whose verified chunks are served, by id.
     partials: Mutex<HashMap<FileId, Arc<PartialShare>>>,
+    /// Downloads and uploads in progress, and the counters of both.
+    activity: Arc<Activity>,
+    /// Names skipped and already reported (see [`ScanReport::skipped`]).
+    reported_skips: Mutex<HashSet<String>>,
     /// Tells a file hashed right after a write (see [`Stamp::racy`]).
     clock: Arc<dyn Clock>,
 }
@@ -292,6 +344,8 @@ impl Library {
             clock: &*clock,
         };
         let (by_name, mut report) = scan(dir, options.chunk_size, sources, started)?;
+        let mut reported = HashSet::new();
+        report_skipped(dir, &mut report.skipped, &mut reported);
         let mut state = State {
             by_name,
             ..State::default()
@@ -300,6 +354,7 @@ impl Library {
         report.change = state.take_change();
         let library = Library {
             inner: Arc::new(Inner {
+                activity: Arc::new(Activity::new()),
                 dir: dir.to_path_buf(),
                 chunk_size: options.chunk_size,
                 hash_cache: options.hash_cache,
@@ -307,6 +362,7 @@ impl Library {
                 cache_writer: Mutex::new(()),
                 cache_dirty: AtomicBool::new(false),
                 partials: Mutex::new(HashMap::new()),
+                reported_skips: Mutex::new(reported),
                 clock,
             }),
         };
@@ -323,6 +379,7 @@ impl Library {
     pub fn empty(dir: &Path, chunk_size: u32) -> Library {
         Library {
             inner: Arc::new(Inner {
+                activity: Arc::new(Activity::new()),
                 dir: dir.to_path_buf(),
                 chunk_size,
                 hash_cache: false,
@@ -330,6 +387,7 @@ impl Library {
                 cache_writer: Mutex::new(()),
                 cache_dirty: AtomicBool::new(false),
                 partials: Mutex::new(HashMap::new()),
+                reported_skips: Mutex::new(HashSet::new()),
                 clock: clock::system(),
             }),
         }
@@ -375,6 +433,11 @@ impl Library {
     /// The download in progress of this id, if its chunks are served.
     pub(crate) fn partial(&self, id: &FileId) -> Option<Arc<PartialShare>> {
         self.partials().get(id).cloned()
+    }
+
+    /// What this peer is downloading and uploading, and its counters.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.inner.activity
     }
 
     /// Downloads in progress whose verified chunks are served now.
@@ -451,6 +514,15 @@ impl Library {
         };
         let (mut by_name, mut report) =
             scan(&self.inner.dir, self.inner.chunk_size, sources, started)?;
+        report_skipped(
+            &self.inner.dir,
+            &mut report.skipped,
+            &mut self
+                .inner
+                .reported_skips
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         let mut state = self.write();
         // Files inserted after the snapshot may have landed after `read_dir` passed them.
         for (name, entry) in &state.by_name {
@@ -643,6 +715,17 @@ struct Sources<'a> {
     clock: &'a dyn Clock,
 }
 
+/// Logs each name of `skipped` not yet in `reported` (once, at the normal level), keeps only
+/// those in `skipped`, and makes `reported` what this scan skipped.
+fn report_skipped(dir: &Path, skipped: &mut Vec<Skipped>, reported: &mut HashSet<String>) {
+    let now: HashSet<String> = skipped.iter().map(|s| s.name.clone()).collect();
+    skipped.retain(|s| !reported.contains(&s.name));
+    for s in skipped.iter() {
+        log::info!("not sharing {}: {}", dir.join(&s.name).display(), s.reason);
+    }
+    *reported = now;
+}
+
 /// Lists and hashes the shareable files of `dir`, reusing what `sources` vouches for.
 /// First lists and stats everything, so progress knows the total work before hashing.
 fn scan(
@@ -664,26 +747,39 @@ fn scan(
             }
         };
         let path = entry.path();
-        let Ok(name) = entry.file_name().into_string() else {
-            log::debug!("skipping {}: name is not UTF-8", path.display());
-            continue;
+        let mut skip = |name: String, reason: SkipReason| {
+            report.skipped.push(Skipped { name, reason });
+        };
+        let name = match entry.file_name().into_string() {
+            Ok(name) => name,
+            Err(raw) => {
+                skip(raw.to_string_lossy().into_owned(), SkipReason::NotUtf8);
+                continue;
+            }
         };
         if name.starts_with('.') {
             continue;
         }
         if let Err(e) = validate_name(&name) {
-            log::debug!("skipping {}: {e}", path.display());
+            skip(name, SkipReason::BadName(e.to_string()));
             continue;
         }
         // `DirEntry::file_type` does not follow symlinks.
         match entry.file_type() {
             Ok(t) if t.is_file() => {}
-            Ok(_) => {
-                log::debug!("skipping {}: not a regular file", path.display());
+            Ok(t) => {
+                let reason = if t.is_dir() {
+                    SkipReason::Subfolder
+                } else if t.is_symlink() {
+                    SkipReason::Symlink
+                } else {
+                    SkipReason::NotRegular
+                };
+                skip(name, reason);
                 continue;
             }
             Err(e) => {
-                log::warn!("skipping {}: {e}", path.display());
+                skip(name, SkipReason::Unreadable(e.to_string()));
                 continue;
             }
         }
@@ -913,6 +1009,47 @@ mod tests {
         assert!(dir.is_dir());
         assert!(lib.files().is_empty());
         assert_eq!(lib.dir(), dir);
+    }
+
+    #[test]
+    fn skipped_names_are_reported_once_with_the_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("a.txt"), b"shared").unwrap();
+        fs::create_dir(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink(root.join("a.txt"), root.join("link")).unwrap();
+        fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+        fs::write(root.join(".hidden"), b"x").unwrap();
+        let (lib, report) = Library::open_with(root, &OpenOptions::default()).unwrap();
+        assert_eq!(lib.files().len(), 1);
+        let mut skipped: Vec<(String, SkipReason)> = report
+            .skipped
+            .into_iter()
+            .map(|s| (s.name, s.reason))
+            .collect();
+        skipped.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            skipped,
+            vec![
+                ("bad\u{FFFD}".to_string(), SkipReason::NotUtf8),
+                ("link".to_string(), SkipReason::Symlink),
+                ("sub".to_string(), SkipReason::Subfolder),
+            ],
+            "hidden files (part files, the cache) are not news"
+        );
+        // Once: the next scans stay quiet about them...
+        assert!(lib.rescan().unwrap().skipped.is_empty());
+        // ...unless one goes and comes back.
+        fs::remove_dir(root.join("sub")).unwrap();
+        assert!(lib.rescan().unwrap().skipped.is_empty());
+        fs::create_dir(root.join("sub")).unwrap();
+        let again = lib.rescan().unwrap().skipped;
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].reason.to_string(),
+            "a subfolder (only files directly in the folder are shared)"
+        );
     }
 
     #[test]

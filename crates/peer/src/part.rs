@@ -60,6 +60,54 @@ pub(crate) fn part_path(dir: &Path, meta: &FileMeta) -> PathBuf {
     }
 }
 
+/// A download that stopped before the end and left its part file for a resume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The file's name (its id in hex when the name was too long for the part file's).
+    pub name: String,
+    /// Its id.
+    pub id: shoal_proto::FileId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes verified so far (a resume fetches only the rest).
+    pub verified_bytes: u64,
+}
+
+/// The interrupted downloads of `dir`: every part file with a readable resume record. What
+/// they hold is the record's word; a resume re-verifies it.
+pub fn interrupted_downloads(dir: &Path) -> Vec<Interrupted> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Interrupted> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let file_name = entry.file_name().into_string().ok()?;
+            let name = file_name
+                .strip_prefix('.')?
+                .strip_suffix(".shoal-part.state")?;
+            let part = entry.path().with_file_name(format!(".{name}.shoal-part"));
+            if !part.is_file() {
+                return None;
+            }
+            let (geometry, done) = ResumeState::peek(&entry.path()).ok()?;
+            let verified_bytes = done
+                .iter()
+                .filter_map(|&i| content::chunk_len(geometry.size, geometry.chunk_size, i))
+                .map(u64::from)
+                .sum();
+            Some(Interrupted {
+                name: name.to_string(),
+                id: geometry.id,
+                size: geometry.size,
+                verified_bytes,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
 /// `dir/.{name}.shoal-state`, the resume sidecar beside the part file.
 fn state_path(part: &Path) -> PathBuf {
     let mut name = part
@@ -454,6 +502,39 @@ mod tests {
             0,
             "nothing was written"
         );
+    }
+
+    /// A download of `bytes` into `dir` that verifies `chunks` (1 KiB each) and stops,
+    /// keeping its part file for a resume.
+    fn interrupt_after(dir: &Path, manifest: &Manifest, bytes: &[u8], chunks: &[u32]) {
+        let part = PartFile::open(dir, manifest, clock::system()).unwrap();
+        for &index in chunks {
+            store_chunk(&part, bytes, index);
+        }
+        part.keep_for_resume();
+    }
+
+    #[test]
+    fn interrupted_downloads_are_listed_with_what_they_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let manifest = manifest_of("song.ogg", &bytes);
+        assert!(interrupted_downloads(tmp.path()).is_empty());
+        // Chunks 0 and 2 (1024 + 952 bytes) verified, then the download stops.
+        interrupt_after(tmp.path(), &manifest, &bytes, &[0, 2]);
+        let found = interrupted_downloads(tmp.path());
+        assert_eq!(
+            found,
+            vec![Interrupted {
+                name: "song.ogg".into(),
+                id: manifest.file.id,
+                size: 3000,
+                verified_bytes: 1024 + 952,
+            }]
+        );
+        // A record without its part file is not a download to resume.
+        fs::remove_file(part_path(tmp.path(), &manifest.file)).unwrap();
+        assert!(interrupted_downloads(tmp.path()).is_empty());
     }
 
     #[test]

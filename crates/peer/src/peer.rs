@@ -78,7 +78,8 @@ impl<T: Transport> std::fmt::Debug for Peer<T> {
 
 impl<T: Transport> Peer<T> {
     /// Serves `library`, registers it with the indexes and starts the heartbeat (and the
-    /// watcher, if configured). Fails if the address cannot be bound or no index accepts.
+    /// watcher, if configured). Fails if the address cannot be bound or no index is given; an
+    /// index that does not answer is retried at every heartbeat while the peer serves.
     pub fn start(transport: T, library: Library, config: PeerConfig) -> Result<Self, PeerError> {
         let server = PeerServer::new(transport.clone(), library.clone(), config.server.clone());
         let stats = server.stats();
@@ -164,12 +165,30 @@ impl<T: Transport> Peer<T> {
         &self.stats
     }
 
+    /// The time between heartbeats now (a third of the shortest lease: the peer's own, or
+    /// one an index told).
+    pub fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        self.announcer.as_ref().map(Announcer::heartbeat_interval)
+    }
+
     /// Each index and how the last exchange with it went.
     pub fn index_status(&self) -> Vec<(PeerAddr, IndexStatus)> {
         self.announcer
             .as_ref()
             .map(Announcer::status)
             .unwrap_or_default()
+    }
+
+    /// Reads this peer's state while it runs: for status pages and `/metrics`.
+    pub fn monitor(&self) -> PeerMonitor {
+        PeerMonitor {
+            library: self.library.clone(),
+            advertise: self.advertise.clone(),
+            indexes: match &self.announcer {
+                Some(announcer) => Box::new(announcer.status_reader()),
+                None => Box::new(Vec::new),
+            },
+        }
     }
 
     /// Stops the watcher, unregisters from every index, stops the server.
@@ -217,4 +236,132 @@ fn advertised_addr<T: Transport>(
             seen_as: seen_as.clone(),
         })?;
     PeerAddr::new(SocketAddr::new(ip, socket.port()).to_string()).map_err(PeerError::BadName)
+}
+
+/// Reads a running [`Peer`]'s state ([`Peer::monitor`]).
+pub struct PeerMonitor {
+    library: Library,
+    advertise: PeerAddr,
+    indexes: Box<dyn Fn() -> Vec<(PeerAddr, IndexStatus)> + Send + Sync>,
+}
+
+/// A file of the shared folder, on a status page.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FolderRow {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its id in hex.
+    pub id: String,
+}
+
+/// An index and how the last exchange with it went, on a status page.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndexRow {
+    /// Its address.
+    pub addr: String,
+    /// `registered` (registered or renewed), `failed`, `unregistered` or `idle`.
+    pub state: &'static str,
+    /// What it said, in words.
+    pub detail: String,
+}
+
+/// A peer's totals.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PeerTotals {
+    /// Chunk bytes sent to other peers.
+    pub bytes_served: u64,
+    /// Verified chunk bytes received from other peers.
+    pub bytes_received: u64,
+    /// Served over received (BitTorrent's share ratio); `None` before anything arrived.
+    pub ratio: Option<f64>,
+    /// Downloads finished whole.
+    pub downloads_completed: u64,
+    /// Downloads that ended without the whole file.
+    pub downloads_failed: u64,
+}
+
+/// A moment of a peer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PeerSnapshot {
+    /// The shared folder.
+    pub folder: String,
+    /// The address registered with the indexes.
+    pub advertise: String,
+    /// Files in the folder.
+    pub folder_files: usize,
+    /// Their bytes.
+    pub folder_bytes: u64,
+    /// The first files of the folder by name.
+    pub files: Vec<FolderRow>,
+    /// Every index.
+    pub indexes: Vec<IndexRow>,
+    /// Downloads in progress.
+    pub downloads: Vec<crate::DownloadRow>,
+    /// Uploads in progress.
+    pub uploads: Vec<crate::UploadRow>,
+    /// Totals since the start.
+    pub totals: PeerTotals,
+}
+
+impl PeerMonitor {
+    /// The peer's state, with the first `files` files of its folder.
+    pub fn snapshot(&self, files: usize) -> PeerSnapshot {
+        let activity = self.library.activity();
+        let stats = activity.server_stats();
+        let mut listed = self.library.files();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let folder_files = listed.len();
+        let served = stats.bytes_served();
+        let received = activity.bytes_received();
+        let (completed, failed) = activity.downloads_finished();
+        PeerSnapshot {
+            folder: self.library.dir().display().to_string(),
+            advertise: self.advertise.to_string(),
+            folder_files,
+            folder_bytes: self.library.total_bytes(),
+            files: listed
+                .into_iter()
+                .take(files)
+                .map(|f| FolderRow {
+                    name: f.name,
+                    size: f.size,
+                    id: f.id.to_hex(),
+                })
+                .collect(),
+            indexes: (self.indexes)()
+                .into_iter()
+                .map(|(addr, status)| IndexRow {
+                    addr: addr.to_string(),
+                    state: match status {
+                        IndexStatus::Registered { .. } | IndexStatus::Renewed { .. } => {
+                            "registered"
+                        }
+                        IndexStatus::Failed { .. } => "failed",
+                        IndexStatus::Unregistered { .. } => "unregistered",
+                        IndexStatus::Idle => "idle",
+                    },
+                    detail: status.to_string(),
+                })
+                .collect(),
+            downloads: activity.downloads(),
+            uploads: activity.uploads(),
+            totals: PeerTotals {
+                bytes_served: served,
+                bytes_received: received,
+                ratio: (received > 0).then(|| served as f64 / received as f64),
+                downloads_completed: completed,
+                downloads_failed: failed,
+            },
+        }
+    }
+
+    /// Appends `/metrics` (OpenMetrics text, which Prometheus reads) to `out`.
+    pub fn encode_metrics(&self, out: &mut String) -> std::fmt::Result {
+        let files = self.library.files().len();
+        self.library
+            .activity()
+            .encode_metrics(files, self.library.total_bytes(), out)
+    }
 }

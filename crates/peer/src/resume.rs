@@ -102,6 +102,21 @@ impl ResumeState {
         Ok(Some(state))
     }
 
+    /// Reads a sidecar without knowing which download it belongs to (to report the
+    /// interrupted downloads of a folder): its geometry and the chunks it marks done.
+    /// Bounded by the largest sidecar any file can have.
+    pub(crate) fn peek(path: &Path) -> Result<(Geometry, Vec<u32>), String> {
+        let most = HEADER_LEN
+            + GEOMETRY_LEN
+            + usize::try_from(MAX_CHUNKS.div_ceil(8)).unwrap_or(usize::MAX)
+            + CHECKSUM_LEN;
+        let bytes = format::read_capped(path, most as u64)
+            .map_err(|e| e.to_string())?
+            .ok_or("there is none")?;
+        let state = Self::decode(&bytes).map_err(|e| e.to_string())?;
+        Ok((state.geometry, state.done_chunks()))
+    }
+
     /// The sidecar in `bytes`, whichever file it describes.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader(FORMAT.open(bytes)?);

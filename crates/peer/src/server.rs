@@ -3,7 +3,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,10 +16,11 @@ use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, content,
 };
 
+use crate::activity::UploadTicket;
 use crate::library::open_regular;
 use crate::pieces::Bitset;
 use crate::share::{Availability, PartialShare};
-use crate::{Library, PeerError, SharedFile};
+use crate::{Library, PeerError, ServerStats, SharedFile};
 
 /// Read buffer for requests (they are a few dozen bytes each).
 const REQUEST_BUF: usize = 1024;
@@ -84,39 +84,6 @@ pub struct PeerServer<T: Transport> {
     library: Library,
     config: PeerServerConfig,
     stats: Arc<ServerStats>,
-}
-
-/// What a [`PeerServer`] has served, readable while it runs ([`PeerServer::stats`]).
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    bytes: AtomicU64,
-    partial_bytes: AtomicU64,
-    chunks: AtomicU64,
-}
-
-impl ServerStats {
-    fn count(&self, bytes: u64, partial: bool) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.chunks.fetch_add(1, Ordering::Relaxed);
-        if partial {
-            self.partial_bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-    }
-
-    /// Chunk bytes sent to other peers.
-    pub fn bytes_served(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Of those, bytes sent from downloads still in progress.
-    pub fn partial_bytes_served(&self) -> u64 {
-        self.partial_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Chunks sent to other peers.
-    pub fn chunks_served(&self) -> u64 {
-        self.chunks.load(Ordering::Relaxed)
-    }
 }
 
 /// Upload slots, handed out in the order requests arrive (no downloader starves).
@@ -257,11 +224,12 @@ impl Pace<'_> {
 impl<T: Transport> PeerServer<T> {
     /// A server of `library` over `transport`; nothing happens until [`PeerServer::spawn`].
     pub fn new(transport: T, library: Library, config: PeerServerConfig) -> Self {
+        let stats = library.activity().server_stats();
         PeerServer {
             transport,
             library,
             config,
-            stats: Arc::new(ServerStats::default()),
+            stats,
         }
     }
 
@@ -292,7 +260,8 @@ impl<T: Transport> PeerServer<T> {
             handed: HandedOut::default(),
         });
         let session = config.session();
-        spawn_accept_loop(&transport, listener, accept, move |stream, from, live| {
+        let activity = Arc::clone(library.activity());
+        let handle = spawn_accept_loop(&transport, listener, accept, move |stream, from, live| {
             let mut handler = Session {
                 from: from.clone(),
                 library: &library,
@@ -300,10 +269,15 @@ impl<T: Transport> PeerServer<T> {
                 shared: &shared,
                 out: Vec::with_capacity(64),
                 chunk: Vec::new(),
+                transfer: None,
+                refused: None,
             };
-            serve_session(stream, &from, live, &session, &mut handler);
+            let end = serve_session(stream, &from, live, &session, &mut handler);
+            library.activity().refusals().session_ended(&end);
         })
-        .map_err(bind_error)
+        .map_err(bind_error)?;
+        activity.refusals().attach(handle.counters());
+        Ok(handle)
     }
 }
 
@@ -418,6 +392,24 @@ struct Session<'a> {
     out: Vec<u8>,
     /// One chunk's bytes, reused for every chunk of the connection.
     chunk: Vec<u8>,
+    /// The file this connection is being sent: one log line and one status-page row per
+    /// transfer (file and peer), not per chunk request.
+    transfer: Option<UploadTicket>,
+    /// The code of the refusal the current request got, if it got one (for metrics).
+    refused: Option<ErrorCode>,
+}
+
+impl Session<'_> {
+    /// The transfer of `meta` to this connection's peer: the current one, or a new one
+    /// (ending the previous).
+    fn transfer(&mut self, meta: &FileMeta, partial: bool) -> &mut UploadTicket {
+        if self.transfer.as_ref().is_some_and(|t| t.id() != meta.id) {
+            self.transfer = None;
+        }
+        let activity = self.library.activity();
+        self.transfer
+            .get_or_insert_with(|| activity.upload_started(&self.from, meta, partial))
+    }
 }
 
 impl<C: Connection> Handler<C> for Session<'_> {
@@ -433,8 +425,14 @@ impl<C: Connection> Handler<C> for Session<'_> {
         request: PeerRequest,
         stream: &mut SessionStream<C>,
     ) -> Result<(), ProtoError> {
+        let kind = match &request {
+            PeerRequest::Manifest { .. } => "manifest",
+            PeerRequest::ReadChunks { .. } => "read_chunks",
+            PeerRequest::Availability { .. } => "availability",
+        };
+        self.refused = None;
         let mut conn = Conn { stream, s: self };
-        match request {
+        let result = match request {
             PeerRequest::Manifest { key } => conn.manifest(&key),
             PeerRequest::ReadChunks {
                 id,
@@ -448,7 +446,13 @@ impl<C: Connection> Handler<C> for Session<'_> {
                 since,
                 wait_ms,
             } => conn.availability(id, chunk_size, since, wait_ms),
-        }
+        };
+        let outcome = match (&result, self.refused) {
+            (Err(_), _) => "failed",
+            (Ok(()), code) => shoal_index::outcome_label(code),
+        };
+        self.library.activity().request_answered(kind, outcome);
+        result
     }
 }
 
@@ -475,6 +479,7 @@ struct Conn<'s, 'a, C> {
 impl<'a, C: Connection> Conn<'_, 'a, C> {
     /// Sends a refusal; the connection stays usable.
     fn refuse(&mut self, code: ErrorCode, message: String) -> Result<(), ProtoError> {
+        self.s.refused = Some(code);
         self.send(&PeerResponse::Error(ErrorReply::new(code, message)))
     }
 
@@ -490,7 +495,7 @@ impl<'a, C: Connection> Conn<'_, 'a, C> {
             log::debug!("{} asked for a bad name: {e}", self.s.from);
             return self.refuse(ErrorCode::BadName, e.to_string());
         }
-        log::info!("{} requested {key} manifest", self.s.from);
+        log::debug!("{} requested {key} manifest", self.s.from);
         if let Some(file) = self.s.library.get(key) {
             return self.send(&PeerResponse::Manifest(Manifest {
                 file: file.meta,
@@ -723,8 +728,9 @@ impl<'a, C: Connection> Conn<'_, 'a, C> {
             sent?;
             bytes += u64::from(len);
             self.s.shared.stats.count(u64::from(len), false);
+            self.s.transfer(meta, false).sent(u64::from(len));
         }
-        log::info!(
+        log::debug!(
             "served {} chunks {}..{} ({bytes} B) to {} in {} ms",
             meta.name,
             range.start,
@@ -773,8 +779,9 @@ impl<'a, C: Connection> Conn<'_, 'a, C> {
             result?;
             bytes += len;
             self.s.shared.stats.count(len, true);
+            self.s.transfer(share.meta(), true).sent(len);
         }
-        log::info!(
+        log::debug!(
             "served {} chunks {}..{} ({bytes} B, downloading) to {}",
             share.meta().name,
             range.start,

@@ -355,7 +355,7 @@ fn announces_to_every_index_and_survives_losing_one() {
 }
 
 #[test]
-fn starting_needs_one_index_and_retries_the_others() {
+fn starting_retries_every_index_that_is_down_even_all_of_them() {
     let world = World::new(&["index-a", "index-b"]);
     world.write("a.bin", &[7; 100]);
     let library = world.library();
@@ -382,25 +382,41 @@ fn starting_needs_one_index_and_retries_the_others() {
     assert_eq!(world.listed(0), pairs(&library));
     drop(announcer);
 
-    // No index at all: a readable error naming each.
+    // No index at all: it starts anyway (the peer serves), and registers once one is back.
     for at in world.addrs() {
         world.net.refuse(&at);
     }
-    let err = Announcer::start(
+    let announcer = Announcer::start(
         world.peer.clone(),
         world.addrs(),
         world.alice.clone(),
         &library,
         AnnouncerConfig::default(),
     )
+    .unwrap();
+    let status = statuses(announcer.status());
+    assert!(
+        status
+            .iter()
+            .all(|s| matches!(s, IndexStatus::Failed { .. })),
+        "{status:?}"
+    );
+    world.net.heal(&world.addrs()[1]);
+    assert_eq!(
+        statuses(announcer.tick())[1],
+        IndexStatus::Registered { files: 1 }
+    );
+    // Only an empty list is refused at start.
+    let err = Announcer::start(
+        world.peer.clone(),
+        Vec::new(),
+        world.alice.clone(),
+        &library,
+        AnnouncerConfig::default(),
+    )
     .err()
     .unwrap();
-    assert!(matches!(err, PeerError::NoIndexAccepted { .. }));
-    let text = err.to_string();
-    assert!(
-        text.contains("index-a:1024") && text.contains("index-b:1024"),
-        "{text}"
-    );
+    assert!(matches!(err, PeerError::NoIndexAccepted { .. }), "{err}");
 }
 
 #[test]
@@ -611,4 +627,49 @@ fn the_heartbeat_thread_renews_until_stopped() {
     // Shutdown stops the thread (the join returns) and unregisters.
     announcer.shutdown();
     assert!(world.listed(0).is_empty());
+}
+
+#[test]
+fn a_peer_adapts_to_an_index_lease_shorter_than_its_own() {
+    let net = MemNetwork::new();
+    let spawn = |host: &str, lease: Duration| {
+        let store = MemoryStore::with_seed(1).with_lease(lease);
+        IndexServer::new(net.host(host), store, IndexServerConfig::default())
+            .spawn(&addr(&format!("{host}:1024")))
+            .unwrap()
+    };
+    let short = spawn("short", Duration::from_secs(3));
+    let long = spawn("long", Duration::from_secs(600));
+    let dir = TempDir::new().unwrap();
+    fs::write(dir.path().join("a.bin"), [7; 100]).unwrap();
+    let library = Library::open(dir.path(), 1024).unwrap();
+    let config = AnnouncerConfig {
+        lease: LEASE,
+        ..AnnouncerConfig::default()
+    };
+    assert_eq!(config.heartbeat_interval(), Duration::from_secs(20));
+    let announcer = Announcer::start(
+        net.host("alice"),
+        vec![short.addr().clone(), long.addr().clone()],
+        addr("alice:7000"),
+        &library,
+        config,
+    )
+    .unwrap();
+    // The shortest lease told wins: a third of 3 s, not of the peer's own 60 s.
+    assert_eq!(announcer.heartbeat_interval(), Duration::from_secs(1));
+    // A longer lease than the peer's own changes nothing.
+    drop(announcer);
+    let announcer = Announcer::start(
+        net.host("alice"),
+        vec![long.addr().clone()],
+        addr("alice:7000"),
+        &library,
+        AnnouncerConfig {
+            lease: LEASE,
+            ..AnnouncerConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(announcer.heartbeat_interval(), Duration::from_secs(20));
 }

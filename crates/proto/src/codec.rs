@@ -338,6 +338,16 @@ mod tests {
     use std::io::Cursor;
 
     #[test]
+    fn lease_frames_are_the_documented_bytes() {
+        let mut buf = Vec::new();
+        encode_frame(&IndexRequest::Lease, &mut buf).unwrap();
+        assert_eq!(buf, [0, 0, 0, 1, 10], "docs/PROTOCOL.md");
+        buf.clear();
+        encode_frame(&IndexResponse::Lease { lease_ms: 60_000 }, &mut buf).unwrap();
+        assert_eq!(buf, [0, 0, 0, 4, 9, 0xfb, 0x60, 0xea], "docs/PROTOCOL.md");
+    }
+
+    #[test]
     fn frame_round_trip() {
         let msg = IndexRequest::Locate {
             key: FileKey::Name("a.txt".into()),

@@ -87,6 +87,10 @@ pub enum IndexRequest {
     /// share one registry (a shared store such as Redis), so a peer registers with one of
     /// them and moves to another when it dies, instead of registering with each.
     Identify,
+    /// How long this index keeps a registration without renewal: a peer renews well
+    /// within the shortest lease of its indexes. Appended last, for wire compatibility
+    /// (an index that predates it answers `BadRequest`).
+    Lease,
 }
 
 /// The index server's answer to one [`IndexRequest`].
@@ -148,6 +152,11 @@ pub enum IndexResponse {
     Identity {
         /// Opaque text, compared for equality only.
         registry: Option<String>,
+    },
+    /// Answer to `Lease`.
+    Lease {
+        /// The lease of a registration, in milliseconds.
+        lease_ms: u64,
     },
 }
 

@@ -528,6 +528,20 @@ impl Store for DurableStore {
         Ok(self.partials.search(query, limit, complete, now))
     }
 
+    fn counts(&self) -> Result<crate::StoreCounts, StoreError> {
+        let files = self.search("", usize::MAX)?.len();
+        let state = lock(&self.shared.state);
+        Ok(crate::store::registry_counts(
+            &state.registry,
+            &self.partials,
+            files,
+        ))
+    }
+
+    fn kind(&self) -> &'static str {
+        "durable"
+    }
+
     fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError> {
         // Leases are not durable: a renewal writes nothing. But "you hold n files" must not
         // count a registration that a crash could still lose.

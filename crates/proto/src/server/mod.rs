@@ -119,6 +119,13 @@ impl ServerHandle {
         self.registry.taken.load(Ordering::Relaxed)
     }
 
+    /// Counters of the accept loop that outlive a borrow of the handle (for metrics).
+    pub fn counters(&self) -> AcceptCounters {
+        AcceptCounters {
+            registry: Arc::clone(&self.registry),
+        }
+    }
+
     /// Registers `hook` to run when the server stops (shutdown or drop), after the accept
     /// loop ended: how a server ties its background work to the handle's lifetime.
     pub fn on_stop(&mut self, hook: impl FnOnce() + Send + Sync + 'static) {
@@ -219,6 +226,8 @@ struct Registry {
     live: Arc<AtomicUsize>,
     /// Idle connections closed for a new client.
     taken: AtomicU64,
+    /// Clients refused because every connection was busy.
+    refused: AtomicU64,
 }
 
 impl Registry {
@@ -229,6 +238,7 @@ impl Registry {
             next_id: AtomicU64::new(0),
             live,
             taken: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -307,6 +317,34 @@ impl Registry {
 }
 
 /// A live connection in the accept loop's registry, handed to the handler with its stream.
+/// What an accept loop has refused and closed, readable while it runs
+/// ([`ServerHandle::counters`]).
+#[derive(Clone)]
+pub struct AcceptCounters {
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for AcceptCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptCounters")
+            .field("refused_busy", &self.refused_busy())
+            .field("idle_closed", &self.idle_closed())
+            .finish()
+    }
+}
+
+impl AcceptCounters {
+    /// Clients refused at the connection limit because every connection was busy.
+    pub fn refused_busy(&self) -> u64 {
+        self.registry.refused.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections closed to make room for a new client at the limit.
+    pub fn idle_closed(&self) -> u64 {
+        self.registry.taken.load(Ordering::Relaxed)
+    }
+}
+
 /// The handler calls [`LiveConnection::busy`] when a request arrives and
 /// [`LiveConnection::idle`] once it is answered; at the connection limit the accept loop
 /// closes an idle connection for a new client (see the module docs), and the handler of a
@@ -534,6 +572,7 @@ fn connection_thread<L, H>(
                     idle.as_millis()
                 );
             } else {
+                pool.registry.refused.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "{}: refused {from}: {} connections already open, all busy",
                     config.name,
