@@ -244,8 +244,10 @@ pub fn check_log(bytes: &[u8]) -> Result<String, String> {
         return Err("the log repaired to its intact records does not read back as them".into());
     }
     let mut outcome = format!("{version:?} records:{}", records.min(2));
-    for d in &damage {
-        outcome += &format!(" damage:{}", kind(&d.reason));
+    let kinds: std::collections::BTreeSet<String> =
+        damage.iter().map(|d| kind(&d.reason)).collect();
+    for k in kinds {
+        outcome += &format!(" damage:{k}");
     }
     if let Some((_, reason)) = &tail {
         outcome += &format!(" tail:{}", kind(reason));
