@@ -52,9 +52,9 @@ fn records() -> impl Strategy<Value = Vec<LogRecord>> {
 /// tail); `None` if the log was refused.
 fn scan(bytes: &[u8]) -> Option<(Vec<LogRecord>, bool)> {
     match fuzzing::scan_log(bytes, 1) {
-        Ok((ScannedLog::Records { damage, tail, .. }, found)) => Some((
+        Ok((ScannedLog::Records(report), found)) => Some((
             found.into_iter().map(|f| f.2).collect(),
-            !damage.is_empty() || tail.is_some(),
+            !report.damage.is_empty() || report.tail.is_some(),
         )),
         Ok((ScannedLog::HeaderCut { .. }, _)) => Some((Vec::new(), true)),
         Err(_) => None,

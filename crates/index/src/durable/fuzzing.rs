@@ -14,7 +14,7 @@ pub use super::format::{
     FORMAT_VERSION, FileKind, FormatError, HEADER_LEN, Header, LogRecord, Version, decode_frame,
     decode_header, decode_log_record, encode_header, encode_record,
 };
-pub use super::recover::{Damage, ReadError, ScannedLog};
+pub use super::recover::{Damage, ReadError, ScanReport, ScannedLog};
 use super::recover::{apply, read_snapshot as read_snapshot_from, scan_log as scan_log_from};
 use crate::registry::DEFAULT_LEASE;
 use crate::{IndexError, Registry};
@@ -47,7 +47,7 @@ pub fn scan_log(bytes: &[u8], generation: u64) -> Result<(ScannedLog, Vec<Found>
 
 /// The whole length of each record found at `offsets`.
 fn record_lens(bytes: &[u8], scanned: &ScannedLog, offsets: &[u64]) -> Vec<u64> {
-    let ScannedLog::Records { version, .. } = scanned else {
+    let ScannedLog::Records(ScanReport { version, .. }) = scanned else {
         return Vec::new();
     };
     offsets
@@ -185,20 +185,19 @@ pub fn check_log(bytes: &[u8]) -> Result<String, String> {
             };
         }
     };
-    let (version, records, damage, tail) = match scanned {
+    let report = match scanned {
         ScannedLog::HeaderCut { got } if got == bytes.len() && got < HEADER_LEN as usize => {
             return Ok("header cut".into());
         }
         ScannedLog::HeaderCut { got } => {
             return Err(format!("header cut at {got} of {} bytes", bytes.len()));
         }
-        ScannedLog::Records {
-            version,
-            records,
-            damage,
-            tail,
-        } => (version, records, damage, tail),
+        ScannedLog::Records(report) => report,
     };
+    let ScanReport {
+        version, records, ..
+    } = report;
+    let (damage, tail) = (&report.damage, &report.tail);
     if records != found.len() as u64 {
         return Err(format!(
             "{records} records counted, {} handed over",
@@ -238,7 +237,7 @@ pub fn check_log(bytes: &[u8]) -> Result<String, String> {
     let (rescanned, refound) =
         scan_log(&rewritten, generation).map_err(|e| format!("the repaired log: {e:?}"))?;
     let clean =
-        matches!(&rescanned, ScannedLog::Records { damage, tail: None, .. } if damage.is_empty());
+        matches!(&rescanned, ScannedLog::Records(r) if r.damage.is_empty() && r.tail.is_none());
     let same = refound.iter().map(|f| &f.2).eq(found.iter().map(|f| &f.2));
     if !clean || !same {
         return Err("the log repaired to its intact records does not read back as them".into());
@@ -249,7 +248,7 @@ pub fn check_log(bytes: &[u8]) -> Result<String, String> {
     for k in kinds {
         outcome += &format!(" damage:{k}");
     }
-    if let Some((_, reason)) = &tail {
+    if let Some((_, reason)) = tail {
         outcome += &format!(" tail:{}", kind(reason));
     }
     Ok(outcome)
@@ -272,7 +271,7 @@ pub fn check_log_with_garbage(records: &[LogRecord], garbage: &[u8]) -> Result<S
             prefix.len()
         ));
     }
-    if let ScannedLog::Records { damage, tail, .. } = &scanned {
+    if let ScannedLog::Records(ScanReport { damage, tail, .. }) = &scanned {
         let first_damage = damage
             .first()
             .map(|d| d.start)

@@ -156,16 +156,20 @@ pub enum ScannedLog {
         got: usize,
     },
     /// A header, then records.
-    Records {
-        /// The header's version.
-        version: Version,
-        /// Intact records found (and handed over).
-        records: u64,
-        /// Damage inside the log: intact records follow each stretch.
-        damage: Vec<Damage>,
-        /// Damage with no intact record after it: where it starts, and what is wrong there.
-        tail: Option<(u64, FormatError)>,
-    },
+    Records(ScanReport),
+}
+
+/// A log's records, as a scan found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The header's version.
+    pub version: Version,
+    /// Intact records found (and handed over).
+    pub records: u64,
+    /// Damage inside the log: intact records follow each stretch.
+    pub damage: Vec<Damage>,
+    /// Damage with no intact record after it: where it starts, and what is wrong there.
+    pub tail: Option<(u64, FormatError)>,
 }
 
 /// Reads a log of `len` bytes (named generation `generation`) from `reader` and hands every
@@ -226,12 +230,12 @@ pub(super) fn scan_log<R: Read + Seek>(
             None => break Some((at, reason)),
         }
     };
-    Ok(ScannedLog::Records {
+    Ok(ScannedLog::Records(ScanReport {
         version,
         records,
         damage,
         tail,
-    })
+    }))
 }
 
 pub(super) struct Replay {
@@ -309,7 +313,12 @@ pub(super) fn replay_log(
         apply(registry, record, now);
     })
     .map_err(|e| read_error(path, e, |e| e.to_string()))?;
-    let (version, records, damage, tail) = match scanned {
+    let ScanReport {
+        version,
+        records,
+        damage,
+        tail,
+    } = match scanned {
         ScannedLog::HeaderCut { got } => {
             // Created but its header never reached the disk (a crash right after a switch).
             log::warn!(
@@ -328,12 +337,7 @@ pub(super) fn replay_log(
                 version: Version::CURRENT,
             });
         }
-        ScannedLog::Records {
-            version,
-            records,
-            damage,
-            tail,
-        } => (version, records, damage, tail),
+        ScannedLog::Records(report) => report,
     };
     let records_end = tail.as_ref().map_or(len, |&(at, _)| at);
     let mut replay = Replay {
