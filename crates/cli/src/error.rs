@@ -12,6 +12,9 @@ pub(crate) enum CliError {
     /// The index failed or refused.
     #[error(transparent)]
     Index(#[from] shoal_index::IndexError),
+    /// The registration store cannot be set up (a bad Redis URL or key prefix).
+    #[error(transparent)]
+    Store(#[from] shoal_index::StoreError),
     /// A peer-side failure (download, folder, server).
     #[error(transparent)]
     Peer(#[from] shoal_peer::PeerError),
@@ -33,5 +36,5 @@ pub(crate) enum CliError {
     },
     /// A benchmark could not run.
     #[error("benchmark failed: {0}")]
-    Bench(String),
+    Bench(#[from] shoal_bench::BenchError),
 }

@@ -1,26 +1,21 @@
 //! `shoal`: the command line of the shoal peer-to-peer file-sharing system.
 //!
 //! Thin by design: it parses arguments, wires the TCP transport into the index and peer
-//! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`.
+//! crates, and prints. Everything else lives in `shoal-proto`, `shoal-index` and `shoal-peer`;
+//! `shoal bench ...` is parsed and run by `shoal-bench`.
 
-mod bench_durable;
-mod bench_hostile;
-mod bench_index;
-mod bench_swarm;
-mod bench_transfer;
 mod demo;
 mod error;
 mod fetch;
 mod logger;
-mod plot;
 mod progress;
 mod serve;
-mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shoal_bench::units;
 use shoal_proto::PeerAddr;
 
 use crate::error::CliError;
@@ -78,39 +73,7 @@ it registered; --seed SECS serves the finished files that long first."
     Demo(demo::DemoArgs),
     /// Measurements (run with --release).
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand, Debug)]
-// Parsed once at start-up: the size of the largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum BenchCommand {
-    /// Lookups/s and response times of the index against Redis and a no-op server, for
-    /// 1..256 concurrent clients, persistent and per-lookup connections.
-    #[command(
-        after_help = "Example:\n  cargo run --release -p shoal-cli -- bench index --plot index.svg"
-    )]
-    Index(bench_index::IndexBenchArgs),
-    /// Download throughput of shoal (1 and 3 holders, to disk; verify-only) against raw TCP
-    /// to a discarded buffer and to a file, on loopback, contenders alternating.
-    #[command(
-        after_help = "Example:\n  cargo run --release -p shoal-cli -- bench transfer --size-mib 1024 --reps 3"
-    )]
-    Transfer(bench_transfer::TransferBenchArgs),
-    /// What hostile input costs: garbage frames rejected per second per core, and an index
-    /// holding thousands of idle connections (CPU and memory per connection).
-    #[command(
-        after_help = "Example:\n  cargo run --release -p shoal-cli -- bench hostile --connections 2000"
-    )]
-    Hostile(bench_hostile::HostileBenchArgs),
-    /// A flash crowd on an emulated network (root: network namespaces, tc): one seeder, N
-    /// peers wanting the same file at once; shoal consoles, `shoal get`, nginx + curl and
-    /// libtorrent + opentracker, contenders alternating.
-    #[command(
-        after_help = "Example:\n  sudo target/release/shoal bench swarm --peers 12 --size-mib 64 \
---rate-mbit 100\n  sudo target/release/shoal bench swarm --peers 4 --size-mib 16 --contenders t1,consoles,http"
-    )]
-    Swarm(bench_swarm::SwarmBenchArgs),
+    Bench(shoal_bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -129,24 +92,7 @@ fn main() -> ExitCode {
         Command::Get(args) => fetch::run_get(&args),
         Command::Search(args) => fetch::run_search(&args),
         Command::Demo(args) => demo::run(&args),
-        Command::Bench(BenchCommand::Index(args)) => bench_index::run(&args)
-            .map_err(CliError::Bench)
-            .and_then(|()| {
-                if args.durable.data.is_some() {
-                    bench_durable::run(&args.durable).map_err(CliError::Bench)
-                } else {
-                    Ok(())
-                }
-            }),
-        Command::Bench(BenchCommand::Hostile(args)) => {
-            bench_hostile::run(&args).map_err(CliError::Bench)
-        }
-        Command::Bench(BenchCommand::Transfer(args)) => {
-            bench_transfer::run(&args).map_err(CliError::Bench)
-        }
-        Command::Bench(BenchCommand::Swarm(args)) => {
-            bench_swarm::run(&args).map_err(|e| CliError::Bench(e.to_string()))
-        }
+        Command::Bench(command) => shoal_bench::run(&command).map_err(CliError::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

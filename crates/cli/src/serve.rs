@@ -30,8 +30,17 @@ pub(crate) struct IndexArgs {
     max_connections: usize,
     /// Keep the registry durable in DIR (an fsync'd log plus snapshots; survives kill -9).
     /// An empty or missing DIR is initialised. Without it the registry lives in memory.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
     data: Option<PathBuf>,
+    /// Keep the registry in a shared Redis (or Valkey), `redis://[:PASSWORD@]HOST:PORT[/DB]`:
+    /// every index given the same URL and prefix serves the same registry, so they are
+    /// interchangeable. How durable it is is Redis's configuration (appendonly, fsync).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Key prefix in Redis, so several registries (swarms) share one Redis: keys are
+    /// `{P}:...` (a hash tag: Redis Cluster keeps one registry on one shard).
+    #[arg(long, value_name = "P", default_value = shoal_index::DEFAULT_PREFIX, requires = "store")]
+    redis_prefix: String,
     /// Seconds a registration lives unless its peer renews it (peers heartbeat well
     /// within this); a peer that vanishes drops out of lookups after at most this long.
     #[arg(long, value_name = "SECS", default_value_t = 60,
@@ -134,6 +143,16 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         ..IndexServerConfig::default()
     };
     let lease = std::time::Duration::from_secs(args.lease);
+    if let Some(url) = &args.store {
+        let options = shoal_index::RedisOptions {
+            prefix: args.redis_prefix.clone(),
+            lease,
+            ..shoal_index::RedisOptions::default()
+        };
+        let store = shoal_index::RedisStore::open(url, options)?;
+        let what = format!("shared registry, {}", store.describe());
+        return serve(&listen, store, config, &what);
+    }
     match &args.data {
         Some(dir) => {
             let options = shoal_index::DurableOptions {

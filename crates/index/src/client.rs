@@ -175,6 +175,15 @@ impl<T: Transport> IndexClient<T> {
         }
     }
 
+    /// Which registry the index serves: the same `Some` text from two indexes means they
+    /// share one registry (one announcement reaches both); `None`, a registry of its own.
+    pub fn identify(&mut self) -> Result<Option<String>, IndexError> {
+        match self.call(&IndexRequest::Identify)? {
+            IndexResponse::Identity { registry } => Ok(registry),
+            other => Err(unexpected(other, None, "Identity")),
+        }
+    }
+
     /// Address of the index currently connected to, if any.
     pub fn connected_index(&self) -> Option<&PeerAddr> {
         self.conn.as_ref().map(|c| &c.addr)
@@ -293,6 +302,9 @@ fn unexpected(response: IndexResponse, key: Option<&FileKey>, wanted: &str) -> I
                 key: key.to_string(),
             }
         }
+        (IndexResponse::Error(reply), _) if reply.code == ErrorCode::RegistryUnavailable => {
+            IndexError::RegistryUnavailable(format!("index answered: {}", reply.message))
+        }
         (IndexResponse::Error(reply), _) => IndexError::Refused(reply),
         (other, _) => IndexError::UnexpectedResponse(format!(
             "expected {wanted}, got {}",
@@ -311,6 +323,7 @@ fn variant_name(response: &IndexResponse) -> &'static str {
         IndexResponse::Error(_) => "Error",
         IndexResponse::Renewed { .. } => "Renewed",
         IndexResponse::Sources { .. } => "Sources",
+        IndexResponse::Identity { .. } => "Identity",
     }
 }
 

@@ -38,6 +38,31 @@ impl Clock for SystemClock {
     }
 }
 
+/// Wall-clock time since the Unix epoch: the clock several index servers sharing one
+/// registry (a [`crate::RedisStore`]) agree on, so a lease one of them granted lapses at the
+/// same moment for all. Their clocks should be kept in step (NTP): a skew of a second moves
+/// a 60 s lease by a second. Never goes backwards, even if the system clock does.
+#[derive(Debug, Default)]
+pub struct UnixClock {
+    last: AtomicU64,
+}
+
+impl UnixClock {
+    /// The system's wall clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Clock for UnixClock {
+    fn now(&self) -> Duration {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Duration::from_millis(self.last.fetch_max(wall, Ordering::SeqCst).max(wall))
+    }
+}
+
 /// A clock that moves only when told to, for deterministic tests. Clones share the time.
 ///
 /// ```

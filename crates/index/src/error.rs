@@ -38,9 +38,22 @@ pub enum IndexError {
         /// Why it failed.
         source: io::Error,
     },
+    /// The operating system would not start a thread the server needs.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// The index's shared registry (Redis) cannot be reached right now: nothing changed; the
+    /// same request succeeds once it is back. From a client: the index answered
+    /// "registry unavailable".
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// The registration store failed (durable and remote stores can).
-    #[error("the registration store failed: {0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
     /// A heartbeat named a holder the index does not know: its lease lapsed, or the index
     /// restarted without its data. The holder must register again.
     #[error(

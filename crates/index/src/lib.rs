@@ -45,20 +45,25 @@ mod client;
 mod clock;
 mod durable;
 mod error;
+mod local_redis;
 mod partial;
+mod redis;
 mod registry;
 mod server;
 mod store;
+mod store_error;
 
 pub use client::IndexClient;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
 /// Not an API: the durable store's byte decoders and their oracles, for the fuzz targets and
 /// property tests.
 #[doc(hidden)]
 pub use durable::fuzzing;
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
+pub use local_redis::LocalRedis;
 pub use partial::{Partials, Sources};
+pub use redis::{DEFAULT_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisOptions, RedisStore};
 pub use registry::{
     DEFAULT_LEASE, LimitExceeded, ListingView, RegistrationLimits, Registry, Search,
 };
@@ -68,3 +73,4 @@ pub use server::{
 };
 pub use shoal_proto::server::ServerHandle;
 pub use store::{MemoryStore, Store};
+pub use store_error::StoreError;

@@ -137,44 +137,55 @@ impl Partials {
         now: Duration,
     ) -> Vec<SearchHit> {
         let partial = search_in_slices(|| self.lock(), query, limit, now);
-        if partial.is_empty() {
-            return complete;
-        }
-        let key = |h: &SearchHit| (h.file.name.clone(), h.file.id);
-        let mut merged: Vec<SearchHit> = Vec::with_capacity(complete.len() + partial.len());
-        let (mut a, mut b) = (
-            complete.into_iter().peekable(),
-            partial.into_iter().peekable(),
-        );
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => match key(x).cmp(&key(y)) {
-                    std::cmp::Ordering::Less => a.next(),
-                    std::cmp::Ordering::Greater => b.next().map(as_partial),
-                    std::cmp::Ordering::Equal => {
-                        let downloading = b.next().map(|p| p.holders).unwrap_or(0);
-                        a.next().map(|mut hit| {
-                            hit.downloading = downloading;
-                            hit
-                        })
-                    }
-                },
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next().map(as_partial),
-                (None, None) => None,
-            };
-            match next {
-                Some(hit) if merged.len() < limit => merged.push(hit),
-                _ => break,
-            }
-        }
-        merged
+        merge_hits(complete, partial, limit)
     }
 
     /// Partial (file, holder) registrations, expired ones included until swept.
     pub fn registration_count(&self) -> usize {
         self.lock().registration_count()
     }
+}
+
+/// Merges a store's complete hits with its partial ones (both sorted by (name, id)): a file
+/// in both gets the partial count as `downloading`, a file only partial holders have is
+/// listed with no complete holder; at most `limit`.
+pub(crate) fn merge_hits(
+    complete: Vec<SearchHit>,
+    partial: Vec<SearchHit>,
+    limit: usize,
+) -> Vec<SearchHit> {
+    if partial.is_empty() {
+        return complete;
+    }
+    let key = |h: &SearchHit| (h.file.name.clone(), h.file.id);
+    let mut merged: Vec<SearchHit> = Vec::with_capacity(complete.len() + partial.len());
+    let (mut a, mut b) = (
+        complete.into_iter().peekable(),
+        partial.into_iter().peekable(),
+    );
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match key(x).cmp(&key(y)) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next().map(as_partial),
+                std::cmp::Ordering::Equal => {
+                    let downloading = b.next().map(|p| p.holders).unwrap_or(0);
+                    a.next().map(|mut hit| {
+                        hit.downloading = downloading;
+                        hit
+                    })
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next().map(as_partial),
+            (None, None) => None,
+        };
+        match next {
+            Some(hit) if merged.len() < limit => merged.push(hit),
+            _ => break,
+        }
+    }
+    merged
 }
 
 /// A partial registry's hit counts its holders as downloading, not as complete.

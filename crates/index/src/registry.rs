@@ -1135,6 +1135,14 @@ impl Search {
         self.hits
     }
 
+    /// Adds `hit` if its name contains the query (for stores that search elsewhere and
+    /// filter here, such as [`crate::RedisStore`]).
+    pub(crate) fn offer(&mut self, hit: SearchHit) {
+        if self.query.matches(&hit.file.name, &mut self.lowered) {
+            self.push(hit);
+        }
+    }
+
     fn restart(&mut self) {
         self.next = 0;
         self.restarts += 1;

@@ -1,6 +1,3 @@
-use std::io::{BufReader, ErrorKind, Write};
-
-use shoal_proto::deadline::FrameDeadline;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -9,12 +6,15 @@ use std::time::Duration;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
 use shoal_proto::message::{ErrorCode, ErrorReply, IndexRequest, IndexResponse};
-use shoal_proto::server::{AcceptConfig, LiveConnection, ServerHandle, spawn_accept_loop};
+use shoal_proto::server::{
+    AcceptConfig, Handler, ServerHandle, SessionConfig, SessionStream, serve_session,
+    spawn_accept_loop, write_frame,
+};
 use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
 };
 
-use crate::{IndexError, RegistrationLimits, Store};
+use crate::{IndexError, RegistrationLimits, Store, StoreError};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
 const READ_BUFFER: usize = 4 << 10;
@@ -112,12 +112,19 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         accept.max_connections = self.config.max_connections;
         let store = Arc::clone(&self.store);
         let config = self.config;
+        let session = config.session();
         let mut handle = spawn_accept_loop(
             &self.transport,
             listener,
             accept,
             move |stream, from, live| {
-                serve_connection(stream, &from, live, &*store, &config);
+                let mut handler = IndexHandler {
+                    store: &*store,
+                    config: &config,
+                    from: &from,
+                    out: Vec::with_capacity(256),
+                };
+                serve_session(stream, &from, live, &session, &mut handler);
             },
         )
         .map_err(bind_error)?;
@@ -133,7 +140,10 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
                     sweep_once(&*store);
                 }
             })
-            .map_err(|e| IndexError::Store(format!("cannot start the lease sweeper: {e}")))?;
+            .map_err(|source| IndexError::Spawn {
+                what: "the lease sweeper",
+                source,
+            })?;
         handle.on_stop(move || {
             drop(stop);
             let _ = sweeper.join();
@@ -150,83 +160,61 @@ fn sweep_once<S: Store>(store: &S) {
                 log::info!("lease of {holder} lapsed: removed its {removed} registrations");
             }
         }
+        // The store logged the outage already, once.
+        Err(StoreError::Unavailable(reason)) => log::debug!("index: no sweep: {reason}"),
         Err(e) => log::warn!("index: sweeping expired leases failed: {e}"),
     }
 }
 
-/// One connection: handshake, then request/response until the client leaves, idles out,
-/// sends something unreadable, or its place is taken by a new client while it idles.
-fn serve_connection<C: Connection, S: Store>(
-    stream: C,
-    from: &PeerAddr,
-    live: &LiveConnection,
-    store: &S,
-    config: &IndexServerConfig,
-) {
-    // Set before the handshake: a client that connects and says nothing must not pin a
-    // thread forever. Reads wait at most one frame budget (quiet time between requests is
-    // added up against the idle timeout below); the write timeout covers a client that
-    // stops reading.
-    let timeouts = stream
-        .set_read_timeout(Some(config.frame_timeout))
-        .and_then(|()| stream.set_write_timeout(config.idle_timeout));
-    if let Err(e) = timeouts {
-        log::debug!("index: cannot set timeouts for {from}: {e}");
-        return;
+/// One connection's answers: [`serve_session`] reads the requests, this answers them.
+struct IndexHandler<'a, S> {
+    store: &'a S,
+    config: &'a IndexServerConfig,
+    from: &'a PeerAddr,
+    /// Encoded response scratch, reused for every answer of the connection.
+    out: Vec<u8>,
+}
+
+impl<C: Connection, S: Store> Handler<C> for IndexHandler<'_, S> {
+    type Request = IndexRequest;
+    type Response = IndexResponse;
+
+    fn error_response(reply: ErrorReply) -> IndexResponse {
+        IndexResponse::Error(reply)
     }
-    let mut stream = FrameDeadline::new(stream, config.frame_timeout);
-    if let Err(e) = codec::server_handshake(&mut stream, Service::Index) {
-        log::debug!("index: handshake with {from} failed: {e}");
-        return;
-    }
-    stream.frame_done();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
-    let mut body = Vec::new();
-    let mut out = Vec::with_capacity(256);
-    let mut quiet = Duration::ZERO;
-    loop {
-        let request: IndexRequest =
-            match codec::read_frame(&mut reader, config.request_limit, &mut body) {
-                Ok(request) => {
-                    if !live.busy() {
-                        log::debug!("index: {from}'s connection was closed for another client");
-                        return;
-                    }
-                    quiet = Duration::ZERO;
-                    reader.get_mut().frame_done();
-                    request
-                }
-                Err(ProtoError::Idle) => {
-                    if live.is_taken() {
-                        log::debug!("index: {from}'s connection was closed for another client");
-                        return;
-                    }
-                    quiet += config.frame_timeout;
-                    if config.idle_timeout.is_some_and(|idle| quiet >= idle) {
-                        log::debug!("index: closing {from}: idle for {} s", quiet.as_secs());
-                        return;
-                    }
-                    continue;
-                }
-                Err(e @ (ProtoError::FrameTooLarge { .. } | ProtoError::Malformed(_))) => {
-                    // The framing may be out of sync: answer once, then close.
-                    log::warn!("index: bad request from {from}, closing the connection: {e}");
-                    let reply =
-                        IndexResponse::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string()));
-                    let _ = send(reader.get_mut(), &mut out, &reply);
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("index: connection from {from} ended: {}", quiet_reason(&e));
-                    return;
-                }
+
+    fn handle(
+        &mut self,
+        request: IndexRequest,
+        stream: &mut SessionStream<C>,
+    ) -> Result<(), ProtoError> {
+        let response = answer(request, self.store, self.config, self.from);
+        if let Err(e) = write_frame(stream, &mut self.out, &response) {
+            let ProtoError::Malformed(e) = e else {
+                return Err(e);
             };
-        let response = answer(request, store, config, from);
-        if let Err(e) = send(reader.get_mut(), &mut out, &response) {
-            log::debug!("index: cannot answer {from}: {e}");
-            return;
+            // Only an absurdly large answer fails to encode; tell the client rather than
+            // hang it.
+            log::warn!("index: cannot encode the answer to {}: {e}", self.from);
+            let reply = ErrorReply::new(ErrorCode::Internal, "the answer could not be encoded");
+            write_frame(stream, &mut self.out, &IndexResponse::Error(reply))?;
         }
-        live.idle();
+        Ok(())
+    }
+}
+
+impl IndexServerConfig {
+    fn session(&self) -> SessionConfig {
+        SessionConfig {
+            service: Service::Index,
+            label: "index",
+            request_limit: self.request_limit,
+            frame_timeout: self.frame_timeout,
+            idle_timeout: self.idle_timeout,
+            // A client that stops reading an answer is dropped like an idle one.
+            write_timeout: self.idle_timeout,
+            read_buffer: READ_BUFFER,
+        }
     }
 }
 
@@ -272,33 +260,6 @@ fn own_holder(
     ))
 }
 
-fn quiet_reason(e: &ProtoError) -> String {
-    match e {
-        ProtoError::Io(io) if matches!(io.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
-            "idle timeout".to_string()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Encodes into the reused buffer and writes the frame with one `write_all`.
-fn send<W: Write>(
-    w: &mut W,
-    out: &mut Vec<u8>,
-    response: &IndexResponse,
-) -> Result<(), ProtoError> {
-    out.clear();
-    if let Err(e) = codec::encode_frame(response, out) {
-        // Only an absurdly large answer fails to encode; tell the client rather than hang it.
-        log::warn!("index: cannot encode a response: {e}");
-        out.clear();
-        let reply = IndexResponse::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
-        codec::encode_frame(&reply, out)?;
-    }
-    w.write_all(out)?;
-    Ok(())
-}
-
 fn refuse(code: ErrorCode, message: impl Into<String>) -> IndexResponse {
     IndexResponse::Error(ErrorReply::new(code, message))
 }
@@ -308,9 +269,9 @@ fn not_found(key: &FileKey) -> IndexResponse {
 }
 
 /// A change the store refused or failed: over a cap is the client's doing.
-fn change_failed(e: &IndexError, holder: &PeerAddr, from: &PeerAddr) -> IndexResponse {
+fn change_failed(e: &StoreError, holder: &PeerAddr, from: &PeerAddr) -> IndexResponse {
     match e {
-        IndexError::OverLimit(limit) => {
+        StoreError::OverLimit(limit) => {
             log::warn!("index: refused a registration of {holder} from {from}: {limit}");
             refuse(ErrorCode::BadRequest, limit.to_string())
         }
@@ -327,10 +288,25 @@ impl IndexServerConfig {
     }
 }
 
-fn store_failed(e: &IndexError) -> IndexResponse {
+/// An internal failure: the details (paths in the data folder, the store's own words) go
+/// to the log; the client learns only that the index could not answer, and may try another.
+/// A registry that is unavailable (Redis down) gets its own code, so clients can tell
+/// "try again shortly" from a failure; the store logs each outage once, so a request
+/// refused meanwhile is logged at debug level only.
+fn store_failed(e: &StoreError) -> IndexResponse {
+    if let StoreError::Unavailable(reason) = e {
+        log::debug!("index: registry unavailable: {reason}");
+        return refuse(ErrorCode::RegistryUnavailable, REGISTRY_UNAVAILABLE);
+    }
     log::warn!("index: {e}");
-    refuse(ErrorCode::Internal, e.to_string())
+    refuse(ErrorCode::Internal, STORE_FAILED)
 }
+
+/// What a client is told when the store fails.
+const STORE_FAILED: &str = "the index's registry failed to answer; try again or ask another index";
+/// What a client is told while the shared registry cannot be reached.
+const REGISTRY_UNAVAILABLE: &str =
+    "the index's registry is unavailable; nothing was changed; try again shortly";
 
 fn answer<S: Store>(
     request: IndexRequest,
@@ -339,6 +315,9 @@ fn answer<S: Store>(
     from: &PeerAddr,
 ) -> IndexResponse {
     match request {
+        IndexRequest::Identify => IndexResponse::Identity {
+            registry: store.identity(),
+        },
         IndexRequest::Locate { key } => {
             if let Err(e) = key.validate() {
                 return refuse(ErrorCode::BadName, e.to_string());

@@ -7,7 +7,7 @@ use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 use crate::partial::{Partials, Sources};
-use crate::{Clock, IndexError, RegistrationLimits, Registry, Search, SystemClock};
+use crate::{Clock, RegistrationLimits, Registry, Search, StoreError, SystemClock};
 
 /// Listing slots a search looks at per hold of the registry lock (a few milliseconds at
 /// most): other requests get their turn between slices.
@@ -30,43 +30,49 @@ pub(crate) const SEARCH_SLICE: usize = 4096;
 pub trait Store: Send + Sync + 'static {
     /// Adds `holder` for each file; returns how many registrations are new. No caps: see
     /// [`Store::register_within`], which the server calls.
-    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+    fn register(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, StoreError> {
         self.register_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
     }
     /// Removes `holder` from the given ids (empty: from everything); returns how many
     /// registrations were removed.
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError>;
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError>;
     /// One holder of the file, chosen uniformly at random.
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError>;
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, StoreError>;
     /// Every holder of the file, sorted.
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError>;
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, StoreError>;
     /// Files whose name contains `query` (ignoring case), sorted by (name, id), at most
     /// `limit`.
-    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError>;
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, StoreError>;
     /// Renews the lease of all of `holder`'s registrations. Returns how many it has, or
     /// `None` if the store does not know the holder or its lease already lapsed (it must
     /// register again).
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError>;
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError>;
     /// Removes every holder whose lease lapsed, with all its registrations. Returns each
     /// removed holder and how many registrations it had.
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError>;
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, StoreError>;
     /// How long a registration lives without renewal.
     fn lease(&self) -> Duration;
+    /// The registry's identity if other index servers may serve the same one (a shared
+    /// store: the same text on all of them, see [`crate::RedisStore::identity`]); `None`
+    /// for a registry of this server's own, or while the shared one cannot be reached.
+    fn identity(&self) -> Option<String> {
+        None
+    }
     /// Swarm: `holder` is downloading these files and serves their verified chunks. Returns
     /// how many partial registrations are new; renews the holder's partial lease. A later
     /// [`Store::register`] of a file by the same holder replaces its partial registration.
     /// No caps: see [`Store::register_partial_within`].
-    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, IndexError> {
+    fn register_partial(&self, holder: &PeerAddr, files: &[FileMeta]) -> Result<u32, StoreError> {
         self.register_partial_within(holder, holder.host(), files, &RegistrationLimits::UNLIMITED)
     }
     /// `holder` stopped downloading these ids (empty: all); returns how many were removed.
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError>;
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError>;
     /// Every live complete and partial holder of the file, marked apart.
-    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError>;
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError>;
 
     /// [`Store::register`] within `limits`: `address` is the host the request came from.
     /// A request that would take the holder, or the holders registered from its address,
-    /// past a cap is refused whole with [`IndexError::OverLimit`] and stores nothing. The
+    /// past a cap is refused whole with [`StoreError::OverLimit`] and stores nothing. The
     /// caps are checked under the store's own lock, so two requests cannot both slip past.
     fn register_within(
         &self,
@@ -74,7 +80,7 @@ pub trait Store: Send + Sync + 'static {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError>;
+    ) -> Result<u32, StoreError>;
 
     /// [`Store::register_partial`] within `limits`, as [`Store::register_within`]; partial
     /// registrations are counted apart from complete ones, against the same caps.
@@ -84,7 +90,7 @@ pub trait Store: Send + Sync + 'static {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError>;
+    ) -> Result<u32, StoreError>;
 }
 
 /// Runs `search` over the registry `lock` gives, one [`SEARCH_SLICE`] per hold of the lock.
@@ -180,7 +186,7 @@ impl Store for MemoryStore {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, StoreError> {
         let now = self.clock.now();
         let added = self
             .lock()
@@ -196,43 +202,43 @@ impl Store for MemoryStore {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, StoreError> {
         Ok(self
             .partials
             .register_within(holder, address, files, self.clock.now(), limits)?)
     }
 
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
         let removed = self.lock().registry.unregister(holder, ids);
         self.partials.unregister(holder, ids);
         Ok(removed)
     }
 
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
         let Inner { registry, rng } = &mut *inner;
         Ok(registry.locate(key, now, rng))
     }
 
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, StoreError> {
         let now = self.clock.now();
         Ok(self.lock().registry.holders(key, now))
     }
 
-    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, StoreError> {
         let now = self.clock.now();
         let complete = search_in_slices(|| RegistryGuard(self.lock()), query, limit, now);
         Ok(self.partials.search(query, limit, complete, now))
     }
 
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError> {
         let now = self.clock.now();
         self.partials.renew(holder, now);
         Ok(self.lock().registry.renew(holder, now))
     }
 
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, StoreError> {
         let now = self.clock.now();
         self.partials.sweep(now);
         Ok(self.lock().registry.sweep(now))
@@ -242,11 +248,11 @@ impl Store for MemoryStore {
         self.lock().registry.lease()
     }
 
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
         Ok(self.partials.unregister(holder, ids))
     }
 
-    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError> {
         let now = self.clock.now();
         let complete = self.lock().registry.holders(key, now);
         Ok(self.partials.sources(key, complete, now))

@@ -287,6 +287,37 @@ fn client_reconnects_when_the_server_dropped_the_connection() {
     net.heal(index.addr());
 }
 
+/// A store's failure names files of the index's data folder and the operating system's
+/// words: the log has them; the client hears only that the registry failed, and the
+/// connection goes on.
+#[test]
+fn internal_failures_are_not_described_to_clients() {
+    let net = MemNetwork::new();
+    let (store, _gate) = gate::gated(MemoryStore::with_seed(1));
+    let index = IndexServer::new(net.host("index"), store, IndexServerConfig::default())
+        .spawn(&addr("index:0"))
+        .unwrap();
+    let mut c = client(&net, "a", &index);
+    match c.search(gate::FAIL, 10) {
+        Err(IndexError::Refused(reply)) => {
+            assert_eq!(reply.code, ErrorCode::Internal);
+            assert!(
+                !reply.message.contains(gate::FAIL_PATH),
+                "{}",
+                reply.message
+            );
+            assert!(!reply.message.contains("sector"), "{}", reply.message);
+            assert!(
+                reply.message.contains("registry failed"),
+                "{}",
+                reply.message
+            );
+        }
+        other => panic!("expected an internal refusal, got {other:?}"),
+    }
+    assert_eq!(c.search("", 10).unwrap().len(), 0);
+}
+
 #[test]
 fn busy_server_is_reported() {
     let net = MemNetwork::new();
@@ -363,29 +394,39 @@ impl Store for Watched {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner.register_within(holder, address, files, limits)
     }
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister(
+        &self,
+        holder: &PeerAddr,
+        ids: &[FileId],
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner.unregister(holder, ids)
     }
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+    fn locate(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<(FileMeta, PeerAddr)>, shoal_index::StoreError> {
         self.inner.locate(key)
     }
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+    fn holders(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, shoal_index::StoreError> {
         self.inner.holders(key)
     }
     fn search(
         &self,
         query: &str,
         limit: usize,
-    ) -> Result<Vec<shoal_proto::message::SearchHit>, IndexError> {
+    ) -> Result<Vec<shoal_proto::message::SearchHit>, shoal_index::StoreError> {
         self.inner.search(query, limit)
     }
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, shoal_index::StoreError> {
         self.inner.renew(holder)
     }
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, shoal_index::StoreError> {
         let gone = self.inner.sweep_expired()?;
         if !gone.is_empty() {
             let _ = self.swept.send(gone.clone());
@@ -401,14 +442,21 @@ impl Store for Watched {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner
             .register_partial_within(holder, address, files, limits)
     }
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister_partial(
+        &self,
+        holder: &PeerAddr,
+        ids: &[FileId],
+    ) -> Result<u32, shoal_index::StoreError> {
         self.inner.unregister_partial(holder, ids)
     }
-    fn sources(&self, key: &FileKey) -> Result<Option<shoal_index::Sources>, IndexError> {
+    fn sources(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<shoal_index::Sources>, shoal_index::StoreError> {
         self.inner.sources(key)
     }
 }

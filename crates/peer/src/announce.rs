@@ -16,6 +16,11 @@
 //!   renewal would otherwise keep alive forever;
 //! - unregisters everything at shutdown, from all indexes at once.
 //!
+//! Indexes that serve one shared registry (they answer `Identify` with the same identity,
+//! e.g. several index servers on one Redis) count as one: the peer announces through the
+//! first of them and moves to the next when that one stops answering (its
+//! [`IndexClient`] has them all, in the order given), instead of announcing to each.
+//!
 //! Each round talks to all indexes in parallel, so an index that hangs until its timeout
 //! delays no other. [`Announcer::tick`] is one heartbeat round, so tests drive heartbeats
 //! without waiting for time to pass.
@@ -138,16 +143,21 @@ impl<T: Transport> Announcer<T> {
         config: AnnouncerConfig,
     ) -> Result<Announcer<T>, PeerError> {
         let mut seen = BTreeSet::new();
-        let trackers = indexes
+        let indexes: Vec<PeerAddr> = indexes
             .into_iter()
             .filter(|addr| seen.insert(addr.clone()))
-            .map(|addr| Tracker {
-                client: IndexClient::new(transport.clone(), vec![addr.clone()])
-                    .with_timeout(config.request_timeout),
-                addr,
-                sync: Standing::Unregistered,
-                suspect: false,
-                last: IndexStatus::Idle,
+            .collect();
+        let trackers = registries(&transport, indexes, config.request_timeout)
+            .into_iter()
+            .filter_map(|addrs| {
+                Some(Tracker {
+                    addr: addrs.first()?.clone(),
+                    client: IndexClient::new(transport.clone(), addrs)
+                        .with_timeout(config.request_timeout),
+                    sync: Standing::Unregistered,
+                    suspect: false,
+                    last: IndexStatus::Idle,
+                })
             })
             .collect();
         let mut core = Core {
@@ -388,6 +398,53 @@ impl<T: Transport> Core<T> {
         }
         statuses
     }
+}
+
+/// Groups index addresses by the registry they serve: indexes that answer the same identity
+/// share one registry (Redis), so one of them takes the announcement and the others are
+/// its fallbacks, in the order given. An index that has a registry of its own, an older
+/// index that does not know the question, or one that cannot be asked now, is a group of
+/// its own. Asks all of them in parallel; each non-empty group keeps its first address first.
+fn registries<T: Transport>(
+    transport: &T,
+    indexes: Vec<PeerAddr>,
+    timeout: Duration,
+) -> Vec<Vec<PeerAddr>> {
+    if indexes.len() < 2 {
+        return indexes.into_iter().map(|addr| vec![addr]).collect();
+    }
+    let identities: Vec<Option<String>> = thread::scope(|scope| {
+        let jobs: Vec<_> = indexes
+            .iter()
+            .map(|addr| {
+                let mut client =
+                    IndexClient::new(transport.clone(), vec![addr.clone()]).with_timeout(timeout);
+                thread::Builder::new()
+                    .name("index-identify".into())
+                    .spawn_scoped(scope, move || client.identify().ok().flatten())
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|job| job.ok().and_then(|j| j.join().ok()).flatten())
+            .collect()
+    });
+    let mut groups: Vec<(Option<String>, Vec<PeerAddr>)> = Vec::new();
+    for (addr, identity) in indexes.into_iter().zip(identities) {
+        match groups
+            .iter_mut()
+            .find(|(id, _)| identity.is_some() && *id == identity)
+        {
+            Some((_, addrs)) => {
+                let first = addrs.first().map_or("", PeerAddr::as_str);
+                log::info!(
+                    "index {addr} serves the same registry as {first}: announcing through one of them"
+                );
+                addrs.push(addr);
+            }
+            None => groups.push((identity, vec![addr])),
+        }
+    }
+    groups.into_iter().map(|(_, addrs)| addrs).collect()
 }
 
 /// Runs `op` on every index in parallel and records each outcome.

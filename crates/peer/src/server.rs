@@ -1,16 +1,18 @@
 //! The peer server: serves the manifests and chunks of the library's files.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
-use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, ErrorReply, Have, Manifest, PeerRequest, PeerResponse};
-use shoal_proto::server::{AcceptConfig, LiveConnection, ServerHandle, spawn_accept_loop};
+use shoal_proto::server::{
+    AcceptConfig, Handler, ServerHandle, SessionConfig, SessionStream, serve_session,
+    spawn_accept_loop,
+};
 use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, content,
 };
@@ -289,8 +291,17 @@ impl<T: Transport> PeerServer<T> {
             stats,
             handed: HandedOut::default(),
         });
+        let session = config.session();
         spawn_accept_loop(&transport, listener, accept, move |stream, from, live| {
-            serve(stream, from, live, &library, &config, &shared);
+            let mut handler = Session {
+                from: from.clone(),
+                library: &library,
+                config: &config,
+                shared: &shared,
+                out: Vec::with_capacity(64),
+                chunk: Vec::new(),
+            };
+            serve_session(stream, &from, live, &session, &mut handler);
         })
         .map_err(bind_error)
     }
@@ -396,145 +407,91 @@ impl HandedOut {
     }
 }
 
-/// One connection: the handshake, then requests until the client leaves.
-fn serve<S: Connection>(
-    stream: S,
+/// One connection's answers: [`serve_session`] reads the requests, this answers them.
+struct Session<'a> {
     from: PeerAddr,
-    live: &LiveConnection,
-    library: &Library,
-    config: &PeerServerConfig,
-    shared: &Shared,
-) {
-    // Reads wait at most one frame budget; quiet time between requests is added up against
-    // the idle timeout in `Session::run`.
-    let setup = stream
-        .set_read_timeout(Some(config.frame_timeout))
-        .and_then(|()| stream.set_write_timeout(Some(config.io_timeout)));
-    if let Err(e) = setup {
-        log::debug!("cannot set up the connection from {from}: {e}");
-        return;
-    }
-    let mut stream = FrameDeadline::new(stream, config.frame_timeout);
-    // The hello is read straight from the stream (exactly 8 bytes), so nothing the client
-    // sends after it is lost to the buffered reader below.
-    if let Err(e) = codec::server_handshake(&mut stream, Service::Peer) {
-        log::debug!("handshake with {from} failed: {e}");
-        return;
-    }
-    stream.frame_done();
-    let mut session = Session {
-        conn: BufReader::with_capacity(REQUEST_BUF, stream),
-        from,
-        live,
-        library,
-        config,
-        shared,
-        frame: Vec::new(),
-        out: Vec::with_capacity(64),
-        chunk: Vec::new(),
-    };
-    session.run();
-}
-
-struct Session<'a, S> {
-    conn: BufReader<FrameDeadline<S>>,
-    from: PeerAddr,
-    /// This connection in the accept loop's registry: busy while a request is answered.
-    live: &'a LiveConnection,
     library: &'a Library,
     config: &'a PeerServerConfig,
     /// Upload slots and counters of the whole server.
     shared: &'a Shared,
-    /// Request body scratch.
-    frame: Vec<u8>,
     /// Encoded response scratch.
     out: Vec<u8>,
     /// One chunk's bytes, reused for every chunk of the connection.
     chunk: Vec<u8>,
 }
 
-impl<'a, S: Connection> Session<'a, S> {
-    fn run(&mut self) {
-        let mut quiet = Duration::ZERO;
-        loop {
-            let request =
-                codec::read_frame(&mut self.conn, self.config.request_limit, &mut self.frame);
-            if request.is_ok() {
-                if !self.live.busy() {
-                    log::debug!("{}'s connection was closed for another client", self.from);
-                    return;
-                }
-                quiet = Duration::ZERO;
-                self.conn.get_mut().frame_done();
-            }
-            let result = match request {
-                Err(ProtoError::Idle) => {
-                    if self.live.is_taken() {
-                        log::debug!("{}'s connection was closed for another client", self.from);
-                        return;
-                    }
-                    quiet += self.config.frame_timeout;
-                    if self.config.idle_timeout.is_some_and(|idle| quiet >= idle) {
-                        log::debug!("closing {}: idle for {} s", self.from, quiet.as_secs());
-                        return;
-                    }
-                    continue;
-                }
-                Ok(PeerRequest::Manifest { key }) => self.manifest(&key),
-                Ok(PeerRequest::ReadChunks {
-                    id,
-                    chunk_size,
-                    first,
-                    count,
-                }) => self.read_chunks_limited(id, chunk_size, first, count),
-                Ok(PeerRequest::Availability {
-                    id,
-                    chunk_size,
-                    since,
-                    wait_ms,
-                }) => self.availability(id, chunk_size, since, wait_ms),
-                Err(ProtoError::Closed) => {
-                    log::debug!("{} closed the connection", self.from);
-                    return;
-                }
-                Err(e @ (ProtoError::FrameTooLarge { .. } | ProtoError::Malformed(_))) => {
-                    // The stream is out of step now; say why before hanging up.
-                    let _ = self.refuse(ErrorCode::BadRequest, e.to_string());
-                    log::debug!("bad request from {}: {e}", self.from);
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("connection from {} ended: {e}", self.from);
-                    return;
-                }
-            };
-            if let Err(e) = result {
-                log::debug!("connection from {} ended: {e}", self.from);
-                return;
-            }
-            self.live.idle();
-        }
+impl<C: Connection> Handler<C> for Session<'_> {
+    type Request = PeerRequest;
+    type Response = PeerResponse;
+
+    fn error_response(reply: ErrorReply) -> PeerResponse {
+        PeerResponse::Error(reply)
     }
 
+    fn handle(
+        &mut self,
+        request: PeerRequest,
+        stream: &mut SessionStream<C>,
+    ) -> Result<(), ProtoError> {
+        let mut conn = Conn { stream, s: self };
+        match request {
+            PeerRequest::Manifest { key } => conn.manifest(&key),
+            PeerRequest::ReadChunks {
+                id,
+                chunk_size,
+                first,
+                count,
+            } => conn.read_chunks_limited(id, chunk_size, first, count),
+            PeerRequest::Availability {
+                id,
+                chunk_size,
+                since,
+                wait_ms,
+            } => conn.availability(id, chunk_size, since, wait_ms),
+        }
+    }
+}
+
+impl PeerServerConfig {
+    fn session(&self) -> SessionConfig {
+        SessionConfig {
+            service: Service::Peer,
+            label: "peer",
+            request_limit: self.request_limit,
+            frame_timeout: self.frame_timeout,
+            idle_timeout: self.idle_timeout,
+            write_timeout: Some(self.io_timeout),
+            read_buffer: REQUEST_BUF,
+        }
+    }
+}
+
+/// One request being answered: the session's state and the connection's stream.
+struct Conn<'s, 'a, C> {
+    stream: &'s mut SessionStream<C>,
+    s: &'s mut Session<'a>,
+}
+
+impl<'a, C: Connection> Conn<'_, 'a, C> {
     /// Sends a refusal; the connection stays usable.
     fn refuse(&mut self, code: ErrorCode, message: String) -> Result<(), ProtoError> {
         self.send(&PeerResponse::Error(ErrorReply::new(code, message)))
     }
 
     fn send(&mut self, response: &PeerResponse) -> Result<(), ProtoError> {
-        self.out.clear();
-        codec::encode_frame(response, &mut self.out)?;
-        self.conn.get_mut().write_all(&self.out)?;
+        self.s.out.clear();
+        codec::encode_frame(response, &mut self.s.out)?;
+        self.stream.write_all(&self.s.out)?;
         Ok(())
     }
 
     fn manifest(&mut self, key: &FileKey) -> Result<(), ProtoError> {
         if let Err(e) = key.validate() {
-            log::debug!("{} asked for a bad name: {e}", self.from);
+            log::debug!("{} asked for a bad name: {e}", self.s.from);
             return self.refuse(ErrorCode::BadName, e.to_string());
         }
-        log::info!("{} requested {key} manifest", self.from);
-        if let Some(file) = self.library.get(key) {
+        log::info!("{} requested {key} manifest", self.s.from);
+        if let Some(file) = self.s.library.get(key) {
             return self.send(&PeerResponse::Manifest(Manifest {
                 file: file.meta,
                 chunk_hashes: file.chunk_hashes.to_vec(),
@@ -543,7 +500,7 @@ impl<'a, S: Connection> Session<'a, S> {
         // A download in progress has a verified manifest too (asked by id only: a name
         // here is a complete file's).
         if let FileKey::Id(id) = key
-            && let Some(share) = self.library.partial(id)
+            && let Some(share) = self.s.library.partial(id)
         {
             return self.send(&PeerResponse::Manifest(share.manifest()));
         }
@@ -566,7 +523,7 @@ impl<'a, S: Connection> Session<'a, S> {
             None => return self.refuse(ErrorCode::NotFound, format!("no file {id} here")),
             Some(Source::Complete(file)) => {
                 let chunks = content::chunk_count(file.meta.size, chunk_size);
-                let have = match self.shared.handed.handed((id, chunk_size)) {
+                let have = match self.s.shared.handed.handed((id, chunk_size)) {
                     Some(sent) if sent.len() as u64 == chunks.div_ceil(8) => Have::Seeding(sent),
                     _ => Have::All,
                 };
@@ -578,7 +535,7 @@ impl<'a, S: Connection> Session<'a, S> {
         match share.availability(chunk_size, since, wait) {
             Availability::Answer { seq, have } => {
                 // The download may have finished while we waited: say so.
-                let have = if self.library.get(&FileKey::Id(id)).is_some() {
+                let have = if self.s.library.get(&FileKey::Id(id)).is_some() {
                     Have::All
                 } else {
                     have
@@ -631,20 +588,20 @@ impl<'a, S: Connection> Session<'a, S> {
         let handed = matches!(source, Source::Complete(_));
         if handed {
             let chunks = u32::try_from(total).unwrap_or(u32::MAX);
-            self.shared.handed.start(key, chunks, range.clone());
+            self.s.shared.handed.start(key, chunks, range.clone());
         }
         let result = self.upload_in_slot(&source, chunk_size, range.clone());
         if handed {
-            self.shared.handed.finish(key, range);
+            self.s.shared.handed.finish(key, range);
         }
         result
     }
 
     /// The complete file of this id, or else the download in progress.
     fn source(&self, id: &FileId) -> Option<Source> {
-        match self.library.get(&FileKey::Id(*id)) {
+        match self.s.library.get(&FileKey::Id(*id)) {
             Some(file) => Some(Source::Complete(file)),
-            None => self.library.partial(id).map(Source::Partial),
+            None => self.s.library.partial(id).map(Source::Partial),
         }
     }
 
@@ -655,21 +612,25 @@ impl<'a, S: Connection> Session<'a, S> {
         chunk_size: u32,
         range: std::ops::Range<u32>,
     ) -> Result<(), ProtoError> {
-        let max = self.config.max_uploads;
-        if !self.shared.uploads.acquire(self.config.upload_queue_wait) {
-            log::info!("refused {}: {max} uploads already in progress", self.from);
+        let max = self.s.config.max_uploads;
+        if !self
+            .s
+            .shared
+            .uploads
+            .acquire(self.s.config.upload_queue_wait)
+        {
+            log::info!("refused {}: {max} uploads already in progress", self.s.from);
             return self.refuse(
                 ErrorCode::Busy,
                 format!("{max} uploads already in progress; try another holder"),
             );
         }
-        let paced = self.config.min_upload_rate > 0;
+        let paced = self.s.config.min_upload_rate > 0;
         let mut result = Ok(());
         if paced {
-            let wake = UPLOAD_WAKE.min(self.config.io_timeout);
+            let wake = UPLOAD_WAKE.min(self.s.config.io_timeout);
             result = self
-                .conn
-                .get_ref()
+                .stream
                 .get_ref()
                 .set_write_timeout(Some(wake))
                 .map_err(ProtoError::from);
@@ -680,30 +641,29 @@ impl<'a, S: Connection> Session<'a, S> {
                 Source::Partial(share) => self.read_partial_chunks(share, range),
             };
         }
-        self.shared.uploads.release();
+        self.s.shared.uploads.release();
         if let Err(e @ ProtoError::TooSlow { .. }) = &result {
             log::info!(
                 "ended the upload to {}: {e}; its slot goes to the next in line",
-                self.from
+                self.s.from
             );
         }
         if paced && result.is_ok() {
-            self.conn
+            self.stream
                 .get_ref()
-                .get_ref()
-                .set_write_timeout(Some(self.config.io_timeout))?;
+                .set_write_timeout(Some(self.s.config.io_timeout))?;
         }
         result
     }
 
     /// The pace this connection's uploads must keep.
     fn pace(&self) -> Pace<'a> {
-        let shared: &'a Shared = self.shared;
+        let shared: &'a Shared = self.s.shared;
         Pace {
             slots: &shared.uploads,
-            min_rate: self.config.min_upload_rate,
-            grace: self.config.upload_grace,
-            io_timeout: self.config.io_timeout,
+            min_rate: self.s.config.min_upload_rate,
+            grace: self.s.config.upload_grace,
+            io_timeout: self.s.config.io_timeout,
         }
     }
 
@@ -743,15 +703,15 @@ impl<'a, S: Connection> Session<'a, S> {
                 break; // unreachable: the range was checked by the caller
             };
             // One buffer per connection, taken out while the chunk is sent.
-            let mut body = std::mem::take(&mut self.chunk);
+            let mut body = std::mem::take(&mut self.s.chunk);
             body.resize(len as usize, 0);
             let offset = content::chunk_offset(chunk_size, index);
             if let Err(e) = disk.read_exact_at(&mut body, offset) {
-                self.chunk = body;
+                self.s.chunk = body;
                 log::warn!(
                     "{} changed while being served to {}: {e}",
                     file.path.display(),
-                    self.from
+                    self.s.from
                 );
                 return self.refuse(
                     ErrorCode::Internal,
@@ -759,17 +719,17 @@ impl<'a, S: Connection> Session<'a, S> {
                 );
             }
             let sent = self.send_chunk(index, &body);
-            self.chunk = body;
+            self.s.chunk = body;
             sent?;
             bytes += u64::from(len);
-            self.shared.stats.count(u64::from(len), false);
+            self.s.shared.stats.count(u64::from(len), false);
         }
         log::info!(
             "served {} chunks {}..{} ({bytes} B) to {} in {} ms",
             meta.name,
             range.start,
             range.end,
-            self.from,
+            self.s.from,
             started.elapsed().as_millis()
         );
         Ok(())
@@ -785,12 +745,12 @@ impl<'a, S: Connection> Session<'a, S> {
     ) -> Result<(), ProtoError> {
         let mut bytes = 0u64;
         for index in range.clone() {
-            let mut body = std::mem::take(&mut self.chunk);
+            let mut body = std::mem::take(&mut self.s.chunk);
             let read = share.read_chunk(index, &mut body);
             let result = match read {
                 Ok(true) => self.send_chunk(index, &body),
                 Ok(false) => {
-                    self.chunk = body;
+                    self.s.chunk = body;
                     return self.refuse(
                         ErrorCode::Unavailable,
                         format!(
@@ -800,7 +760,7 @@ impl<'a, S: Connection> Session<'a, S> {
                     );
                 }
                 Err(e) => {
-                    self.chunk = body;
+                    self.s.chunk = body;
                     log::warn!("cannot read the download of {}: {e}", share.meta().name);
                     return self.refuse(
                         ErrorCode::Internal,
@@ -809,17 +769,17 @@ impl<'a, S: Connection> Session<'a, S> {
                 }
             };
             let len = body.len() as u64;
-            self.chunk = body;
+            self.s.chunk = body;
             result?;
             bytes += len;
-            self.shared.stats.count(len, true);
+            self.s.shared.stats.count(len, true);
         }
         log::info!(
             "served {} chunks {}..{} ({bytes} B, downloading) to {}",
             share.meta().name,
             range.start,
             range.end,
-            self.from
+            self.s.from
         );
         Ok(())
     }
@@ -827,18 +787,17 @@ impl<'a, S: Connection> Session<'a, S> {
     /// One `Chunk` frame and its body, as two writes: the body goes straight from our
     /// buffer to the stream, with no copy into a writer's buffer.
     fn send_chunk(&mut self, index: u32, body: &[u8]) -> Result<(), ProtoError> {
-        self.out.clear();
+        self.s.out.clear();
         codec::encode_frame(
             &PeerResponse::Chunk {
                 index,
                 len: u32::try_from(body.len()).unwrap_or(u32::MAX),
             },
-            &mut self.out,
+            &mut self.s.out,
         )?;
         let pace = self.pace();
-        let stream = self.conn.get_mut();
-        pace.write(stream, &self.out)?;
-        pace.write(stream, body)?;
+        pace.write(self.stream, &self.s.out)?;
+        pace.write(self.stream, body)?;
         Ok(())
     }
 }

@@ -83,6 +83,10 @@ pub enum IndexRequest {
         /// Which file.
         key: FileKey,
     },
+    /// Which registry the index serves (version 3): indexes that answer the same identity
+    /// share one registry (a shared store such as Redis), so a peer registers with one of
+    /// them and moves to another when it dies, instead of registering with each.
+    Identify,
 }
 
 /// The index server's answer to one [`IndexRequest`].
@@ -138,6 +142,12 @@ pub enum IndexResponse {
         /// Holders still downloading it (they serve the chunks they have verified), sorted.
         #[serde(deserialize_with = "grow_only::deserialize")]
         partial: Vec<PeerAddr>,
+    },
+    /// Answer to `Identify`: the registry's identity, the same on every index serving it;
+    /// `None` for an index with a registry of its own (in memory or in its own data folder).
+    Identity {
+        /// Opaque text, compared for equality only.
+        registry: Option<String>,
     },
 }
 
@@ -278,6 +288,9 @@ pub enum ErrorCode {
     /// A partial holder does not have (has not verified) the chunk asked for; ask another
     /// holder. The connection stays usable.
     Unavailable,
+    /// The index's shared registry (Redis) cannot be reached right now: nothing was changed;
+    /// try again shortly, or another index (version 3).
+    RegistryUnavailable,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -289,6 +302,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unavailable => "chunk not available here",
+            ErrorCode::RegistryUnavailable => "registry unavailable",
         })
     }
 }

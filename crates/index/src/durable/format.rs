@@ -402,8 +402,11 @@ pub fn decode_header(kind: FileKind, bytes: &[u8]) -> Result<Header, FormatError
 /// Appends one record in the current format: length, body, checksum.
 pub fn encode_record<M: Serialize>(record: &M, out: &mut Vec<u8>) -> Result<(), IndexError> {
     let start = out.len();
-    codec::encode_frame(record, out)
-        .map_err(|e| IndexError::Store(format!("cannot encode a log record: {e}")))?;
+    codec::encode_frame(record, out).map_err(|e| {
+        IndexError::Store(crate::StoreError::Failed(format!(
+            "cannot encode a log record: {e}"
+        )))
+    })?;
     // The codec frames for the wire, in network byte order; on disk every integer is
     // little-endian (the same body, only the length's bytes turned around).
     if let Some(len) = out.get_mut(start..start + LEN_LEN) {

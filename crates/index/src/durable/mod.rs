@@ -126,7 +126,7 @@ use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 use crate::partial::{Partials, Sources};
 use crate::registry::DEFAULT_LEASE;
 use crate::store::search_in_slices;
-use crate::{Clock, IndexError, RegistrationLimits, Registry, Store, SystemClock};
+use crate::{Clock, IndexError, RegistrationLimits, Registry, Store, StoreError, SystemClock};
 
 use commit::{Batch, LogFile, Queue};
 use compact::{compact_loop, take_snapshot, wants_compaction};
@@ -241,9 +241,9 @@ impl DurableStore {
     ) -> Result<(Self, Recovery), IndexError> {
         let dir = dir.as_ref().to_path_buf();
         if options.lease.is_zero() {
-            return Err(IndexError::Store(
+            return Err(IndexError::Store(StoreError::Config(
                 "the lease must be longer than zero".into(),
-            ));
+            )));
         }
         let started = Instant::now();
         fs::create_dir_all(&dir).map_err(data_error("cannot create the data folder", &dir))?;
@@ -483,7 +483,7 @@ impl Store for DurableStore {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, StoreError> {
         // Encoded before taking the lock: the lock is held only to apply and queue.
         let mut record = Vec::new();
         encode_record(
@@ -493,60 +493,62 @@ impl Store for DurableStore {
             },
             &mut record,
         )?;
-        self.change(|registry, now, out| {
-            // A lapsed holder loses its old files as it registers; log that as an expiry,
-            // since replay (everyone freshly leased) would not see the lapse.
-            if registry.lapsed(holder, now) {
-                encode_record(
-                    &LogRecord::Expire {
-                        holders: vec![holder.clone()],
-                    },
-                    out,
-                )?;
-            }
-            let expired = !out.is_empty();
-            // A refusal changes nothing (and drops the expiry record with it): the caps are
-            // checked before the lapsed holder's files go.
-            let added = registry.register_within(holder, address, files, now, limits)?;
-            if added > 0 || expired {
-                out.extend_from_slice(&record);
-            }
-            Ok(added)
-        })
-        .inspect(|_| self.partials.complete(holder, files))
+        Ok(self
+            .change(|registry, now, out| {
+                // A lapsed holder loses its old files as it registers; log that as an expiry,
+                // since replay (everyone freshly leased) would not see the lapse.
+                if registry.lapsed(holder, now) {
+                    encode_record(
+                        &LogRecord::Expire {
+                            holders: vec![holder.clone()],
+                        },
+                        out,
+                    )?;
+                }
+                let expired = !out.is_empty();
+                // A refusal changes nothing (and drops the expiry record with it): the caps are
+                // checked before the lapsed holder's files go.
+                let added = registry.register_within(holder, address, files, now, limits)?;
+                if added > 0 || expired {
+                    out.extend_from_slice(&record);
+                }
+                Ok(added)
+            })
+            .inspect(|_| self.partials.complete(holder, files))?)
     }
 
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
-        self.change(|registry, _, out| {
-            let removed = registry.unregister(holder, ids);
-            if removed > 0 {
-                encode_record(
-                    &LogRecord::Unregister {
-                        holder: holder.clone(),
-                        ids: ids.to_vec(),
-                    },
-                    out,
-                )?;
-            }
-            Ok(removed)
-        })
-        .inspect(|_| {
-            self.partials.unregister(holder, ids);
-        })
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
+        Ok(self
+            .change(|registry, _, out| {
+                let removed = registry.unregister(holder, ids);
+                if removed > 0 {
+                    encode_record(
+                        &LogRecord::Unregister {
+                            holder: holder.clone(),
+                            ids: ids.to_vec(),
+                        },
+                        out,
+                    )?;
+                }
+                Ok(removed)
+            })
+            .inspect(|_| {
+                self.partials.unregister(holder, ids);
+            })?)
     }
 
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, StoreError> {
         Ok(self.read(|state, now| {
             let State { registry, rng } = state;
             registry.locate(key, now, rng)
         }))
     }
 
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, StoreError> {
         Ok(self.read(|state, now| state.registry.holders(key, now)))
     }
 
-    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, StoreError> {
         let now = self.shared.clock.now();
         let complete = search_in_slices(
             || RegistryGuard(lock(&self.shared.state)),
@@ -557,34 +559,34 @@ impl Store for DurableStore {
         Ok(self.partials.search(query, limit, complete, now))
     }
 
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError> {
         // Leases are not durable: a renewal writes nothing. But "you hold n files" must not
         // count a registration that a crash could still lose.
         self.partials.renew(holder, self.shared.clock.now());
-        self.read_durable(|state, now| state.registry.renew(holder, now))
+        Ok(self.read_durable(|state, now| state.registry.renew(holder, now))?)
     }
 
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, StoreError> {
         self.partials.sweep(self.shared.clock.now());
-        self.change(|registry, now, out| {
+        Ok(self.change(|registry, now, out| {
             let gone = registry.sweep(now);
             if !gone.is_empty() {
                 let holders = gone.iter().map(|(h, _)| h.clone()).collect();
                 encode_record(&LogRecord::Expire { holders }, out)?;
             }
             Ok(gone)
-        })
+        })?)
     }
 
     fn lease(&self) -> Duration {
         lock(&self.shared.state).registry.lease()
     }
 
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
         Ok(self.partials.unregister(holder, ids))
     }
 
-    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError> {
         let (complete, now) = self.read(|state, now| (state.registry.holders(key, now), now));
         Ok(self.partials.sources(key, complete, now))
     }
@@ -595,7 +597,7 @@ impl Store for DurableStore {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, StoreError> {
         Ok(self.partials.register_within(
             holder,
             address,

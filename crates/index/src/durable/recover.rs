@@ -526,10 +526,10 @@ pub(super) fn keep_aside(path: &Path) -> Result<PathBuf, IndexError> {
         sync_dir(dir)?;
         return Ok(aside);
     }
-    Err(IndexError::Store(format!(
+    Err(IndexError::Store(crate::StoreError::Failed(format!(
         "{} has 1000 damaged copies beside it already; clear them out",
         path.display()
-    )))
+    ))))
 }
 
 /// Rewrites `log.N` with exactly its intact records (everything before `records_end` but the

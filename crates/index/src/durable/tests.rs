@@ -758,7 +758,7 @@ fn a_full_disk_refuses_a_change_without_a_trace_and_recovers_when_space_returns(
     let before = listing(&store);
     for attempt in 0..2 {
         match store.register(&addr("b:1"), &many) {
-            Err(IndexError::LogFailed(reason)) => {
+            Err(crate::StoreError::LogFailed(reason)) => {
                 assert!(reason.contains("No space left"), "{reason}")
             }
             other => panic!("attempt {attempt}: expected LogFailed, got {other:?}"),
@@ -852,7 +852,7 @@ fn a_failed_write_refuses_and_undoes_every_change_not_on_disk() {
     assert_eq!(x.join().unwrap().unwrap(), 1);
     for (name, refused) in [("a", a), ("b", b)] {
         match refused.join().unwrap() {
-            Err(IndexError::LogFailed(_)) => {}
+            Err(crate::StoreError::LogFailed(_)) => {}
             other => panic!("{name}: expected LogFailed, got {other:?}"),
         }
     }

@@ -6,12 +6,17 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Duration;
 
-use shoal_index::{IndexError, MemoryStore, RegistrationLimits, Sources, Store};
+use shoal_index::{MemoryStore, RegistrationLimits, Sources, Store, StoreError};
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 /// The query that waits at the gate.
 pub(crate) const HOLD: &str = "hold the line";
+/// The query the store fails, with a path and a cause in its error (as a durable store's
+/// failure would have) that must not reach the client.
+pub(crate) const FAIL: &str = "fail please";
+/// The path named in [`FAIL`]'s error.
+pub(crate) const FAIL_PATH: &str = "/var/lib/shoal-private/log-00000007";
 
 /// A [`MemoryStore`] with a gate in front of searches for [`HOLD`].
 pub(crate) struct Gated {
@@ -49,19 +54,24 @@ impl Store for Gated {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, StoreError> {
         self.inner.register_within(holder, address, files, limits)
     }
-    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
         self.inner.unregister(holder, ids)
     }
-    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, IndexError> {
+    fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, StoreError> {
         self.inner.locate(key)
     }
-    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, IndexError> {
+    fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, StoreError> {
         self.inner.holders(key)
     }
-    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, IndexError> {
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, StoreError> {
+        if query == FAIL {
+            return Err(StoreError::Failed(format!(
+                "cannot read the log {FAIL_PATH}: sector 1234 unreadable"
+            )));
+        }
         if query == HOLD {
             let _ = self.arrived.lock().map(|tx| tx.send(()));
             // Bounded: a test that forgets to open the gate still ends.
@@ -72,10 +82,10 @@ impl Store for Gated {
         }
         self.inner.search(query, limit)
     }
-    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, IndexError> {
+    fn renew(&self, holder: &PeerAddr) -> Result<Option<u32>, StoreError> {
         self.inner.renew(holder)
     }
-    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, IndexError> {
+    fn sweep_expired(&self) -> Result<Vec<(PeerAddr, u32)>, StoreError> {
         self.inner.sweep_expired()
     }
     fn lease(&self) -> Duration {
@@ -87,14 +97,14 @@ impl Store for Gated {
         address: &str,
         files: &[FileMeta],
         limits: &RegistrationLimits,
-    ) -> Result<u32, IndexError> {
+    ) -> Result<u32, StoreError> {
         self.inner
             .register_partial_within(holder, address, files, limits)
     }
-    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, IndexError> {
+    fn unregister_partial(&self, holder: &PeerAddr, ids: &[FileId]) -> Result<u32, StoreError> {
         self.inner.unregister_partial(holder, ids)
     }
-    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, IndexError> {
+    fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError> {
         self.inner.sources(key)
     }
 }

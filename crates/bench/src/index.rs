@@ -8,7 +8,7 @@
 //!   then answering every frame at once with a pre-encoded `Located` answer of the real size:
 //!   the ceiling for this machine and this load generator.
 //! - **redis**: a `redis-server` child answering `SRANDMEMBER bench.bin`, the anchor the
-//!   project compares against (`/work/shared/anchors`).
+//!   project compares against.
 //!
 //! Clients use raw sockets and the bare codec (not `IndexClient`), so the client-side cost is
 //! minimal and identical in shape for every contender. A new shoal connection sends its hello
@@ -32,7 +32,9 @@ use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, Transport};
 
+use crate::error::{BenchError, contender_err, io_err, proto_err, spawn_err};
 use crate::plot::{self, Chart, Series};
+use crate::stats::{self, Spread};
 
 /// The file every lookup asks for.
 const BENCH_FILE: &str = "bench.bin";
@@ -73,7 +75,7 @@ impl Mode {
 
 /// Arguments of `shoal bench index`.
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct IndexBenchArgs {
+pub struct IndexBenchArgs {
     /// Client counts to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 64, 256])]
     clients: Vec<usize>,
@@ -90,8 +92,8 @@ pub(crate) struct IndexBenchArgs {
     /// Also draw response time (and lookups/s) against clients into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Append raw rows (`table<TAB>row<TAB>column<TAB>value`, one per run) to this file, the
-    /// anchors' form (`/work/shared/anchors/summarize.py` reads it).
+    /// Append raw rows (`table<TAB>row<TAB>column<TAB>value`, one per run) to this file, for
+    /// scripts that compare runs across machines or commits.
     #[arg(long, value_name = "FILE")]
     tsv: Option<PathBuf>,
     /// The redis-server program to compare against.
@@ -107,7 +109,7 @@ pub(crate) struct IndexBenchArgs {
     /// With `--data DIR`: also registrations/s with durability on and off, and recovery
     /// time and memory of an index of a million registrations.
     #[command(flatten)]
-    pub(crate) durable: crate::bench_durable::DurableBenchArgs,
+    pub(crate) durable: crate::durable::DurableBenchArgs,
 }
 
 /// The servers the benchmark can measure.
@@ -122,12 +124,16 @@ pub(crate) enum Which {
 }
 
 /// Runs the benchmark and prints its tables.
-pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
+pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     if args.clients.is_empty() || args.clients.contains(&0) {
-        return Err("--clients needs positive client counts".into());
+        return Err(BenchError::Usage(
+            "--clients needs positive client counts".into(),
+        ));
     }
     if args.lookups == 0 || args.reps == 0 || args.modes.is_empty() {
-        return Err("--lookups, --reps and --modes must not be zero or empty".into());
+        return Err(BenchError::Usage(
+            "--lookups, --reps and --modes must not be zero or empty".into(),
+        ));
     }
     if cfg!(debug_assertions) {
         eprintln!("note: this is a debug build; numbers mean little (use cargo run --release)");
@@ -173,7 +179,9 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
         });
     }
     if contenders.is_empty() {
-        return Err("nothing to measure: --only names no contender that can run".into());
+        return Err(BenchError::Usage(
+            "nothing to measure: --only names no contender that can run".into(),
+        ));
     }
     // One checked lookup each before anything is timed: a contender that cannot answer is a
     // setup failure, not thousands of counted errors.
@@ -270,7 +278,7 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), String> {
     if let Some(path) = &args.plot {
         let charts = charts(&args.modes, &names, &results);
         plot::write_svg(path, &format!("shoal index lookups: {heading}"), &charts, 2)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(io_err(format!("cannot write {}", path.display())))?;
         println!("plot written to {}", path.display());
     }
     let took = started.elapsed().as_secs();
@@ -288,12 +296,11 @@ struct BenchData {
 }
 
 impl BenchData {
-    fn new() -> Result<BenchData, String> {
+    fn new() -> Result<BenchData, BenchError> {
         // Same-length addresses, so every Located answer has the same size whoever is chosen.
         let holders = (1..=HOLDERS)
             .map(|i| PeerAddr::new(format!("127.0.0.1:{}", 40_000 + i)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
         let bench = meta(BENCH_FILE.to_string(), 0, 1 << 30);
         let mut registrations: Vec<(PeerAddr, Vec<FileMeta>)> =
             holders.iter().map(|h| (h.clone(), Vec::new())).collect();
@@ -315,20 +322,19 @@ impl BenchData {
     }
 
     /// The request every shoal-protocol lookup sends, as frame bytes.
-    fn locate_frame(&self) -> Result<Vec<u8>, String> {
+    fn locate_frame(&self) -> Result<Vec<u8>, BenchError> {
         let mut buf = Vec::new();
         codec::encode_frame(
             &IndexRequest::Locate {
                 key: FileKey::Name(BENCH_FILE.into()),
             },
             &mut buf,
-        )
-        .map_err(|e| format!("cannot encode the Locate request: {e}"))?;
+        )?;
         Ok(buf)
     }
 
     /// The answer the no-op server replays: a real `Located`, as shoal would send it.
-    fn located_frame(&self) -> Result<Vec<u8>, String> {
+    fn located_frame(&self) -> Result<Vec<u8>, BenchError> {
         let mut buf = Vec::new();
         codec::encode_frame(
             &IndexResponse::Located {
@@ -336,8 +342,7 @@ impl BenchData {
                 holder: self.holders[0].clone(),
             },
             &mut buf,
-        )
-        .map_err(|e| format!("cannot encode the Located answer: {e}"))?;
+        )?;
         Ok(buf)
     }
 }
@@ -354,41 +359,41 @@ fn meta(name: String, n: u32, size: u64) -> FileMeta {
     }
 }
 
-fn localhost() -> Result<PeerAddr, String> {
-    PeerAddr::new("127.0.0.1:0").map_err(|e| e.to_string())
+fn localhost() -> Result<PeerAddr, BenchError> {
+    Ok(PeerAddr::new("127.0.0.1:0")?)
 }
 
-fn start_shoal(data: &BenchData) -> Result<ServerHandle, String> {
+fn start_shoal(data: &BenchData) -> Result<ServerHandle, BenchError> {
     let transport = TcpTransport::default();
     let config = IndexServerConfig {
         // Above any client count measured: a busy refusal would measure the limit, not speed.
         max_connections: 4096,
         ..IndexServerConfig::default()
     };
-    let handle = IndexServer::new(transport.clone(), MemoryStore::new(), config)
-        .spawn(&localhost()?)
-        .map_err(|e| format!("cannot start the shoal index: {e}"))?;
+    let handle =
+        IndexServer::new(transport.clone(), MemoryStore::new(), config).spawn(&localhost()?)?;
     register_all(handle.addr(), data)?;
     Ok(handle)
 }
 
 /// Registers (again) every holder's files with shoal. Registering renews a holder's lease,
 /// so calling this between reps keeps the data alive however long the run and the lease.
-fn register_all(index: &PeerAddr, data: &BenchData) -> Result<(), String> {
+fn register_all(index: &PeerAddr, data: &BenchData) -> Result<(), BenchError> {
     let mut client = IndexClient::new(TcpTransport::default(), vec![index.clone()]);
     for (holder, files) in &data.registrations {
-        client
-            .register(holder, files)
-            .map_err(|e| format!("cannot register {holder}'s files with shoal: {e}"))?;
+        client.register(holder, files).map_err(contender_err(
+            "shoal",
+            "cannot register the bench's files: ",
+        ))?;
     }
     Ok(())
 }
 
-fn start_noop(reply: Vec<u8>) -> Result<ServerHandle, String> {
+fn start_noop(reply: Vec<u8>) -> Result<ServerHandle, BenchError> {
     let transport = TcpTransport::default();
     let listener = transport
         .bind(&localhost()?)
-        .map_err(|e| format!("cannot start the no-op server: {e}"))?;
+        .map_err(io_err("cannot start the no-op server"))?;
     // Exactly shoal's accept loop, so the two differ only in what a connection thread does.
     spawn_accept_loop(
         &transport,
@@ -396,7 +401,7 @@ fn start_noop(reply: Vec<u8>) -> Result<ServerHandle, String> {
         AcceptConfig::new(Service::Index, "noop"),
         move |stream: TcpStream, _from, _live| noop_connection(stream, &reply),
     )
-    .map_err(|e| format!("cannot start the no-op server: {e}"))
+    .map_err(io_err("cannot start the no-op server"))
 }
 
 /// Handshake, then for every frame read (raw bytes, never decoded) write `reply` at once.
@@ -439,7 +444,7 @@ impl Drop for Redis {
 
 /// Starts our own redis-server on a free loopback port and loads the data; `None` when the
 /// program is not installed.
-fn start_redis(program: &Path, data: &BenchData) -> Result<Option<Redis>, String> {
+fn start_redis(program: &Path, data: &BenchData) -> Result<Option<Redis>, BenchError> {
     let version = match Command::new(program).arg("--version").output() {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -449,12 +454,12 @@ fn start_redis(program: &Path, data: &BenchData) -> Result<Option<Redis>, String
                 .map_or_else(|| text.trim().to_string(), |v| format!("Redis {v}"))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot run {}: {e}", program.display())),
+        Err(e) => return Err(spawn_err(format!("{} --version", program.display()))(e)),
     };
     // A free port: bind port 0, read it, release it for redis (a tiny race, checked below).
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map_err(|e| format!("cannot find a free port for redis: {e}"))?
+        .map_err(io_err("cannot find a free port for redis"))?
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let child = Command::new(program)
@@ -464,7 +469,7 @@ fn start_redis(program: &Path, data: &BenchData) -> Result<Option<Redis>, String
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        .map_err(spawn_err(program.display().to_string()))?;
     let mut redis = Redis {
         child,
         addr,
@@ -489,24 +494,24 @@ fn start_redis(program: &Path, data: &BenchData) -> Result<Option<Redis>, String
     }
     conn.get_mut()
         .write_all(&batch)
-        .map_err(|e| format!("cannot load redis: {e}"))?;
+        .map_err(io_err(format!("cannot load redis on {addr}")))?;
     let mut line = Vec::new();
     for _ in &sets {
         line.clear();
         conn.read_until(b'\n', &mut line)
-            .map_err(|e| format!("cannot load redis: {e}"))?;
+            .map_err(io_err(format!("cannot load redis on {addr}")))?;
         if line.first() != Some(&b':') {
-            return Err(format!(
-                "redis refused SADD: {}",
-                String::from_utf8_lossy(&line).trim()
-            ));
+            return Err(BenchError::Contender {
+                contender: "redis".into(),
+                detail: format!("refused SADD: {}", String::from_utf8_lossy(&line).trim()),
+            });
         }
     }
     Ok(Some(redis))
 }
 
 /// Waits (bounded) until the child answers PING; returns that connection.
-fn wait_for_ping(redis: &mut Redis) -> Result<BufReader<TcpStream>, String> {
+fn wait_for_ping(redis: &mut Redis) -> Result<BufReader<TcpStream>, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
@@ -518,40 +523,48 @@ fn wait_for_ping(redis: &mut Redis) -> Result<BufReader<TcpStream>, String> {
             if let Some(mut s) = redis.child.stderr.take() {
                 let _ = s.read_to_string(&mut out);
             }
-            return Err(format!(
-                "redis-server exited ({status}) before answering: {}",
-                out.trim()
-            ));
+            return Err(BenchError::NotReady {
+                what: "redis-server".into(),
+                event: "answer PING",
+                why: format!("it exited ({status})"),
+                log: out.trim().to_string(),
+            });
         }
         match ping(redis.addr) {
             Ok(conn) => return Ok(conn),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Err(format!(
-        "redis-server on {} did not answer PING within 10 s: {last}",
-        redis.addr
-    ))
+    Err(BenchError::NotReady {
+        what: format!("redis-server on {}", redis.addr),
+        event: "answer PING",
+        why: format!("none within 10 s, last: {last}"),
+        log: "its standard error".into(),
+    })
 }
 
-fn ping(addr: SocketAddr) -> Result<BufReader<TcpStream>, String> {
-    let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+fn ping(addr: SocketAddr) -> Result<BufReader<TcpStream>, BenchError> {
+    let what = || format!("PING to redis on {addr}");
+    let stream = TcpStream::connect(addr).map_err(io_err(what()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
+        .map_err(io_err(what()))?;
     let mut conn = BufReader::new(stream);
     conn.get_mut()
         .write_all(&redis_command(&["PING"]))
-        .map_err(|e| e.to_string())?;
+        .map_err(io_err(what()))?;
     let mut line = String::new();
-    conn.read_line(&mut line).map_err(|e| e.to_string())?;
+    conn.read_line(&mut line).map_err(io_err(what()))?;
     if line.trim_end() != "+PONG" {
-        return Err(format!("PING answered {:?}", line.trim_end()));
+        return Err(BenchError::WrongAnswer(format!(
+            "PING answered {:?}",
+            line.trim_end()
+        )));
     }
     conn.get_mut()
         .set_read_timeout(None)
-        .map_err(|e| e.to_string())?;
+        .map_err(io_err(what()))?;
     Ok(conn)
 }
 
@@ -588,11 +601,11 @@ impl Contender {
         wire: Wire,
         addr: &PeerAddr,
         request: Vec<u8>,
-    ) -> Result<Contender, String> {
-        let addr = addr
-            .as_str()
-            .parse()
-            .map_err(|e| format!("{name} listens on {addr}, not an IP address: {e}"))?;
+    ) -> Result<Contender, BenchError> {
+        let addr = addr.as_str().parse().map_err(|e| BenchError::Contender {
+            contender: name.into(),
+            detail: format!("listens on {addr}, not an IP address: {e}"),
+        })?;
         Ok(Contender {
             name,
             wire,
@@ -603,26 +616,30 @@ impl Contender {
 
     /// One lookup with its answer checked; for shoal also that the answer is exactly as
     /// large as the no-op server's, so the ceiling moves the same bytes.
-    fn probe(&self, noop_reply: &[u8]) -> Result<(), String> {
-        let mut conn =
-            Conn::open(self).map_err(|e| format!("{} does not answer: {e}", self.name))?;
+    fn probe(&self, noop_reply: &[u8]) -> Result<(), BenchError> {
+        let mut conn = Conn::open(self).map_err(contender_err(self.name, "does not answer: "))?;
         if self.wire == Wire::Shoal {
             conn.reader
                 .get_mut()
                 .write_all(&self.request)
-                .map_err(|e| format!("{}: {e}", self.name))?;
+                .map_err(contender_err(self.name, ""))?;
             let mut len = [0u8; 4];
             conn.reader
                 .read_exact(&mut len)
-                .map_err(|e| format!("{}: {e}", self.name))?;
+                .map_err(contender_err(self.name, ""))?;
             let len = u32::from_be_bytes(len) as usize;
             let mut body = vec![0; len.min(1 << 20)];
             conn.reader
                 .read_exact(&mut body)
-                .map_err(|e| format!("{}: {e}", self.name))?;
+                .map_err(contender_err(self.name, ""))?;
             match codec::decode_body::<IndexResponse>(&body) {
                 Ok(IndexResponse::Located { .. }) => {}
-                other => return Err(format!("{} answers {other:?}, not Located", self.name)),
+                other => {
+                    return Err(BenchError::Contender {
+                        contender: self.name.into(),
+                        detail: format!("answers {other:?}, not Located"),
+                    });
+                }
             }
             if len + 4 != noop_reply.len() {
                 eprintln!(
@@ -635,9 +652,11 @@ impl Contender {
         }
         let mut scratch = Vec::new();
         conn.lookup(self, &mut scratch)
-            .map_err(|e| format!("{} lookup failed: {e}", self.name))?;
-        Conn::lookup_once(self, &mut scratch)
-            .map_err(|e| format!("{} lookup on a new connection failed: {e}", self.name))
+            .map_err(contender_err(self.name, "lookup failed: "))?;
+        Conn::lookup_once(self, &mut scratch).map_err(contender_err(
+            self.name,
+            "lookup on a new connection failed: ",
+        ))
     }
 }
 
@@ -647,24 +666,22 @@ struct Conn {
 }
 
 impl Conn {
-    fn connect(c: &Contender) -> Result<TcpStream, String> {
-        let stream = TcpStream::connect(c.addr).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| format!("nodelay: {e}"))?;
+    fn connect(c: &Contender) -> Result<TcpStream, BenchError> {
+        let stream = TcpStream::connect(c.addr).map_err(io_err("connect"))?;
+        stream.set_nodelay(true).map_err(io_err("nodelay"))?;
         Ok(stream)
     }
 
     /// A new connection for one lookup. shoal's hello and the request leave in one write
     /// and the server's hello comes back ahead of the answer, so it is one round trip.
-    fn lookup_once(c: &Contender, scratch: &mut Vec<u8>) -> Result<(), String> {
+    fn lookup_once(c: &Contender, scratch: &mut Vec<u8>) -> Result<(), BenchError> {
         let mut stream = Conn::connect(c)?;
         if c.wire == Wire::Redis {
             return Conn::wrap(stream).lookup(c, scratch);
         }
         // The server answers exactly 8 bytes, so reading it unbuffered loses nothing.
         codec::client_handshake_with_frame(&mut stream, Service::Index, &c.request)
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(proto_err("handshake"))?;
         Conn::wrap(stream).answer(c, scratch)
     }
 
@@ -674,27 +691,26 @@ impl Conn {
         }
     }
 
-    fn open(c: &Contender) -> Result<Conn, String> {
+    fn open(c: &Contender) -> Result<Conn, BenchError> {
         let mut stream = Conn::connect(c)?;
         if c.wire == Wire::Shoal {
             // The server answers exactly 8 bytes, so reading it unbuffered loses nothing.
-            codec::client_handshake(&mut stream, Service::Index)
-                .map_err(|e| format!("handshake: {e}"))?;
+            codec::client_handshake(&mut stream, Service::Index).map_err(proto_err("handshake"))?;
         }
         Ok(Conn::wrap(stream))
     }
 
     /// Sends the request and reads (and checks) one answer.
-    fn lookup(&mut self, c: &Contender, scratch: &mut Vec<u8>) -> Result<(), String> {
+    fn lookup(&mut self, c: &Contender, scratch: &mut Vec<u8>) -> Result<(), BenchError> {
         self.reader
             .get_mut()
             .write_all(&c.request)
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(io_err("send"))?;
         self.answer(c, scratch)
     }
 
     /// Reads (and checks) one answer.
-    fn answer(&mut self, c: &Contender, scratch: &mut Vec<u8>) -> Result<(), String> {
+    fn answer(&mut self, c: &Contender, scratch: &mut Vec<u8>) -> Result<(), BenchError> {
         match c.wire {
             Wire::Shoal => match codec::read_frame::<_, IndexResponse>(
                 &mut self.reader,
@@ -702,8 +718,10 @@ impl Conn {
                 scratch,
             ) {
                 Ok(IndexResponse::Located { .. }) => Ok(()),
-                Ok(other) => Err(format!("answer is not Located: {other:?}")),
-                Err(e) => Err(format!("answer: {e}")),
+                Ok(other) => Err(BenchError::WrongAnswer(format!(
+                    "answer is not Located: {other:?}"
+                ))),
+                Err(e) => Err(proto_err("answer")(e)),
             },
             Wire::Redis => read_bulk(&mut self.reader, scratch),
         }
@@ -711,24 +729,26 @@ impl Conn {
 }
 
 /// Reads one RESP bulk-string reply (`$N\r\n<N bytes>\r\n`); nil or an error reply fail.
-fn read_bulk(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Result<(), String> {
+fn read_bulk(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Result<(), BenchError> {
     buf.clear();
-    let n = reader
-        .read_until(b'\n', buf)
-        .map_err(|e| format!("answer: {e}"))?;
+    let n = reader.read_until(b'\n', buf).map_err(io_err("answer"))?;
     if n == 0 {
-        return Err("answer: connection closed".into());
+        return Err(BenchError::WrongAnswer("answer: connection closed".into()));
     }
     let header = String::from_utf8_lossy(buf);
     let len: i64 = header
         .strip_prefix('$')
         .and_then(|rest| rest.trim_end().parse().ok())
-        .ok_or_else(|| format!("answer is not a bulk string: {:?}", header.trim_end()))?;
-    let len = usize::try_from(len).map_err(|_| "answer is nil (no such set)".to_string())?;
+        .ok_or_else(|| {
+            BenchError::WrongAnswer(format!(
+                "answer is not a bulk string: {:?}",
+                header.trim_end()
+            ))
+        })?;
+    let len = usize::try_from(len)
+        .map_err(|_| BenchError::WrongAnswer("answer is nil (no such set)".into()))?;
     buf.resize(len + 2, 0);
-    reader
-        .read_exact(buf)
-        .map_err(|e| format!("answer body: {e}"))
+    reader.read_exact(buf).map_err(io_err("answer body"))
 }
 
 /// Starts all clients of a cell at once, after they are connected.
@@ -781,9 +801,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn fail(&mut self, e: String) {
+    fn fail(&mut self, e: BenchError) {
         self.errors += 1;
-        self.first_error.get_or_insert(e);
+        self.first_error.get_or_insert_with(|| e.to_string());
     }
 }
 
@@ -801,7 +821,7 @@ fn client(c: &Contender, mode: Mode, lookups: usize, gate: &Gate) -> Worker {
             let mut conn = match Conn::open(c) {
                 Ok(conn) => Some(conn),
                 Err(e) => {
-                    w.first_error = Some(e);
+                    w.first_error = Some(e.to_string());
                     None
                 }
             };
@@ -919,10 +939,8 @@ fn run_cell(c: &Contender, mode: Mode, clients: usize, per_client: usize) -> Cel
     } else {
         let sum: u64 = samples.iter().map(|&s| u64::from(s)).sum();
         let mean = sum as f64 / samples.len() as f64 / 1e6;
-        // Nearest-rank p99: the smallest sample with at least 99 % of samples at or below it.
-        let rank = (samples.len() * 99).div_ceil(100).max(1) - 1;
-        let (_, p99, _) = samples.select_nth_unstable(rank);
-        (mean, f64::from(*p99) / 1e6)
+        let p99 = stats::percentile(&mut samples, 99).map_or(f64::NAN, |p| f64::from(p) / 1e6);
+        (mean, p99)
     };
     Cell {
         ok: samples.len() as u64,
@@ -948,31 +966,19 @@ struct Summary {
 impl Summary {
     fn of(cells: &[Cell]) -> Summary {
         let rates: Vec<f64> = cells.iter().map(Cell::rate).collect();
+        let rate = Spread::of(&rates).unwrap_or(Spread::NAN);
+        let median_of = |f: fn(&Cell) -> f64| {
+            stats::median(&cells.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+        };
         Summary {
-            rate: median(&rates),
-            rate_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
-            rate_max: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            mean_ms: median(&cells.iter().map(|c| c.mean_ms).collect::<Vec<_>>()),
-            p99_ms: median(&cells.iter().map(|c| c.p99_ms).collect::<Vec<_>>()),
+            rate: rate.median,
+            rate_min: rate.min,
+            rate_max: rate.max,
+            mean_ms: median_of(|c| c.mean_ms),
+            p99_ms: median_of(|c| c.p99_ms),
             errors: cells.iter().map(|c| c.errors).sum(),
             first_error: cells.iter().find_map(|c| c.first_error.clone()),
         }
-    }
-}
-
-/// Median of the finite values (NaN when there are none); the mean of the middle two for
-/// an even count.
-fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
     }
 }
 
@@ -1172,13 +1178,13 @@ fn charts(modes: &[Mode], names: &[&str], rows: &[Row]) -> Vec<Chart> {
     latency
 }
 
-fn append(path: &Path, text: &str) -> Result<(), String> {
+fn append(path: &Path, text: &str) -> Result<(), BenchError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+        .map_err(io_err(format!("cannot append to {}", path.display())))
 }
 
 #[cfg(test)]
@@ -1186,14 +1192,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians_and_formats() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[f64::NAN]).is_nan());
-        assert_eq!(fmt_rate(112_345.0), "112.3k");
-        assert_eq!(fmt_rate(950.0), "950");
-        assert_eq!(fmt_ms(0.0841), "0.084");
-        assert_eq!(fmt_ms(12.34), "12.3");
+    fn formats() {
+        let rates = [
+            (112_345.0, "112.3k"),
+            (950.0, "950"),
+            (2_500_000.0, "2.50M"),
+        ];
+        for (rate, shown) in rates {
+            assert_eq!(fmt_rate(rate), shown);
+        }
+        for (ms, shown) in [(0.0841, "0.084"), (12.34, "12.3")] {
+            assert_eq!(fmt_ms(ms), shown);
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::stats::{Spread, median};
+
 use super::{
     Bench, Contender, FILE_NAME, HTTP_PORT, PEER_PORT, RunResult, SwarmBenchArgs, TARGET_12,
     TARGET_32, TARGET_SEEDER_COPIES, libtorrent_version,
@@ -288,7 +290,7 @@ impl Bench {
                 .filter_map(|(r, t1)| r.last().zip(*t1).map(|(l, t)| l / t))
                 .collect();
             let bounds: Vec<f64> = lasts.iter().map(|l| l / self.bound).collect();
-            t1_ratio_medians.push((c, median(&mut t1s.clone())));
+            t1_ratio_medians.push((c, median(&t1s)));
             println!(
                 "| {} | {}/{} | {} | {} | {} | {} | {} | {} |",
                 c.label(peers),
@@ -317,13 +319,13 @@ impl Bench {
                 .iter()
                 .filter_map(|rep| rep.iter().find(|r| r.contender == *c))
                 .collect();
-            let mut copies: Vec<f64> = runs
+            let copies: Vec<f64> = runs
                 .iter()
                 .filter(|r| r.last().is_some())
                 .filter_map(|r| r.seeder_sent)
                 .map(|b| b as f64 / self.size as f64)
                 .collect();
-            let copies = median(&mut copies);
+            let copies = median(&copies);
             let faster = runs
                 .iter()
                 .zip(&bt_lasts)
@@ -374,26 +376,9 @@ fn ratio(value: Option<f64>, base: Option<f64>) -> String {
 
 /// `5.61 s (5.50-5.80)`, or `-` when there is nothing.
 fn spread(values: &[f64], unit: &str) -> String {
-    let mut v = values.to_vec();
-    let Some(m) = median(&mut v) else {
-        return "-".into();
-    };
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{m:.2}{unit} ({lo:.2}-{hi:.2})")
-}
-
-/// The median (the mean of the middle two for an even count).
-pub(super) fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values.get(mid).copied()
-    } else {
-        Some((values[mid - 1] + values[mid]) / 2.0)
+    match Spread::of(values) {
+        Some(s) => format!("{:.2}{unit} ({:.2}-{:.2})", s.median, s.min, s.max),
+        None => "-".into(),
     }
 }
 
@@ -402,10 +387,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians_and_spreads() {
-        assert_eq!(median(&mut []), None);
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    fn spreads() {
         assert_eq!(spread(&[2.0, 1.0, 3.0], " s"), "2.00 s (1.00-3.00)");
         assert_eq!(spread(&[], " s"), "-");
     }

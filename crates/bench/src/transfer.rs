@@ -32,13 +32,16 @@ use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
 
+use crate::error::{BenchError, io_err};
+use crate::stats::{self, Spread};
+
 /// Block size of the raw baselines.
 const BLOCK: usize = 1 << 20;
 const FILE_NAME: &str = "bench-transfer.bin";
 
 /// `shoal bench transfer`
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct TransferBenchArgs {
+pub struct TransferBenchArgs {
     /// File size in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
@@ -105,12 +108,13 @@ struct Swarm {
     solo_index: ServerHandle,
 }
 
-pub(crate) fn run(args: &TransferBenchArgs) -> Result<(), String> {
+pub(crate) fn run(args: &TransferBenchArgs) -> Result<(), BenchError> {
     if args.reps == 0 || args.size_mib == 0 {
-        return Err("--reps and --size-mib must be at least 1".into());
+        return Err(BenchError::Usage(
+            "--reps and --size-mib must be at least 1".into(),
+        ));
     }
-    shoal_proto::content::validate_chunk_size(args.chunk_kib.saturating_mul(1024))
-        .map_err(|e| e.to_string())?;
+    shoal_proto::content::validate_chunk_size(args.chunk_kib.saturating_mul(1024))?;
     let (root, temporary) = match &args.dir {
         Some(dir) => (dir.clone(), false),
         None => (
@@ -125,12 +129,12 @@ pub(crate) fn run(args: &TransferBenchArgs) -> Result<(), String> {
     result
 }
 
-fn run_in(root: &Path, args: &TransferBenchArgs) -> Result<(), String> {
+fn run_in(root: &Path, args: &TransferBenchArgs) -> Result<(), BenchError> {
     let size = args.size_mib << 20;
     let src_dir = root.join("holder1");
     let out_dir = root.join("out");
     for d in [&src_dir, &out_dir] {
-        fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        fs::create_dir_all(d).map_err(io_err(format!("cannot create {}", d.display())))?;
     }
     let source = src_dir.join(FILE_NAME);
     eprintln!("writing a {} MiB source file ...", args.size_mib);
@@ -138,11 +142,10 @@ fn run_in(root: &Path, args: &TransferBenchArgs) -> Result<(), String> {
     // Three holders of the same bytes: hard links, so the page cache holds them once.
     for n in 2..=3 {
         let dir = root.join(format!("holder{n}"));
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         let link = dir.join(FILE_NAME);
         let _ = fs::remove_file(&link);
-        fs::hard_link(&source, &link)
-            .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+        fs::hard_link(&source, &link).map_err(io_err(format!("cannot link {}", link.display())))?;
     }
     eprintln!("hashing the holders' folders ...");
     let swarm = start_swarm(root, args.chunk_kib * 1024)?;
@@ -172,9 +175,9 @@ fn run_in(root: &Path, args: &TransferBenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, String> {
+fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, BenchError> {
     let transport = TcpTransport::default();
-    let local = PeerAddr::new("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let local = PeerAddr::new("127.0.0.1:0")?;
     let spawn_index = || {
         IndexServer::new(
             transport.clone(),
@@ -182,29 +185,26 @@ fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, String> {
             IndexServerConfig::default(),
         )
         .spawn(&local)
-        .map_err(|e| format!("cannot start an index: {e}"))
+        .map_err(BenchError::from)
     };
     let index = spawn_index()?;
     let solo_index = spawn_index()?;
     let mut holders = Vec::new();
     for n in 1..=3 {
         let dir = root.join(format!("holder{n}"));
-        let library = Library::open(&dir, chunk_size).map_err(|e| e.to_string())?;
+        let library = Library::open(&dir, chunk_size)?;
         let server = PeerServer::new(
             transport.clone(),
             library.clone(),
             PeerServerConfig::default(),
         )
-        .spawn(&local)
-        .map_err(|e| e.to_string())?;
+        .spawn(&local)?;
         let files = library.files();
         IndexClient::new(transport.clone(), vec![index.addr().clone()])
-            .register(server.addr(), &files)
-            .map_err(|e| e.to_string())?;
+            .register(server.addr(), &files)?;
         if n == 1 {
             IndexClient::new(transport.clone(), vec![solo_index.addr().clone()])
-                .register(server.addr(), &files)
-                .map_err(|e| e.to_string())?;
+                .register(server.addr(), &files)?;
         }
         holders.push(server);
     }
@@ -221,7 +221,7 @@ fn run_one(
     out_dir: &Path,
     swarm: &Swarm,
     size: u64,
-) -> Result<Sample, String> {
+) -> Result<Sample, BenchError> {
     let target = out_dir.join(FILE_NAME);
     let _ = fs::remove_file(&target);
     let cpu_before = process_cpu_secs();
@@ -242,20 +242,23 @@ fn run_one(
             );
             let key = FileKey::Name(FILE_NAME.into());
             let bytes = if contender == Contender::ShoalVerifyOnly {
-                downloader
-                    .verify_only(&key)
-                    .map_err(|e| e.to_string())?
-                    .bytes
+                downloader.verify_only(&key)?.bytes
             } else {
-                match downloader.fetch(&key).map_err(|e| e.to_string())? {
+                match downloader.fetch(&key)? {
                     DownloadOutcome::Downloaded(report) => report.bytes,
                     DownloadOutcome::AlreadyPresent(_) => {
-                        return Err("the target file was already present".into());
+                        return Err(BenchError::Contender {
+                            contender: contender.label().into(),
+                            detail: "the target file was already present".into(),
+                        });
                     }
                 }
             };
             if bytes != size {
-                return Err(format!("moved {bytes} bytes, expected {size}"));
+                return Err(BenchError::Contender {
+                    contender: contender.label().into(),
+                    detail: format!("moved {bytes} bytes, expected {size}"),
+                });
             }
         }
     }
@@ -267,9 +270,12 @@ fn run_one(
 
 /// The plain way: one TcpStream, 1 MiB `read_at` + `write_all` on the sending side,
 /// 1 MiB `read` + (discard | `write_all` to a new file) on the receiving side.
-fn raw_transfer(source: &Path, target: Option<&Path>) -> Result<(), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+fn raw_transfer(source: &Path, target: Option<&Path>) -> Result<(), BenchError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(io_err("cannot listen on 127.0.0.1"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_err("cannot read the listening address"))?;
     let source = source.to_path_buf();
     let sender = thread::spawn(move || -> io::Result<()> {
         let (mut socket, _) = listener.accept()?;
@@ -285,60 +291,66 @@ fn raw_transfer(source: &Path, target: Option<&Path>) -> Result<(), String> {
             offset += n as u64;
         }
     });
-    let mut socket = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let mut socket =
+        TcpStream::connect(addr).map_err(io_err(format!("cannot connect to {addr}")))?;
     let mut out = match target {
         Some(path) => Some(
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+                .map_err(io_err(format!("cannot create {}", path.display())))?,
         ),
         None => None,
     };
     let mut buf = vec![0u8; BLOCK];
     loop {
-        let n = socket.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = socket
+            .read(&mut buf)
+            .map_err(io_err(format!("cannot receive from {addr}")))?;
         if n == 0 {
             break;
         }
-        if let Some(file) = &mut out {
-            file.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        if let (Some(file), Some(path)) = (&mut out, target) {
+            file.write_all(&buf[..n])
+                .map_err(io_err(format!("cannot write {}", path.display())))?;
         }
     }
     sender
         .join()
-        .map_err(|_| "the sending thread panicked".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| BenchError::Panicked("raw TCP sender"))?
+        .map_err(io_err("the raw TCP sender failed"))
 }
 
 /// Writes and deletes `size` bytes so the next big write finds warm pages (see module docs).
-fn warm_pages(scratch: &Path, size: u64) -> Result<(), String> {
+fn warm_pages(scratch: &Path, size: u64) -> Result<(), BenchError> {
     let block = vec![0x5au8; BLOCK];
-    let mut file = File::create(scratch).map_err(|e| e.to_string())?;
+    let what = || format!("cannot write the scratch file {}", scratch.display());
+    let mut file = File::create(scratch).map_err(io_err(what()))?;
     let mut left = size;
     while left > 0 {
         let n = left.min(BLOCK as u64) as usize;
-        file.write_all(&block[..n]).map_err(|e| e.to_string())?;
+        file.write_all(&block[..n]).map_err(io_err(what()))?;
         left -= n as u64;
     }
     drop(file);
-    fs::remove_file(scratch).map_err(|e| e.to_string())
+    fs::remove_file(scratch).map_err(io_err(format!("cannot remove {}", scratch.display())))
 }
 
-fn write_random(path: &Path, size: u64) -> Result<(), String> {
+fn write_random(path: &Path, size: u64) -> Result<(), BenchError> {
     if fs::metadata(path).is_ok_and(|m| m.len() == size) {
         return Ok(());
     }
     let mut file =
-        File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        File::create(path).map_err(io_err(format!("cannot create {}", path.display())))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut block = vec![0u8; BLOCK];
     let mut left = size;
     while left > 0 {
         let n = left.min(BLOCK as u64) as usize;
         rng.fill_bytes(&mut block[..n]);
-        file.write_all(&block[..n]).map_err(|e| e.to_string())?;
+        file.write_all(&block[..n])
+            .map_err(io_err(format!("cannot write {}", path.display())))?;
         left -= n as u64;
     }
     Ok(())
@@ -364,20 +376,15 @@ fn process_cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferBenchArgs) {
     let gib = size as f64 / (1u64 << 30) as f64;
     let rate = |c: Contender| -> f64 {
         samples
             .iter()
             .find(|(k, _)| *k == c)
-            .map(|(_, runs)| {
-                let mut v: Vec<f64> = runs.iter().map(|s| size as f64 / s.secs / 1e9).collect();
-                median(&mut v)
+            .and_then(|(_, runs)| {
+                let v: Vec<f64> = runs.iter().map(|s| size as f64 / s.secs / 1e9).collect();
+                stats::median(&v)
             })
             .unwrap_or(f64::NAN)
     };
@@ -392,17 +399,16 @@ fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferB
     println!("| contender | GB/s | min-max | CPU s/GiB |");
     println!("|---|---:|---:|---:|");
     for (contender, runs) in samples {
-        let mut rates: Vec<f64> = runs.iter().map(|s| size as f64 / s.secs / 1e9).collect();
-        let mut cpu: Vec<f64> = runs.iter().map(|s| s.cpu_secs / gib).collect();
-        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = rates.iter().copied().fold(0.0, f64::max);
+        let rates: Vec<f64> = runs.iter().map(|s| size as f64 / s.secs / 1e9).collect();
+        let cpu: Vec<f64> = runs.iter().map(|s| s.cpu_secs / gib).collect();
+        let rate = Spread::of(&rates).unwrap_or(Spread::NAN);
         println!(
             "| {} | {:.2} | {:.2}-{:.2} | {:.2} |",
             contender.label(),
-            median(&mut rates),
-            lo,
-            hi,
-            median(&mut cpu)
+            rate.median,
+            rate.min,
+            rate.max,
+            stats::median(&cpu).unwrap_or(f64::NAN)
         );
     }
     let ratio = |a: Contender, b: Contender| rate(a) / rate(b);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// `1.5 MiB`, `512 B`.
-pub(crate) fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -19,7 +19,7 @@ pub(crate) fn bytes(n: u64) -> String {
 }
 
 /// Megabytes (10^6) per second.
-pub(crate) fn mb_per_s(bytes: u64, elapsed: Duration) -> String {
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     if secs <= 0.0 {
         return "-".into();
@@ -28,7 +28,7 @@ pub(crate) fn mb_per_s(bytes: u64, elapsed: Duration) -> String {
 }
 
 /// `0.123 s` or `12 ms`.
-pub(crate) fn duration(d: Duration) -> String {
+pub fn duration(d: Duration) -> String {
     if d.as_secs_f64() >= 1.0 {
         format!("{:.2} s", d.as_secs_f64())
     } else {

@@ -14,11 +14,12 @@
 //!    allocator hands memory freed by an earlier measurement to the next one, and an RSS
 //!    delta then reads close to zero.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -29,6 +30,9 @@ use shoal_index::{
 };
 use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileId, FileMeta, PeerAddr};
+
+use crate::error::{BenchError, io_err};
+use crate::stats;
 
 /// Target: durable registrations/s at 64 clients at least this share of in-memory.
 const THROUGHPUT_TARGET: f64 = 0.5;
@@ -47,7 +51,7 @@ const CHILD_WAIT: Duration = Duration::from_secs(300);
 
 /// Arguments of the durable part of `shoal bench index`.
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct DurableBenchArgs {
+pub struct DurableBenchArgs {
     /// Measure the durable store, keeping its data under DIR (a fresh subfolder per run,
     /// removed afterwards). Put it on the disk the index will use: fsync cost is the point.
     #[arg(long, value_name = "DIR")]
@@ -70,22 +74,26 @@ pub(crate) struct DurableBenchArgs {
 }
 
 /// Runs the measurements and prints markdown tables.
-pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), String> {
+pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), BenchError> {
     let Some(data) = &args.data else {
-        return Err("the durable benchmark needs --data DIR".into());
+        return Err(BenchError::Usage(
+            "the durable benchmark needs --data DIR".into(),
+        ));
     };
     if args.register_clients.is_empty() || args.register_clients.contains(&0) {
-        return Err("--register-clients needs positive client counts".into());
+        return Err(BenchError::Usage(
+            "--register-clients needs positive client counts".into(),
+        ));
     }
     if args.registrations == 0 || args.register_reps == 0 || args.recovery_registrations == 0 {
-        return Err(
+        return Err(BenchError::Usage(
             "--registrations, --register-reps and --recovery-registrations must be positive".into(),
-        );
+        ));
     }
     if cfg!(debug_assertions) {
         eprintln!("note: this is a debug build; numbers mean little (use cargo run --release)");
     }
-    fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    fs::create_dir_all(data).map_err(io_err(format!("cannot create {}", data.display())))?;
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "shoal bench index --data {}: {cores} cores, data on {}, one fsync takes {}",
@@ -99,7 +107,7 @@ pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), String> {
 
     let shoal = match &args.shoal_binary {
         Some(path) => path.clone(),
-        None => std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?,
+        None => std::env::current_exe().map_err(io_err("cannot find this program"))?,
     };
     let empty = data.join("recovery-empty");
     let _cleanup = RemoveOnDrop(empty.clone());
@@ -140,7 +148,11 @@ pub(crate) fn run(args: &DurableBenchArgs) -> Result<(), String> {
                 }
             }
         }
-        throughput_rows.push((clients, median(&memory), median(&durable)));
+        throughput_rows.push((
+            clients,
+            stats::median(&memory).unwrap_or(f64::NAN),
+            stats::median(&durable).unwrap_or(f64::NAN),
+        ));
     }
 
     let mut out = String::new();
@@ -264,14 +276,14 @@ fn id_of(seed: u64) -> FileId {
     FileId(id)
 }
 
-fn holder_addr(h: usize) -> Result<PeerAddr, String> {
+fn holder_addr(h: usize) -> Result<PeerAddr, BenchError> {
     PeerAddr::new(format!(
         "10.{}.{}.{}:7000",
         h >> 16 & 255,
         h >> 8 & 255,
         h & 255
     ))
-    .map_err(|e| e.to_string())
+    .map_err(BenchError::from)
 }
 
 struct RecoveryRow {
@@ -291,7 +303,7 @@ fn measure_recovery(
     shape: Shape,
     total: usize,
     baseline: u64,
-) -> Result<RecoveryRow, String> {
+) -> Result<RecoveryRow, BenchError> {
     let dir = data.join(format!("recovery-{shape:?}").to_lowercase());
     let _cleanup = RemoveOnDrop(dir.clone());
     let _ = fs::remove_dir_all(&dir);
@@ -302,23 +314,26 @@ fn measure_recovery(
     );
     let (registrations, files, holders) = build_recovery_index(&dir, shape, total)?;
     let disk_bytes = fs::read_dir(&dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .map_err(io_err(format!("cannot list {}", dir.display())))?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
     let child = run_index_child(shoal, &dir)?;
-    let recovered = child.recovered.ok_or_else(|| {
-        format!(
-            "{} logged no recovery line; its log:\n{}",
-            shoal.display(),
+    let recovered = child.recovered.ok_or_else(|| BenchError::Contender {
+        contender: format!("{} index --data {}", shoal.display(), dir.display()),
+        detail: format!(
+            "logged no recovery line; its log:\n{}",
             child.log.join("\n")
-        )
+        ),
     })?;
     if recovered.registrations != registrations {
-        return Err(format!(
-            "the index recovered {} registrations, expected {registrations}",
-            recovered.registrations
-        ));
+        return Err(BenchError::Contender {
+            contender: format!("{} index --data {}", shoal.display(), dir.display()),
+            detail: format!(
+                "recovered {} registrations, expected {registrations}",
+                recovered.registrations
+            ),
+        });
     }
     Ok(RecoveryRow {
         shape,
@@ -351,16 +366,9 @@ struct Recovered {
 
 /// Starts `shoal index --data DIR` on loopback, waits until it listens (recovery done), reads
 /// its RSS, and kills it.
-fn run_index_child(shoal: &Path, dir: &Path) -> Result<ChildIndex, String> {
-    let mut child = Command::new(shoal)
-        .args(["index", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", shoal.display()))?;
+fn run_index_child(shoal: &Path, dir: &Path) -> Result<ChildIndex, BenchError> {
+    let data = [OsStr::new("--data"), dir.as_os_str()];
+    let mut child = crate::child::spawn_index(shoal, data, "info", Stdio::piped())?;
     let stdout = lines_of(child.stdout.take());
     let stderr = lines_of(child.stderr.take());
     let listening = stdout
@@ -372,12 +380,12 @@ fn run_index_child(shoal: &Path, dir: &Path) -> Result<ChildIndex, String> {
     // The child is gone, so its stderr ends: this collects everything it logged.
     let log: Vec<String> = stderr.iter().collect();
     if listening != Ok(true) {
-        return Err(format!(
-            "{} index --data {} did not start listening; its log:\n{}",
-            shoal.display(),
-            dir.display(),
-            log.join("\n")
-        ));
+        return Err(BenchError::NotReady {
+            what: format!("{} index --data {}", shoal.display(), dir.display()),
+            event: "start listening",
+            why: format!("within {} s", CHILD_WAIT.as_secs()),
+            log: format!("its standard error:\n{}", log.join("\n")),
+        });
     }
     Ok(ChildIndex {
         rss: rss?,
@@ -433,23 +441,21 @@ fn build_recovery_index(
     dir: &Path,
     shape: Shape,
     total: usize,
-) -> Result<(usize, usize, usize), String> {
-    let store = DurableStore::open(dir, DurableOptions::default()).map_err(|e| e.to_string())?;
+) -> Result<(usize, usize, usize), BenchError> {
+    let store = DurableStore::open(dir, DurableOptions::default())?;
     let holders = total.div_ceil(FILES_PER_HOLDER);
     // The last holders register after the snapshot: they are the log tail recovery replays.
     let tail_from = holders - holders / LOG_TAIL_SHARE;
-    let register_range = |store: &DurableStore, from: usize, to: usize| -> Result<(), String> {
+    let register_range = |store: &DurableStore, from: usize, to: usize| -> Result<(), BenchError> {
         thread::scope(|s| {
             let workers: Vec<_> = (0..BUILDERS)
                 .map(|t| {
-                    s.spawn(move || -> Result<(), String> {
+                    s.spawn(move || -> Result<(), BenchError> {
                         for h in (from..to).skip(t).step_by(BUILDERS) {
                             let count = FILES_PER_HOLDER.min(total - h * FILES_PER_HOLDER);
                             let files: Vec<FileMeta> =
                                 (0..count).map(|j| shape.file(h, j, total)).collect();
-                            store
-                                .register(&holder_addr(h)?, &files)
-                                .map_err(|e| e.to_string())?;
+                            store.register(&holder_addr(h)?, &files)?;
                         }
                         Ok(())
                     })
@@ -457,18 +463,15 @@ fn build_recovery_index(
                 .collect();
             workers.into_iter().try_for_each(|w| {
                 w.join()
-                    .map_err(|_| "a builder thread panicked".to_string())?
+                    .map_err(|_| BenchError::Panicked("index builder"))?
             })
         })
     };
     register_range(&store, 0, tail_from)?;
-    store.snapshot_now().map_err(|e| e.to_string())?;
+    store.snapshot_now()?;
     register_range(&store, tail_from, holders)?;
     let registrations = store.registration_count();
-    let files = store
-        .search("", usize::MAX)
-        .map_err(|e| e.to_string())?
-        .len();
+    let files = store.search("", usize::MAX)?.len();
     Ok((registrations, files, holders))
 }
 
@@ -479,19 +482,18 @@ fn measure_throughput(
     clients: usize,
     total: usize,
     rep: usize,
-) -> Result<f64, String> {
+) -> Result<f64, BenchError> {
     let transport = TcpTransport::default();
     let config = IndexServerConfig {
         max_connections: 4096,
         ..IndexServerConfig::default()
     };
-    let listen = PeerAddr::new("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let listen = PeerAddr::new("127.0.0.1:0")?;
     let _cleanup = dir.map(|d| RemoveOnDrop(d.to_path_buf()));
     let handle = match dir {
         Some(dir) => {
             let _ = fs::remove_dir_all(dir);
-            let store =
-                DurableStore::open(dir, DurableOptions::default()).map_err(|e| e.to_string())?;
+            let store = DurableStore::open(dir, DurableOptions::default())?;
             spawn(transport.clone(), store, config, &listen)?
         }
         None => spawn(transport.clone(), MemoryStore::new(), config, &listen)?,
@@ -505,15 +507,14 @@ fn measure_throughput(
             let start = Arc::clone(&start);
             thread::Builder::new()
                 .stack_size(256 << 10)
-                .spawn(move || -> Result<usize, String> {
+                .spawn(move || -> Result<usize, BenchError> {
                     let mut client = IndexClient::new(transport, vec![addr]);
                     // A loopback holder, as the index records the host a registration comes
                     // from: one holder per client.
-                    let holder = PeerAddr::new(format!("127.0.0.1:{}", 20_000 + c))
-                        .map_err(|e| e.to_string())?;
+                    let holder = PeerAddr::new(format!("127.0.0.1:{}", 20_000 + c))?;
                     // Connect before the clock starts: this measures registrations, not
                     // handshakes.
-                    let connected = client.local_addr().map_err(|e| e.to_string());
+                    let connected = client.local_addr();
                     start.wait();
                     connected?;
                     for n in 0..per_client {
@@ -521,22 +522,18 @@ fn measure_throughput(
                             &format!("r{rep}-c{c}-f{n}.bin"),
                             (c * per_client + n) as u64,
                         );
-                        client
-                            .register(&holder, std::slice::from_ref(&file))
-                            .map_err(|e| e.to_string())?;
+                        client.register(&holder, std::slice::from_ref(&file))?;
                     }
                     Ok(per_client)
                 })
-                .map_err(|e| format!("cannot start a client thread: {e}"))
+                .map_err(io_err("cannot start a client thread"))
         })
         .collect::<Result<_, _>>()?;
     start.wait();
     let started = Instant::now();
     let mut done = 0;
     for w in workers {
-        done += w
-            .join()
-            .map_err(|_| "a client thread panicked".to_string())??;
+        done += w.join().map_err(|_| BenchError::Panicked("client"))??;
     }
     let elapsed = started.elapsed();
     handle.shutdown();
@@ -548,23 +545,26 @@ fn spawn<S: Store>(
     store: S,
     config: IndexServerConfig,
     listen: &PeerAddr,
-) -> Result<shoal_index::ServerHandle, String> {
+) -> Result<shoal_index::ServerHandle, BenchError> {
     IndexServer::new(transport, store, config)
         .spawn(listen)
-        .map_err(|e| format!("cannot start an index: {e}"))
+        .map_err(BenchError::from)
 }
 
 /// A process's resident memory, from its /proc status file.
-fn proc_rss(status_path: &str) -> Result<u64, String> {
+fn proc_rss(status_path: &str) -> Result<u64, BenchError> {
     let status = fs::read_to_string(status_path)
-        .map_err(|e| format!("cannot read {status_path} (Linux only): {e}"))?;
+        .map_err(io_err(format!("cannot read {status_path} (Linux only)")))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS line in /proc/self/status".to_string())
+        .ok_or_else(|| BenchError::Parse {
+            command: format!("cat {status_path}"),
+            detail: "no VmRSS line".into(),
+        })
 }
 
 /// The type of the filesystem holding `dir` (longest mount point prefix in /proc/mounts).
@@ -588,20 +588,23 @@ fn filesystem_of(dir: &Path) -> String {
 }
 
 /// Median time of a small append + `sync_data` in `dir`: what one group commit waits for.
-fn fsync_latency(dir: &Path) -> Result<Duration, String> {
+fn fsync_latency(dir: &Path) -> Result<Duration, BenchError> {
     use std::io::Write;
     let path = dir.join(".fsync-probe");
     let _cleanup = RemoveOnDrop(path.clone());
-    let mut file = fs::File::create(&path).map_err(|e| e.to_string())?;
+    let what = || format!("cannot write the fsync probe {}", path.display());
+    let mut file = fs::File::create(&path).map_err(io_err(what()))?;
     let mut times = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
         file.write_all(&[0u8; 100])
             .and_then(|()| file.sync_data())
-            .map_err(|e| e.to_string())?;
+            .map_err(io_err(what()))?;
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok(Duration::from_secs_f64(median(&times)))
+    Ok(Duration::from_secs_f64(
+        stats::median(&times).unwrap_or_default(),
+    ))
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -613,20 +616,6 @@ impl Drop for RemoveOnDrop {
         } else {
             fs::remove_file(&self.0)
         };
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    match (v.get(mid.wrapping_sub(1)), v.get(mid)) {
-        (Some(a), Some(b)) if mid * 2 == v.len() => (a + b) / 2.0,
-        (_, Some(m)) => *m,
-        _ => f64::NAN,
     }
 }
 
@@ -675,12 +664,5 @@ mod tests {
         );
         assert_eq!(parse_recovered("index started"), None);
         assert!(proc_rss("/proc/self/status").unwrap() > 0);
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[]).is_nan());
     }
 }

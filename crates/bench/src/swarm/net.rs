@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
 
-use super::SwarmBenchError;
+use crate::BenchError;
 
 /// Every namespace this bench makes starts with this, then the run's id and a dash.
 pub(super) const NS_PREFIX: &str = "shoal-bench-";
@@ -70,7 +70,7 @@ pub(super) struct Rates {
 
 impl Net {
     /// Builds the bridge and `peers + 2` shaped hosts.
-    pub(super) fn build(run: &RunLock, peers: usize, rates: Rates) -> Result<Net, SwarmBenchError> {
+    pub(super) fn build(run: &RunLock, peers: usize, rates: Rates) -> Result<Net, BenchError> {
         let prefix = format!("{NS_PREFIX}{}-", run.id);
         let hub = format!("{prefix}hub");
         let mut made = Namespaces(Vec::new());
@@ -78,7 +78,7 @@ impl Net {
         made.0.push(hub.clone());
         run_ok("ip", &["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run_ok("ip", &["-n", &hub, "link", "set", "br0", "up"])?;
-        let mut add = |name: &str, number: usize, mbit: u32| -> Result<Host, SwarmBenchError> {
+        let mut add = |name: &str, number: usize, mbit: u32| -> Result<Host, BenchError> {
             let ns = format!("{prefix}{name}");
             let ip = host_ip(number);
             run_ok("ip", &["netns", "add", &ns])?;
@@ -141,7 +141,7 @@ pub(super) const MAX_PEERS: usize = 250 * 250 - 2;
 
 /// A token bucket on `dev`'s egress in `ns`: `mbit` Mbit/s, a burst of 20 ms at that rate
 /// (at least 64 KiB: one GSO segment), at most 200 ms queued.
-fn shape(ns: &str, dev: &str, mbit: u32) -> Result<(), SwarmBenchError> {
+fn shape(ns: &str, dev: &str, mbit: u32) -> Result<(), BenchError> {
     let burst = (u64::from(mbit) * 1_000_000 / 8 / 50).max(64 * 1024);
     run_ok(
         "tc",
@@ -166,20 +166,19 @@ fn shape(ns: &str, dev: &str, mbit: u32) -> Result<(), SwarmBenchError> {
 }
 
 /// Bytes `host` has sent on its link so far (its upload, headers included).
-pub(super) fn sent_bytes(host: &Host) -> Result<u64, SwarmBenchError> {
+pub(super) fn sent_bytes(host: &Host) -> Result<u64, BenchError> {
     let out = run_ok(
         "ip",
         &["-n", &host.ns, "-s", "-j", "link", "show", "dev", "eth0"],
     )?;
-    let parsed: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| SwarmBenchError::Parse {
-            command: format!("ip -n {} -s -j link show dev eth0", host.ns),
-            detail: e.to_string(),
-        })?;
+    let parsed: serde_json::Value = serde_json::from_str(&out).map_err(|e| BenchError::Parse {
+        command: format!("ip -n {} -s -j link show dev eth0", host.ns),
+        detail: e.to_string(),
+    })?;
     parsed
         .pointer("/0/stats64/tx/bytes")
         .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| SwarmBenchError::Parse {
+        .ok_or_else(|| BenchError::Parse {
             command: format!("ip -n {} -s -j link show dev eth0", host.ns),
             detail: "no stats64.tx.bytes".into(),
         })
@@ -223,14 +222,14 @@ pub(super) struct RunLock {
 
 impl RunLock {
     /// Takes a fresh id and locks it.
-    pub(super) fn take() -> Result<RunLock, SwarmBenchError> {
+    pub(super) fn take() -> Result<RunLock, BenchError> {
         let id = format!("{:08x}", rand::rngs::StdRng::from_os_rng().next_u32());
         let path = lock_path(&id);
-        let file = File::create_new(&path).map_err(|source| SwarmBenchError::Io {
+        let file = File::create_new(&path).map_err(|source| BenchError::Io {
             what: format!("cannot create {}", path.display()),
             source,
         })?;
-        file.try_lock().map_err(|e| SwarmBenchError::Io {
+        file.try_lock().map_err(|e| BenchError::Io {
             what: format!("cannot lock {}", path.display()),
             source: e.into(),
         })?;
@@ -299,19 +298,19 @@ pub(super) fn remove_stale() -> Vec<String> {
 }
 
 /// Runs a short command; its stdout, or an error carrying its stderr.
-pub(super) fn run_ok(program: &str, args: &[&str]) -> Result<String, SwarmBenchError> {
+pub(super) fn run_ok(program: &str, args: &[&str]) -> Result<String, BenchError> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| SwarmBenchError::Io {
+        .map_err(|source| BenchError::Io {
             what: format!("cannot run {program}"),
             source,
         })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(SwarmBenchError::Command {
+        Err(BenchError::Command {
             command: format!("{program} {}", args.join(" ")),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -325,12 +324,8 @@ pub(super) struct Procs(Vec<Child>);
 
 impl Procs {
     /// Starts `cmd` and keeps it; returns its slot.
-    pub(super) fn spawn(
-        &mut self,
-        what: &str,
-        cmd: &mut Command,
-    ) -> Result<usize, SwarmBenchError> {
-        let child = cmd.spawn().map_err(|source| SwarmBenchError::Io {
+    pub(super) fn spawn(&mut self, what: &str, cmd: &mut Command) -> Result<usize, BenchError> {
+        let child = cmd.spawn().map_err(|source| BenchError::Io {
             what: format!("cannot start {what}"),
             source,
         })?;

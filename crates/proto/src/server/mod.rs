@@ -25,6 +25,9 @@
 //! read timeout where the transport cannot. Only when every connection is busy is the
 //! client refused. So a client that opens idle connections up to the limit shuts nobody
 //! out: the next client closes one of them, and a flood from one host closes its own.
+//!
+//! Each connection's session (timeouts, handshake, reading requests, idle time, bad frames)
+//! is [`serve_session`]'s; a server supplies only a [`Handler`] that answers one request.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -35,6 +38,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+
+mod session;
+pub use session::{Handler, SessionConfig, SessionEnd, SessionStream, serve_session, write_frame};
 
 use crate::codec::{Service, refuse_busy};
 use crate::{Closer, Connection, Listener, PeerAddr, Transport};

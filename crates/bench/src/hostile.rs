@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Cursor};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -19,9 +19,11 @@ use shoal_proto::codec::{self, Service};
 use shoal_proto::message::{IndexRequest, IndexResponse, PeerRequest, PeerResponse};
 use shoal_proto::tcp::TcpTransport;
 
+use crate::error::{BenchError, io_err};
+
 /// `shoal bench hostile`
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct HostileBenchArgs {
+pub struct HostileBenchArgs {
     /// Idle connections the index holds.
     #[arg(long, default_value_t = 2000)]
     connections: usize,
@@ -33,7 +35,7 @@ pub(crate) struct HostileBenchArgs {
     decode_secs: u64,
 }
 
-pub(crate) fn run(args: &HostileBenchArgs) -> Result<(), String> {
+pub(crate) fn run(args: &HostileBenchArgs) -> Result<(), BenchError> {
     println!(
         "shoal bench hostile: one core per decoder, {} held connections\n",
         args.connections
@@ -107,12 +109,18 @@ impl Drop for ChildGuard {
 }
 
 /// (user + system CPU seconds, resident KiB) of a process, from /proc.
-fn process_usage(pid: u32) -> Result<(f64, u64), String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+fn process_usage(pid: u32) -> Result<(f64, u64), BenchError> {
+    let read = |path: String| {
+        std::fs::read_to_string(&path).map_err(io_err(format!("cannot read {path} (Linux only)")))
+    };
+    let stat = read(format!("/proc/{pid}/stat"))?;
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .ok_or("odd /proc stat")?;
+        .ok_or_else(|| BenchError::Parse {
+            command: format!("cat /proc/{pid}/stat"),
+            detail: "no `)` after the command name".into(),
+        })?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
         fields
@@ -120,8 +128,7 @@ fn process_usage(pid: u32) -> Result<(f64, u64), String> {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let status = read(format!("/proc/{pid}/status"))?;
     let rss = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -130,41 +137,46 @@ fn process_usage(pid: u32) -> Result<(f64, u64), String> {
     Ok(((ticks(11) + ticks(12)) / 100.0, rss))
 }
 
-fn idle_connections(count: usize, quiet: Duration) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args([
-            "index",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-connections",
-            "100000",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start the index: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+fn idle_connections(count: usize, quiet: Duration) -> Result<(), BenchError> {
+    let exe = std::env::current_exe().map_err(io_err("cannot find this program"))?;
+    let mut child = crate::child::spawn_index(
+        &exe,
+        ["--max-connections", "100000"],
+        "warn",
+        Stdio::inherit(),
+    )?;
+    let stdout = child.stdout.take().ok_or_else(|| BenchError::NotReady {
+        what: "the index".into(),
+        event: "give its standard output",
+        why: "no pipe".into(),
+        log: "standard error".into(),
+    })?;
     let guard = ChildGuard(child);
     let mut first = String::new();
     BufReader::new(stdout)
         .read_line(&mut first)
-        .map_err(|e| e.to_string())?;
+        .map_err(io_err("cannot read the index's output"))?;
     let addr = first
         .trim()
         .strip_prefix("listening on ")
-        .ok_or_else(|| format!("unexpected index output {first:?}"))?
+        .ok_or_else(|| BenchError::Parse {
+            command: format!("{} index", exe.display()),
+            detail: format!("{first:?} is not `listening on ADDR`"),
+        })?
         .to_string();
     let pid = guard.0.id();
     let (_, rss_before) = process_usage(pid)?;
 
     let mut held = Vec::with_capacity(count);
     for n in 0..count {
-        let mut stream = TcpStream::connect(&addr).map_err(|e| format!("connection {n}: {e}"))?;
-        codec::client_handshake(&mut stream, Service::Index)
-            .map_err(|e| format!("handshake {n}: {e}"))?;
+        let mut stream = TcpStream::connect(&addr)
+            .map_err(io_err(format!("connection {n} to the index at {addr}")))?;
+        codec::client_handshake(&mut stream, Service::Index).map_err(|e| {
+            BenchError::Contender {
+                contender: "shoal index".into(),
+                detail: format!("handshake {n}: {e}"),
+            }
+        })?;
         held.push(stream);
     }
     // Let the server settle after the burst, then measure a quiet stretch.
@@ -173,7 +185,7 @@ fn idle_connections(count: usize, quiet: Duration) -> Result<(), String> {
     std::thread::sleep(quiet);
     let (cpu_end, _) = process_usage(pid)?;
 
-    let peer = PeerAddr::new(addr.as_str()).map_err(|e| e.to_string())?;
+    let peer = PeerAddr::new(addr.as_str())?;
     let answer = IndexClient::new(TcpTransport::default(), vec![peer]).search("", 10);
     let cpu_percent = (cpu_end - cpu_start) / quiet.as_secs_f64() * 100.0;
     let per_conn = (rss_held.saturating_sub(rss_before)) as f64 * 1024.0 / count as f64;

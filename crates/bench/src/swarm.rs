@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 
 use net::{Host, Net, Procs, Rates};
-use report::median;
+
+use crate::error::{BenchError, io_err};
 
 /// The temporary work folder: this, then the run's id.
 const WORK_PREFIX: &str = "shoal-bench-swarm-";
@@ -51,7 +52,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// address): share while downloading on that address, do not linger after finishing.
 const GET_SHARE_ARGS: &str = "--listen {ip}:0 --seed 0";
 /// The libtorrent node, written to the work folder at run time.
-const BT_NODE: &str = include_str!("bench_swarm/bt_node.py");
+const BT_NODE: &str = include_str!("swarm/bt_node.py");
 /// Debian's python3-libtorrent is for the system Python, whatever `python3` is in PATH.
 const BT_PYTHON: &str = "/usr/bin/python3";
 /// Issue 8's targets.
@@ -61,7 +62,7 @@ const TARGET_SEEDER_COPIES: f64 = 1.5;
 
 /// `shoal bench swarm`
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct SwarmBenchArgs {
+pub struct SwarmBenchArgs {
     /// Downloaders in the crowd contenders.
     #[arg(long, default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -107,72 +108,7 @@ pub(crate) struct SwarmBenchArgs {
     dir: Option<PathBuf>,
 }
 
-/// Everything `shoal bench swarm` can fail with.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SwarmBenchError {
-    /// Namespaces and qdiscs need root.
-    #[error("shoal bench swarm needs root (it makes network namespaces and tc qdiscs)")]
-    NotRoot,
-    /// A required program is not installed.
-    #[error("`{program}` not found in PATH ({hint})")]
-    MissingTool {
-        /// The program.
-        program: &'static str,
-        /// How to get it.
-        hint: &'static str,
-    },
-    /// Inconsistent arguments.
-    #[error("{0}")]
-    Usage(String),
-    /// A local I/O failure.
-    #[error("{what}: {source}")]
-    Io {
-        /// What we were doing.
-        what: String,
-        /// Why it failed.
-        source: io::Error,
-    },
-    /// A command (`ip`, `tc`, ...) failed.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// How it ended.
-        status: String,
-        /// What it said.
-        stderr: String,
-    },
-    /// A command's output was not what it should be.
-    #[error("unexpected output from `{command}`: {detail}")]
-    Parse {
-        /// The command line.
-        command: String,
-        /// What was wrong.
-        detail: String,
-    },
-    /// A server or seeder did not get ready.
-    #[error("{what} did not {event}: {why} (log: {log})")]
-    NotReady {
-        /// Which process.
-        what: String,
-        /// What it did not do.
-        event: &'static str,
-        /// It exited (how, and its telling line), or the wait ran out.
-        why: String,
-        /// Its log file.
-        log: String,
-    },
-    /// Ctrl-C or SIGTERM.
-    #[error("interrupted; network namespaces and processes removed")]
-    Interrupted,
-}
-
-type Result<T, E = SwarmBenchError> = std::result::Result<T, E>;
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SwarmBenchError {
-    let what = what.into();
-    move |source| SwarmBenchError::Io { what, source }
-}
+type Result<T, E = BenchError> = std::result::Result<T, E>;
 
 /// One way of getting the file to the peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -223,11 +159,11 @@ impl Contender {
 /// Runs the benchmark and prints its tables.
 pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
     if !is_root() {
-        return Err(SwarmBenchError::NotRoot);
+        return Err(BenchError::NotRoot);
     }
     for program in ["ip", "tc", "ss"] {
         if which(program).is_none() {
-            return Err(SwarmBenchError::MissingTool {
+            return Err(BenchError::MissingTool {
                 program,
                 hint: "apt-get install iproute2",
             });
@@ -235,7 +171,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
     }
     let peers = usize::try_from(args.peers).unwrap_or(usize::MAX);
     if peers > net::MAX_PEERS {
-        return Err(SwarmBenchError::Usage(format!(
+        return Err(BenchError::Usage(format!(
             "--peers: at most {}",
             net::MAX_PEERS
         )));
@@ -280,7 +216,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
     }
     if contenders.is_empty() {
         let why: Vec<&str> = skipped.iter().map(|(_, why)| why.as_str()).collect();
-        return Err(SwarmBenchError::Usage(format!(
+        return Err(BenchError::Usage(format!(
             "no contender can run: {}",
             why.join("; ")
         )));
@@ -308,7 +244,7 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
         host_mbit: args.rate_mbit,
         seeder_mbit,
     };
-    let net = Net::build(&run_lock, peers, rates)?;
+    let net = Net::build(&run_lock, peers, rates).map_err(|e| BenchError::Network(Box::new(e)))?;
     let bound = size as f64 * 8.0 / (f64::from(args.rate_mbit.min(seeder_mbit)) * 1e6);
     let mut bench = Bench {
         net,
@@ -334,8 +270,8 @@ pub(crate) fn run(args: &SwarmBenchArgs) -> Result<()> {
             eprintln!("rep {rep}/{}: {} ...", args.reps, c.label(peers));
             let result = match bench.run_contender(c, rep) {
                 Ok(r) => r,
-                Err(_) if bench.stopped() => return Err(SwarmBenchError::Interrupted),
-                Err(e @ SwarmBenchError::Interrupted) => return Err(e),
+                Err(_) if bench.stopped() => return Err(BenchError::Interrupted),
+                Err(e @ BenchError::Interrupted) => return Err(e),
                 Err(e) => RunResult::failed(c, c.peers(peers), e.to_string()),
             };
             bench.net.kill_everything();
@@ -485,12 +421,12 @@ impl RunResult {
 
     /// The median peer's time (a missing copy counts as infinitely late).
     fn median(&self) -> Option<f64> {
-        let mut t: Vec<f64> = self
+        let t: Vec<f64> = self
             .times
             .iter()
             .map(|t| t.unwrap_or(f64::INFINITY))
             .collect();
-        let m = median(&mut t)?;
+        let m = crate::stats::median(&t)?;
         m.is_finite().then_some(m)
     }
 }
@@ -522,7 +458,7 @@ impl Bench {
 
     fn check_stop(&self) -> Result<()> {
         if self.stopped() {
-            Err(SwarmBenchError::Interrupted)
+            Err(BenchError::Interrupted)
         } else {
             Ok(())
         }
@@ -827,7 +763,7 @@ impl Bench {
         let out = net::run_ok(BT_PYTHON, &[&node_s, "make", &source, &tracker, &torrent_s])?;
         let hash = out.trim();
         if hash.len() != 40 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(SwarmBenchError::Parse {
+            return Err(BenchError::Parse {
                 command: format!("{BT_PYTHON} bt_node.py make"),
                 detail: format!("not an info-hash: {hash:?}"),
             });
@@ -863,7 +799,7 @@ impl Bench {
             }
             let exited = procs.get(slot).and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= end {
-                return Err(SwarmBenchError::NotReady {
+                return Err(BenchError::NotReady {
                     what: what.into(),
                     event: "start",
                     why: not_ready_why(exited, log),
@@ -897,7 +833,7 @@ impl Bench {
             }
             let exited = procs.get(slot).and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= end {
-                return Err(SwarmBenchError::NotReady {
+                return Err(BenchError::NotReady {
                     what: what.into(),
                     event: "listen",
                     why: not_ready_why(exited, log),
@@ -927,7 +863,7 @@ impl Bench {
                 return Ok(());
             }
             if Instant::now() >= end {
-                return Err(SwarmBenchError::NotReady {
+                return Err(BenchError::NotReady {
                     what: "the seeder's file".into(),
                     event: "show in `shoal search`",
                     why: format!("not registered after {} s", STARTUP.as_secs()),
