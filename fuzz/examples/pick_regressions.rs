@@ -1,6 +1,6 @@
 //! Picks, per fuzz target, the smallest corpus entry for each distinct decoder outcome and
 //! prints them as Rust byte-string literals (what `crates/proto/tests/fuzz_regressions.rs`
-//! embeds). Run from `fuzz/` after a fuzzing session: `cargo run --example pick_regressions`.
+//! and `crates/index/tests/durable_fuzz_regressions.rs` embed). Run from `fuzz/` after a fuzzing session: `cargo run --example pick_regressions`.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -8,6 +8,7 @@ use std::fs;
 use std::io::Cursor;
 
 use serde::de::DeserializeOwned;
+use shoal_index::fuzzing;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::message::{IndexRequest, IndexResponse, PeerRequest, PeerResponse};
 
@@ -60,7 +61,7 @@ fn handshake(data: &[u8]) -> String {
 type Target = (&'static str, fn(&[u8]) -> String);
 
 fn main() {
-    let targets: [Target; 6] = [
+    let targets: [Target; 8] = [
         ("handshake", handshake),
         ("index_request", |d| {
             outcome::<IndexRequest>(d, codec::DEFAULT_REQUEST_LIMIT)
@@ -76,6 +77,13 @@ fn main() {
         }),
         ("manifest", |d| {
             outcome::<PeerResponse>(d, codec::DEFAULT_RESPONSE_LIMIT)
+        }),
+        // The oracles' own outcome classes (already free of numbers).
+        ("durable_log", |d| {
+            fuzzing::durable_log_input(d).unwrap_or_else(|e| format!("BROKEN {e}"))
+        }),
+        ("durable_snapshot", |d| {
+            fuzzing::durable_snapshot_input(d).unwrap_or_else(|e| format!("BROKEN {e}"))
         }),
     ];
     let max_len: usize = std::env::args()

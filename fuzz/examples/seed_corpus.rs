@@ -1,5 +1,6 @@
 //! Writes seed inputs for every fuzz target into `fuzz/corpus/<target>/` (one valid encoding
-//! per message variant, plus the examples of docs/PROTOCOL.md). Run from `fuzz/`:
+//! per message variant, plus the examples of docs/PROTOCOL.md; for the durable store's
+//! files, logs and snapshots of both format versions, whole and damaged). Run from `fuzz/`:
 //! `cargo run --example seed_corpus`.
 
 use std::fs;
@@ -108,6 +109,7 @@ fn main() {
             hits: vec![SearchHit {
                 file: meta.clone(),
                 holders: 3,
+                downloading: 1,
             }],
         },
         IndexResponse::Error(reply.clone()),
@@ -229,5 +231,69 @@ fn main() {
         "id-hex",
         FileId([0xab; 32]).to_hex().as_bytes(),
     );
+    durable_seeds();
     eprintln!("seed corpora written under corpus/");
+}
+
+/// Logs and snapshots as the durable store writes them (after the target's mode byte: 0,
+/// the file as it is), of both format versions, whole, torn and damaged; and inputs of the
+/// structured modes.
+fn durable_seeds() {
+    use shoal_index::fuzzing::{self, FileKind};
+    let pattern: Vec<u8> = (0..96u32).map(|i| (i * 37 % 251) as u8).collect();
+    let records = fuzzing::records_from(&pattern);
+    let log = fuzzing::encode_log(1, &records).expect("encode log");
+    let as_file = |bytes: &[u8]| [&[0u8][..], bytes].concat();
+    write("durable_log", "v2", &as_file(&log));
+    let v1 = fuzzing::to_v1(FileKind::Log, &log).expect("v1 log");
+    write("durable_log", "v1", &as_file(&v1));
+    write(
+        "durable_log",
+        "v2-header-only",
+        &as_file(&log[..fuzzing::HEADER_LEN as usize]),
+    );
+    write("durable_log", "v2-header-cut", &as_file(&log[..11]));
+    write("durable_log", "v2-torn", &as_file(&log[..log.len() - 5]));
+    let mut flipped = log.clone();
+    flipped[log.len() / 2] ^= 0x10;
+    write("durable_log", "v2-flipped", &as_file(&flipped));
+    let mut zeroed = log.clone();
+    zeroed[40..90].fill(0);
+    write("durable_log", "v2-zeroed", &as_file(&zeroed));
+    let mut garbage = log[..60].to_vec();
+    garbage.extend_from_slice(&pattern);
+    garbage.extend_from_slice(&log[60..]);
+    write("durable_log", "v2-garbage-inside", &as_file(&garbage));
+    let mut v1_torn = v1.clone();
+    v1_torn.truncate(v1.len() - 3);
+    write("durable_log", "v1-torn", &as_file(&v1_torn));
+    write("durable_log", "http", b"\x00GET / HTTP/1.1\r\n\r\n");
+    // Structured: a valid log of 4 records, garbage after it.
+    write(
+        "durable_log",
+        "with-garbage",
+        &[&[9u8][..], &pattern[..32], &pattern[40..]].concat(),
+    );
+
+    let registry = fuzzing::replay(&records);
+    let snapshot = fuzzing::encode_snapshot(&registry, 1).expect("encode snapshot");
+    write("durable_snapshot", "v2", &as_file(&snapshot));
+    let v1 = fuzzing::to_v1(FileKind::Snapshot, &snapshot).expect("v1 snapshot");
+    write("durable_snapshot", "v1", &as_file(&v1));
+    let empty = fuzzing::encode_snapshot(&fuzzing::replay(&[]), 1).expect("encode snapshot");
+    write("durable_snapshot", "v2-empty", &as_file(&empty));
+    write(
+        "durable_snapshot",
+        "v2-cut",
+        &as_file(&snapshot[..snapshot.len() - 9]),
+    );
+    let mut flipped = snapshot.clone();
+    flipped[snapshot.len() / 2] ^= 1;
+    write("durable_snapshot", "v2-flipped", &as_file(&flipped));
+    // Structured: flip bit 77, cut 3 bytes, records from the pattern.
+    write(
+        "durable_snapshot",
+        "structured",
+        &[&[1u8, 77, 0, 0, 0, 3][..], &pattern].concat(),
+    );
 }

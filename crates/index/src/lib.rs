@@ -58,6 +58,10 @@ mod store_error;
 
 pub use client::IndexClient;
 pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
+/// Not an API: the durable store's byte decoders and their oracles, for the fuzz targets and
+/// property tests.
+#[doc(hidden)]
+pub use durable::fuzzing;
 pub use durable::{DurableOptions, DurableStore, FORMAT_VERSION, Recovery};
 pub use error::IndexError;
 pub use local_redis::LocalRedis;

@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::format::{LOG_MAGIC, header};
+use super::format::{FileKind, Version, encode_header};
 use crate::IndexError;
 
 /// Held locked while a store has the folder open.
@@ -48,7 +48,7 @@ pub(super) fn create_log(dir: &Path, generation: u64) -> Result<File, IndexError
         .write(true)
         .open(&path)
         .map_err(data_error("cannot create the log", &path))?;
-    file.write_all(&header(LOG_MAGIC, generation))
+    file.write_all(&encode_header(FileKind::Log, Version::CURRENT, generation))
         .and_then(|()| file.sync_all())
         .map_err(data_error("cannot write the log", &path))?;
     sync_dir(dir)?;
@@ -62,7 +62,7 @@ pub(super) fn rewrite_log(path: &Path, generation: u64) -> Result<(), IndexError
         .truncate(true)
         .open(path)
         .map_err(data_error("cannot open the log", path))?;
-    file.write_all(&header(LOG_MAGIC, generation))
+    file.write_all(&encode_header(FileKind::Log, Version::CURRENT, generation))
         .and_then(|()| file.sync_all())
         .map_err(data_error("cannot write the log", path))
 }

@@ -5,13 +5,21 @@
 //! # Files in the data folder
 //!
 //! - `log.N`: the changes made after snapshot `N` was taken (or from empty, if there is no
-//!   snapshot `N`). A 20-byte header (`SHOALLOG`, format version as a big-endian u16, two
-//!   zero bytes, the generation `N` as a big-endian u64), then records.
+//!   snapshot `N`). A 20-byte header (`SHOALLOG`, the format version as a little-endian u16,
+//!   two zero bytes, the generation `N` as a little-endian u64), then records.
 //! - `snapshot.N`: the whole registry at the start of `log.N`. Same header with `SHOALSNP`,
-//!   then records: holder batches, listing batches, and an end record with the counts.
-//! - A record is a u32 big-endian length, a body of that length (one value encoded by
+//!   then records: holder batches, listing batches, and an end record with the counts;
+//!   nothing after it.
+//! - A record is a little-endian u32 length, a body of that length (one value encoded by
 //!   `shoal_proto::codec`, the wire encoding), and the first 8 bytes of the BLAKE3 hash of
 //!   length and body. A damaged length, body or checksum is caught by the checksum.
+//! - Format version 1 (this build's is [`FORMAT_VERSION`], 2) is the same layout with the
+//!   header's version and generation and the record lengths big-endian (its version field
+//!   reads `00 01`). It is still read, so an upgrade keeps every registration; a store whose
+//!   newest log is of version 1 takes a snapshot as it opens (a current snapshot and log
+//!   replace the old files) instead of appending to it. Any other version is refused, named.
+//!   The peer's on-disk files follow the same convention (an 8-byte `SHOAL...` magic, a
+//!   little-endian u16 version, little-endian integers, BLAKE3).
 //! - `LOCK`: empty, held with an OS file lock while a store has the folder open; a second
 //!   store on the same folder gets [`IndexError::DataInUse`].
 //!
@@ -74,11 +82,11 @@
 //!
 //! Both are reported with `log::warn!` and in [`Recovery`] (bytes cut, bytes skipped, copies
 //! kept); neither stops the start. A torn log header (a crash right after a switch) starts
-//! that log afresh. Files of another format or version, a damaged log header, or a damaged
-//! snapshot (written atomically, so damage means the disk, not a crash) stop the start with
-//! a readable error and are left as they are. Leases are not stored: every holder loaded
-//! gets a fresh lease from the load, so peers still running are listed at once, and peers
-//! that are gone vanish within one lease.
+//! that log afresh. Files of another format or of an unknown version, a damaged log header,
+//! or a damaged snapshot (written atomically, so damage means the disk, not a crash) stop
+//! the start with a readable error and are left as they are. Leases are not stored: every
+//! holder loaded gets a fresh lease from the load, so peers still running are listed at
+//! once, and peers that are gone vanish within one lease.
 //!
 //! # The parts
 //!
@@ -89,11 +97,15 @@
 //! - `recover`: loading a snapshot, replaying a log (tail cut, resynchronising after damage,
 //!   repair).
 //! - `files`: the folder's layout, `LOCK`, durable writes and fsync helpers.
+//! - `fuzzing` (hidden): the byte decoders and their properties, for the fuzz targets in
+//!   `fuzz/` and the property tests; not an API.
 
 mod commit;
 mod compact;
 mod files;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod recover;
 #[cfg(test)]
 mod tests;
@@ -122,7 +134,7 @@ use files::{
     DataFiles, create_log, data_error, lock_data_dir, log_path, remove_stale, snapshot_path,
 };
 pub use format::FORMAT_VERSION;
-use format::{HEADER_LEN, LogRecord, encode_record};
+use format::{HEADER_LEN, LogRecord, Version, encode_record};
 use recover::{ReplayMode, damage_summary, load_snapshot, replay_log};
 
 /// How a [`DurableStore`] behaves.
@@ -264,11 +276,15 @@ impl DurableStore {
             recovery.skipped_bytes += replay.skipped_bytes;
             recovery.kept.extend(replay.kept);
             if mode.newest {
-                current = Some((generation, replay.end));
+                current = Some((generation, replay.end, replay.version));
             }
         }
+        // A log of an older format is not appended to (its records would mix two formats):
+        // the store starts by compacting it into a snapshot and a new log, both current.
+        let upgrade_from =
+            current.and_then(|(_, _, version)| (version != Version::CURRENT).then_some(version));
         let (generation, file, log_bytes) = match current {
-            Some((generation, end)) => {
+            Some((generation, end, _)) => {
                 let path = log_path(&dir, generation);
                 let file = OpenOptions::new()
                     .append(true)
@@ -342,6 +358,21 @@ impl DurableStore {
             .spawn(move || compact_loop(&shared))
             .map_err(data_error("cannot start compaction for", &store.shared.dir))?;
         store.compactor = Some(compactor);
+        if let Some(old) = upgrade_from {
+            let written = take_snapshot(&store.shared).inspect_err(|e| {
+                log::error!(
+                    "index: cannot upgrade {} from format version {} to {FORMAT_VERSION}: {e}",
+                    store.shared.dir.display(),
+                    old.number()
+                );
+            })?;
+            log::info!(
+                "index: upgraded {} from format version {} to {FORMAT_VERSION} (a {written}-byte \
+                 snapshot; nothing is lost)",
+                store.shared.dir.display(),
+                old.number()
+            );
+        }
         store.maybe_compact();
         log::info!(
             "index: recovered {} registrations of {} holders from {} in {:.2} s ({}, {} log \

@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_proto::FileMeta;
-use shoal_proto::codec;
 
 use super::Recovery;
 use super::files::{
     DataFiles, data_error, log_path, remove_stale, rewrite_log, snapshot_path, sync_dir,
 };
 use super::format::{
-    CHECK_LEN, HEADER_LEN, LEN_LEN, LOG_MAGIC, LOG_RECORD_TAGS, LogRecord, MAX_RECORD,
-    SNAPSHOT_MAGIC, SnapshotRecord, check_header, checksum, header,
+    CHECK_LEN, FileKind, FormatError, HEADER_LEN, LEN_LEN, LogRecord, SnapshotRecord, Version,
+    check_frame, could_start, decode_header, decode_log_record, decode_snapshot_record,
+    encode_header, frame_len,
 };
 use crate::{IndexError, Registry};
 
@@ -78,57 +78,24 @@ pub(super) fn load_registry(
     Ok(registry)
 }
 
-/// Reads length-prefixed, checksummed records.
-pub(super) struct RecordReader<R> {
-    pub(super) inner: R,
-    /// Offset of the next record in the file.
-    pub(super) offset: u64,
-    pub(super) len: u64,
-    pub(super) buf: Vec<u8>,
+/// Why reading a log or a snapshot stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Reading the bytes failed.
+    Io(io::Error),
+    /// The bytes are not what this build writes.
+    Format(FormatError),
 }
 
-pub(super) enum Next {
-    Record,
-    End,
-    Damaged(String),
-}
-
-impl<R: Read> RecordReader<R> {
-    pub(super) fn next(&mut self) -> io::Result<Next> {
-        let mut len_bytes = [0u8; LEN_LEN];
-        match read_full(&mut self.inner, &mut len_bytes)? {
-            0 => return Ok(Next::End),
-            LEN_LEN => {}
-            _ => return Ok(Next::Damaged("a record's length is cut short".into())),
-        }
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        let total = LEN_LEN + len + CHECK_LEN;
-        let left = self.len.saturating_sub(self.offset);
-        if len > MAX_RECORD || total as u64 > left {
-            return Ok(Next::Damaged(format!(
-                "a record claims {len} bytes, {left} are left in the file"
-            )));
-        }
-        self.buf.clear();
-        self.buf.resize(total, 0);
-        let Some((head, rest)) = self.buf.split_first_chunk_mut::<LEN_LEN>() else {
-            return Ok(Next::Damaged("a record's length is cut short".into()));
-        };
-        *head = len_bytes;
-        if read_full(&mut self.inner, rest)? != rest.len() {
-            return Ok(Next::Damaged("a record is cut short".into()));
-        }
-        let (frame, sum) = self.buf.split_at(LEN_LEN + len);
-        if checksum(frame) != sum {
-            return Ok(Next::Damaged("a record fails its checksum".into()));
-        }
-        self.offset += total as u64;
-        Ok(Next::Record)
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
     }
+}
 
-    pub(super) fn body(&self) -> &[u8] {
-        let end = self.buf.len().saturating_sub(CHECK_LEN);
-        self.buf.get(LEN_LEN..end).unwrap_or(&[])
+impl From<FormatError> for ReadError {
+    fn from(e: FormatError) -> Self {
+        ReadError::Format(e)
     }
 }
 
@@ -146,6 +113,131 @@ pub(super) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize>
     Ok(got)
 }
 
+/// Reads a header from the start of `reader` (a file named generation `generation`) and
+/// checks it. `Ok(Err(got))`: the file is shorter than a header.
+fn read_header<R: Read>(
+    reader: &mut R,
+    kind: FileKind,
+    generation: u64,
+) -> Result<Result<Version, usize>, ReadError> {
+    let mut head = [0u8; HEADER_LEN as usize];
+    let got = read_full(reader, &mut head)?;
+    if got < head.len() {
+        return Ok(Err(got));
+    }
+    let header = decode_header(kind, &head)?;
+    if header.generation != generation {
+        return Err(FormatError::Generation {
+            found: header.generation,
+            expected: generation,
+        }
+        .into());
+    }
+    Ok(Ok(header.version))
+}
+
+/// A stretch of a log in which no intact record starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Its first byte.
+    pub start: u64,
+    /// The first byte after it (where an intact record starts).
+    pub end: u64,
+    /// What was wrong at `start`.
+    pub reason: FormatError,
+}
+
+/// What a scan of a log found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScannedLog {
+    /// The file is shorter than a header (a crash right after it was created).
+    HeaderCut {
+        /// Bytes there are.
+        got: usize,
+    },
+    /// A header, then records.
+    Records(ScanReport),
+}
+
+/// A log's records, as a scan found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The header's version.
+    pub version: Version,
+    /// Intact records found (and handed over).
+    pub records: u64,
+    /// Damage inside the log: intact records follow each stretch.
+    pub damage: Vec<Damage>,
+    /// Damage with no intact record after it: where it starts, and what is wrong there.
+    pub tail: Option<(u64, FormatError)>,
+}
+
+/// Reads a log of `len` bytes (named generation `generation`) from `reader` and hands every
+/// intact record, with its offset, to `on_record`. A record that does not check out is
+/// skipped: the scan resynchronises on the next offset where a whole record passes its
+/// checksum. A header that is not this build's (or not this file's) is an error.
+pub(super) fn scan_log<R: Read + Seek>(
+    reader: R,
+    len: u64,
+    generation: u64,
+    mut on_record: impl FnMut(u64, LogRecord),
+) -> Result<ScannedLog, ReadError> {
+    let mut scan = LogScan {
+        reader,
+        pos: 0,
+        len,
+        buf: Vec::new(),
+        version: Version::CURRENT,
+    };
+    let version = match read_header(&mut scan.reader, FileKind::Log, generation)? {
+        Ok(version) => version,
+        Err(got) => return Ok(ScannedLog::HeaderCut { got }),
+    };
+    scan.version = version;
+    scan.pos = HEADER_LEN;
+    let mut records = 0u64;
+    let mut damage = Vec::new();
+    let mut at = HEADER_LEN;
+    let tail = loop {
+        let reason = match scan.probe(at)? {
+            Probe::End => break None,
+            Probe::Valid(total) => {
+                match decode_log_record(scan.body()) {
+                    Ok(record) => {
+                        on_record(at, record);
+                        records += 1;
+                    }
+                    Err(reason) => damage.push(Damage {
+                        start: at,
+                        end: at + total,
+                        reason,
+                    }),
+                }
+                at += total;
+                continue;
+            }
+            Probe::Broken(reason) => reason,
+        };
+        match scan.resync(at + 1)? {
+            Some(next) => {
+                damage.push(Damage {
+                    start: at,
+                    end: next,
+                    reason,
+                });
+                at = next;
+            }
+            None => break Some((at, reason)),
+        }
+    };
+    Ok(ScannedLog::Records(ScanReport {
+        version,
+        records,
+        damage,
+        tail,
+    }))
+}
+
 pub(super) struct Replay {
     pub(super) records: u64,
     /// Bytes cut off the end (a torn or damaged tail).
@@ -156,6 +248,8 @@ pub(super) struct Replay {
     pub(super) end: u64,
     /// The damaged log, kept as it was, if the log was rewritten around damage.
     pub(super) kept: Option<PathBuf>,
+    /// The log's format version (after any repair).
+    pub(super) version: Version,
 }
 
 /// How [`replay_log`] treats what it finds.
@@ -170,19 +264,37 @@ pub(super) struct ReplayMode {
     pub(super) upto: Option<u64>,
 }
 
-/// A stretch of a log in which no intact record starts.
-pub(super) struct Damage {
-    pub(super) start: u64,
-    pub(super) end: u64,
-    pub(super) reason: String,
+/// The error for a file that cannot be read or is not what this build wrote.
+fn read_error(
+    path: &Path,
+    e: ReadError,
+    damaged: impl FnOnce(FormatError) -> String,
+) -> IndexError {
+    match e {
+        ReadError::Io(source) => IndexError::Data {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        },
+        ReadError::Format(
+            e @ (FormatError::Magic { .. }
+            | FormatError::UnknownVersion { .. }
+            | FormatError::Generation { .. }),
+        ) => IndexError::DataFormat {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+        ReadError::Format(e) => IndexError::DataFormat {
+            path: path.to_path_buf(),
+            reason: damaged(e),
+        },
+    }
 }
 
-/// Replays one log into `registry`. A record that does not check out is skipped: the scan
-/// resynchronises on the next offset where a whole record passes its checksum, and every
-/// intact record after the damage is replayed. Damage with no intact record after it is the
-/// tail. With `mode.repair`, a torn tail of the newest log (a record running past the end of
-/// the file: a crash mid-write) is cut in place; any other damage first keeps the log as it
-/// was (`log.N.damaged.K`), then rewrites it with exactly the intact records.
+/// Replays one log into `registry` ([`scan_log`]). Damage with no intact record after it is
+/// the tail. With `mode.repair`, a torn tail of the newest log (a record running past the
+/// end of the file: a crash mid-write) is cut in place; any other damage first keeps the log
+/// as it was (`log.N.damaged.K`), then rewrites it with exactly the intact records.
 pub(super) fn replay_log(
     path: &Path,
     generation: u64,
@@ -196,82 +308,45 @@ pub(super) fn replay_log(
         .map_err(data_error("cannot read the size of", path))?
         .len()
         .min(mode.upto.unwrap_or(u64::MAX));
-    let mut scan = LogScan {
-        reader: BufReader::with_capacity(READ_BUFFER, file),
-        pos: 0,
-        len,
-        buf: Vec::new(),
-    };
-    let mut head = [0u8; HEADER_LEN as usize];
-    let got = read_full(&mut scan.reader, &mut head).map_err(data_error("cannot read", path))?;
-    scan.pos = got as u64;
-    if got < head.len() {
-        // Created but its header never reached the disk (a crash right after a switch).
-        log::warn!(
-            "index: {}: header cut short ({got} bytes); starting the log afresh",
-            path.display()
-        );
-        if mode.repair {
-            rewrite_log(path, generation)?;
-        }
-        return Ok(Replay {
-            records: 0,
-            cut_bytes: len,
-            skipped_bytes: 0,
-            end: HEADER_LEN,
-            kept: None,
-        });
-    }
-    check_header(&head, LOG_MAGIC, generation, path)?;
-    let read_error = data_error("cannot read", path);
-    let scanned = (|| -> io::Result<_> {
-        let mut count = 0u64;
-        let mut damage = Vec::new();
-        let mut at = HEADER_LEN;
-        let tail = loop {
-            let (reason, torn) = match scan.probe(at)? {
-                Probe::End => break None,
-                Probe::Valid(total) => {
-                    match codec::decode_body::<LogRecord>(scan.body()) {
-                        Ok(record) => {
-                            apply(registry, record, now);
-                            count += 1;
-                        }
-                        Err(e) => damage.push(Damage {
-                            start: at,
-                            end: at + total,
-                            reason: format!("a record does not decode: {e}"),
-                        }),
-                    }
-                    at += total;
-                    continue;
-                }
-                Probe::Torn(reason) => (reason, true),
-                Probe::Bad(reason) => (reason, false),
-            };
-            match scan.resync(at + 1)? {
-                Some(next) => {
-                    damage.push(Damage {
-                        start: at,
-                        end: next,
-                        reason,
-                    });
-                    at = next;
-                }
-                None => break Some((at, reason, torn)),
+    let reader = BufReader::with_capacity(READ_BUFFER, file);
+    let scanned = scan_log(reader, len, generation, |_, record| {
+        apply(registry, record, now);
+    })
+    .map_err(|e| read_error(path, e, |e| e.to_string()))?;
+    let ScanReport {
+        version,
+        records,
+        damage,
+        tail,
+    } = match scanned {
+        ScannedLog::HeaderCut { got } => {
+            // Created but its header never reached the disk (a crash right after a switch).
+            log::warn!(
+                "index: {}: header cut short ({got} bytes); starting the log afresh",
+                path.display()
+            );
+            if mode.repair {
+                rewrite_log(path, generation)?;
             }
-        };
-        Ok((count, damage, tail))
-    })();
-    let (records, damage, tail) = scanned.map_err(read_error)?;
-    drop(scan);
-    let records_end = tail.as_ref().map_or(len, |&(at, _, _)| at);
+            return Ok(Replay {
+                records: 0,
+                cut_bytes: len,
+                skipped_bytes: 0,
+                end: HEADER_LEN,
+                kept: None,
+                version: Version::CURRENT,
+            });
+        }
+        ScannedLog::Records(report) => report,
+    };
+    let records_end = tail.as_ref().map_or(len, |&(at, _)| at);
     let mut replay = Replay {
         records,
         cut_bytes: len - records_end,
         skipped_bytes: damage.iter().map(|d| d.end - d.start).sum(),
         end: len,
         kept: None,
+        version,
     };
     if damage.is_empty() && tail.is_none() {
         return Ok(replay);
@@ -286,8 +361,8 @@ pub(super) fn replay_log(
             d.end - d.start
         );
     }
-    let torn = damage.is_empty() && mode.newest && tail.as_ref().is_some_and(|t| t.2);
-    if let Some((at, reason, _)) = &tail {
+    let torn = damage.is_empty() && mode.newest && tail.as_ref().is_some_and(|t| t.1.is_torn());
+    if let Some((at, reason)) = &tail {
         log::warn!(
             "index: {}: {reason} at byte {at}, and no intact record after it: {} bytes of \
              {} cut off",
@@ -319,7 +394,7 @@ pub(super) fn replay_log(
     // Damage a crash does not explain (the disk's doing, or someone's): keep the log as it
     // is, then rewrite it with exactly its intact records.
     let kept = keep_aside(path)?;
-    replay.end = rewrite_around(path, generation, &damage, records_end)?;
+    replay.end = rewrite_around(path, version, generation, &damage, records_end)?;
     log::warn!(
         "index: {}: rewritten with its {records} intact records; the damaged original is kept \
          as {} (delete it once no longer wanted)",
@@ -331,36 +406,37 @@ pub(super) fn replay_log(
 }
 
 /// Reads a log record by record, from any offset (to resynchronise after damage).
-pub(super) struct LogScan {
-    pub(super) reader: BufReader<File>,
+struct LogScan<R> {
+    reader: R,
     /// The reader's offset in the file.
-    pub(super) pos: u64,
-    pub(super) len: u64,
+    pos: u64,
+    len: u64,
     /// The last record probed: length, body, checksum.
-    pub(super) buf: Vec<u8>,
+    buf: Vec<u8>,
+    version: Version,
 }
 
-pub(super) enum Probe {
+enum Probe {
     /// The file ends here.
     End,
     /// A whole record of this many bytes checks out here.
     Valid(u64),
-    /// A record starts here but runs past the end of the file.
-    Torn(String),
     /// No record that checks out starts here.
-    Bad(String),
+    Broken(FormatError),
 }
 
-impl LogScan {
-    pub(super) fn seek(&mut self, at: u64) -> io::Result<()> {
+impl<R: Read + Seek> LogScan<R> {
+    fn seek(&mut self, at: u64) -> io::Result<()> {
         if at != self.pos {
             match i64::try_from(at)
                 .ok()
                 .zip(i64::try_from(self.pos).ok())
                 .map(|(to, from)| to - from)
             {
-                // Stays in the buffer when it can: resynchronising moves a byte at a time.
-                Some(delta) => self.reader.seek_relative(delta)?,
+                // Stays in a buffer when it can: resynchronising moves a byte at a time.
+                Some(delta) => {
+                    self.reader.seek_relative(delta)?;
+                }
                 None => {
                     self.reader.seek(SeekFrom::Start(at))?;
                 }
@@ -370,63 +446,49 @@ impl LogScan {
         Ok(())
     }
 
-    pub(super) fn probe(&mut self, at: u64) -> io::Result<Probe> {
+    /// Reads up to `n` bytes at `at` into `buf`.
+    fn read_at(&mut self, at: u64, n: usize) -> io::Result<()> {
+        self.seek(at)?;
+        self.buf.clear();
+        self.buf.resize(n, 0);
+        let got = read_full(&mut self.reader, &mut self.buf)?;
+        self.pos += got as u64;
+        self.buf.truncate(got);
+        Ok(())
+    }
+
+    fn probe(&mut self, at: u64) -> io::Result<Probe> {
         let left = self.len.saturating_sub(at);
         if left == 0 {
             return Ok(Probe::End);
         }
-        let cut_length = || Probe::Torn("a record's length is cut short".into());
-        if left < LEN_LEN as u64 {
-            return Ok(cut_length());
+        self.read_at(at, LEN_LEN.min(left as usize))?;
+        let total = match frame_len(self.version, &self.buf, left) {
+            Ok(total) => total,
+            Err(e) => return Ok(Probe::Broken(e)),
+        };
+        self.read_at(at, total)?;
+        if self.buf.len() < total {
+            return Ok(Probe::Broken(FormatError::RecordCut));
         }
-        self.seek(at)?;
-        let mut len_bytes = [0u8; LEN_LEN];
-        let got = read_full(&mut self.reader, &mut len_bytes)?;
-        self.pos += got as u64;
-        if got < LEN_LEN {
-            return Ok(cut_length());
-        }
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        if len > MAX_RECORD {
-            return Ok(Probe::Bad(format!(
-                "a record claims {len} bytes, more than any record holds"
-            )));
-        }
-        let total = LEN_LEN + len + CHECK_LEN;
-        if total as u64 > left {
-            return Ok(Probe::Torn(format!(
-                "a record claims {len} bytes, {left} are left in the file"
-            )));
-        }
-        self.buf.clear();
-        self.buf.extend_from_slice(&len_bytes);
-        self.buf.resize(total, 0);
-        let rest = self.buf.get_mut(LEN_LEN..).unwrap_or(&mut []);
-        let want = rest.len();
-        let got = read_full(&mut self.reader, rest)?;
-        self.pos += got as u64;
-        if got < want {
-            return Ok(Probe::Torn("a record is cut short".into()));
-        }
-        let frame = self.buf.get(..LEN_LEN + len).unwrap_or(&[]);
-        let sum = self.buf.get(LEN_LEN + len..).unwrap_or(&[]);
-        if checksum(frame) != sum {
-            return Ok(Probe::Bad("a record fails its checksum".into()));
-        }
-        Ok(Probe::Valid(total as u64))
+        Ok(match check_frame(&self.buf) {
+            Ok(_) => Probe::Valid(total as u64),
+            Err(e) => Probe::Broken(e),
+        })
     }
 
-    pub(super) fn body(&self) -> &[u8] {
+    fn body(&self) -> &[u8] {
         let end = self.buf.len().saturating_sub(CHECK_LEN);
         self.buf.get(LEN_LEN..end).unwrap_or(&[])
     }
 
     /// The first offset from `from` on where a whole record checks out, if any. A false
     /// match needs a 64-bit checksum to match by chance.
-    pub(super) fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
+    fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
         let mut at = from;
         while at + (LEN_LEN + CHECK_LEN) as u64 <= self.len {
-            if self.plausible(at)?
+            self.read_at(at, LEN_LEN + 1)?;
+            if could_start(self.version, &self.buf, self.len - at)
                 && let Probe::Valid(_) = self.probe(at)?
             {
                 return Ok(Some(at));
@@ -434,27 +496,6 @@ impl LogScan {
             at += 1;
         }
         Ok(None)
-    }
-
-    /// Whether a record could start at `at`, from its first five bytes: a length that fits
-    /// the file, and a body that starts with a [`LogRecord`] variant. Spares resynchronising
-    /// the checksum of most offsets in random garbage, where one offset in 256 claims a
-    /// length below [`MAX_RECORD`] (megabytes to hash, each).
-    pub(super) fn plausible(&mut self, at: u64) -> io::Result<bool> {
-        self.seek(at)?;
-        let mut head = [0u8; LEN_LEN + 1];
-        let got = read_full(&mut self.reader, &mut head)?;
-        self.pos += got as u64;
-        let Some((len, tag)) = head.split_first_chunk::<LEN_LEN>() else {
-            return Ok(false);
-        };
-        let len = u64::from(u32::from_be_bytes(*len));
-        let total = (LEN_LEN + CHECK_LEN) as u64 + len;
-        Ok(got == head.len()
-            && len > 0
-            && len <= MAX_RECORD as u64
-            && total <= self.len.saturating_sub(at)
-            && tag.first().is_some_and(|t| LOG_RECORD_TAGS.contains(t)))
     }
 }
 
@@ -495,6 +536,7 @@ pub(super) fn keep_aside(path: &Path) -> Result<PathBuf, IndexError> {
 /// damaged stretches), through a temporary file and a rename. Returns the new length.
 pub(super) fn rewrite_around(
     path: &Path,
+    version: Version,
     generation: u64,
     damage: &[Damage],
     records_end: u64,
@@ -503,7 +545,8 @@ pub(super) fn rewrite_around(
     let written = (|| -> io::Result<u64> {
         let mut src = File::open(path)?;
         let mut out = io::BufWriter::with_capacity(READ_BUFFER, File::create(&tmp)?);
-        out.write_all(&header(LOG_MAGIC, generation))?;
+        // The records are copied as they are, so the header keeps their version.
+        out.write_all(&encode_header(FileKind::Log, version, generation))?;
         let mut written = HEADER_LEN;
         let mut from = HEADER_LEN;
         let ends = damage
@@ -559,55 +602,43 @@ pub(super) fn apply(registry: &mut Registry, record: LogRecord, now: Duration) {
     }
 }
 
-/// Loads a snapshot; returns its size. Any damage is fatal: snapshots are written
-/// atomically, so a damaged one means the disk lost data, which must not pass silently.
-pub(super) fn load_snapshot(
-    path: &Path,
+/// Reads a snapshot of `len` bytes (named generation `generation`) from `reader` into
+/// `registry`. Any damage is an error: snapshots are written atomically.
+pub(super) fn read_snapshot<R: Read>(
+    mut reader: R,
+    len: u64,
     generation: u64,
     registry: &mut Registry,
     now: Duration,
-) -> Result<u64, IndexError> {
-    let damaged = |reason: String| IndexError::DataFormat {
-        path: path.to_path_buf(),
-        reason: format!(
-            "{reason}; the snapshot is damaged (move it aside to start without it, losing its \
-             registrations)"
-        ),
-    };
-    let file = File::open(path).map_err(data_error("cannot open the snapshot", path))?;
-    let len = file
-        .metadata()
-        .map_err(data_error("cannot read the size of", path))?
-        .len();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-    let mut head = [0u8; HEADER_LEN as usize];
-    if read_full(&mut reader, &mut head).map_err(data_error("cannot read", path))? < head.len() {
-        return Err(damaged("its header is cut short".into()));
-    }
-    check_header(&head, SNAPSHOT_MAGIC, generation, path)?;
-    let mut records = RecordReader {
-        inner: reader,
-        offset: HEADER_LEN,
-        len,
-        buf: Vec::new(),
-    };
+) -> Result<(), ReadError> {
+    let version = read_header(&mut reader, FileKind::Snapshot, generation)?
+        .map_err(|got| FormatError::HeaderCut { got })?;
+    let mut at = HEADER_LEN;
+    let mut buf = Vec::new();
     let mut numbers: Vec<u32> = Vec::new();
     let mut listings = 0u64;
     let mut mapped = Vec::new();
     loop {
-        match records.next().map_err(data_error("cannot read", path))? {
-            Next::Record => {}
-            Next::End => return Err(damaged("it ends before its end record".into())),
-            Next::Damaged(reason) => return Err(damaged(reason)),
+        let left = len.saturating_sub(at);
+        if left == 0 {
+            return Err(FormatError::NoEnd.into());
         }
-        let record = codec::decode_body::<SnapshotRecord>(records.body())
-            .map_err(|e| damaged(format!("a record does not decode: {e}")))?;
-        match record {
+        buf.clear();
+        buf.resize(LEN_LEN.min(left as usize), 0);
+        let got = read_full(&mut reader, &mut buf)?;
+        buf.truncate(got);
+        let total = frame_len(version, &buf, left)?;
+        buf.resize(total, 0);
+        if read_full(&mut reader, buf.get_mut(got..).unwrap_or(&mut []))? != total - got {
+            return Err(FormatError::RecordCut.into());
+        }
+        at += total as u64;
+        match decode_snapshot_record(check_frame(&buf)?)? {
             SnapshotRecord::Holders(addrs) => {
                 for addr in &addrs {
                     let n = registry
                         .restore_holder(addr, now)
-                        .ok_or_else(|| damaged("more holders than a registry can hold".into()))?;
+                        .ok_or(FormatError::TooManyHolders)?;
                     numbers.push(n);
                 }
             }
@@ -615,9 +646,10 @@ pub(super) fn load_snapshot(
                 for listing in batch {
                     mapped.clear();
                     for &h in &listing.holders {
-                        let n = numbers.get(h as usize).copied().ok_or_else(|| {
-                            damaged(format!("a listing names holder {h}, which is not listed"))
-                        })?;
+                        let n = numbers
+                            .get(h as usize)
+                            .copied()
+                            .ok_or(FormatError::UnknownHolder(h))?;
                         mapped.push(n);
                     }
                     let file = FileMeta {
@@ -641,15 +673,40 @@ pub(super) fn load_snapshot(
                     listings,
                     registry.registration_count() as u64,
                 );
-                if found != (holders, expected_listings, registrations) {
-                    return Err(damaged(format!(
-                        "it promises {holders} holders, {expected_listings} files and \
-                         {registrations} registrations but holds {}, {} and {}",
-                        found.0, found.1, found.2
-                    )));
+                let promised = (holders, expected_listings, registrations);
+                if found != promised {
+                    return Err(FormatError::Counts { promised, found }.into());
                 }
-                return Ok(len);
+                if at < len {
+                    return Err(FormatError::AfterEnd(len - at).into());
+                }
+                return Ok(());
             }
         }
     }
+}
+
+/// Loads a snapshot; returns its size. Any damage is fatal: snapshots are written
+/// atomically, so a damaged one means the disk lost data, which must not pass silently.
+pub(super) fn load_snapshot(
+    path: &Path,
+    generation: u64,
+    registry: &mut Registry,
+    now: Duration,
+) -> Result<u64, IndexError> {
+    let file = File::open(path).map_err(data_error("cannot open the snapshot", path))?;
+    let len = file
+        .metadata()
+        .map_err(data_error("cannot read the size of", path))?
+        .len();
+    let reader = BufReader::with_capacity(READ_BUFFER, file);
+    read_snapshot(reader, len, generation, registry, now).map_err(|e| {
+        read_error(path, e, |e| {
+            format!(
+                "{e}; the snapshot is damaged (move it aside to start without it, losing its \
+                 registrations)"
+            )
+        })
+    })?;
+    Ok(len)
 }

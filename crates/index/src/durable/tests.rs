@@ -1,5 +1,8 @@
 use super::files::LOCK_FILE;
-use super::format::{CHECK_LEN, LEN_LEN, LOG_MAGIC, LOG_RECORD_TAGS, header};
+use super::format::{
+    CHECK_LEN, FileKind, FormatError, LEN_LEN, LOG_RECORD_TAGS, Version, decode_header,
+    encode_header,
+};
 use super::*;
 use crate::ManualClock;
 use std::io::{self, Write};
@@ -226,7 +229,7 @@ fn record_offsets(path: &Path) -> Vec<u64> {
     let mut at = HEADER_LEN as usize;
     while at < bytes.len() {
         offsets.push(at as u64);
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         at += LEN_LEN + len + CHECK_LEN;
     }
     offsets
@@ -425,7 +428,7 @@ fn record_offsets_until(path: &Path, damage_from: u64) -> Vec<u64> {
         )
         .unwrap();
         if at + 4 <= damage_from {
-            let len = u32::from_be_bytes(bytes[at as usize..at as usize + 4].try_into().unwrap());
+            let len = u32::from_le_bytes(bytes[at as usize..at as usize + 4].try_into().unwrap());
             assert_eq!(u64::from(len) + 12, record.len() as u64);
         }
         at += record.len() as u64;
@@ -469,7 +472,11 @@ fn a_log_without_the_snapshot_it_continues_is_refused_untouched() {
     assert_eq!(names(&dir.0), ["LOCK", "snapshot.2"]);
     // A log in between is gone.
     fs::write(log_path(&dir.0, 2), &log).unwrap();
-    fs::write(log_path(&dir.0, 4), header(LOG_MAGIC, 4)).unwrap();
+    fs::write(
+        log_path(&dir.0, 4),
+        encode_header(FileKind::Log, Version::CURRENT, 4),
+    )
+    .unwrap();
     refused(log_path(&dir.0, 3));
     fs::remove_file(log_path(&dir.0, 4)).unwrap();
     let (store, recovery) = open(&dir, &clock);
@@ -495,15 +502,23 @@ fn foreign_files_and_other_versions_are_refused_not_cut() {
     let dir = TestDir::new();
     fs::create_dir_all(&dir.0).unwrap();
     let path = log_path(&dir.0, 1);
-    let mut newer = header(LOG_MAGIC, 1);
-    newer[8..10].copy_from_slice(&2u16.to_be_bytes());
+    let mut newer = encode_header(FileKind::Log, Version::CURRENT, 1);
+    newer[8..10].copy_from_slice(&7u16.to_le_bytes());
     fs::write(&path, newer).unwrap();
     let clock = ManualClock::new();
-    let err = open_store(&dir.0, options(&clock))
-        .map(|(store, _)| store)
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("format version 2"), "{err}");
+    match open_store(&dir.0, options(&clock)).map(|(store, _)| store) {
+        Err(IndexError::DataFormat { path: at, reason }) => {
+            assert_eq!(at, path);
+            assert!(reason.starts_with("format version 7 "), "{reason}");
+        }
+        Err(other) => panic!("expected DataFormat, got {other}"),
+        Ok(_) => panic!("a log of version 7 was opened"),
+    }
+    assert_eq!(
+        decode_header(FileKind::Log, &newer),
+        Err(FormatError::UnknownVersion { version: 7 })
+    );
+    assert_eq!(fs::read(&path).unwrap(), newer, "refused, not cut");
     fs::write(&path, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let err = open_store(&dir.0, options(&clock))
         .map(|(store, _)| store)
@@ -891,7 +906,7 @@ fn random_garbage_in_the_middle_loses_only_the_records_it_covers() {
     // A log of 20,000 one-file registrations, written directly (no fsync per record).
     let dir = TestDir::new();
     fs::create_dir_all(&dir.0).unwrap();
-    let mut bytes = header(LOG_MAGIC, 1).to_vec();
+    let mut bytes = encode_header(FileKind::Log, Version::CURRENT, 1).to_vec();
     let mut offsets = Vec::new();
     for n in 0..20_000u32 {
         offsets.push(bytes.len());
@@ -959,4 +974,166 @@ fn a_zero_lease_is_refused() {
         ..DurableOptions::default()
     };
     assert!(open_store(&dir.0, options).map(|(store, _)| store).is_err());
+}
+
+/// A header as format version 1 wrote it: magic, version 1 and the generation big-endian.
+fn v1_header(magic: &[u8; 8], generation: u64) -> Vec<u8> {
+    [&magic[..], &[0, 1, 0, 0], &generation.to_be_bytes()].concat()
+}
+
+/// A record as format version 1 framed it: the codec's wire frame (a big-endian u32 length,
+/// then the body), then the first 8 bytes of the BLAKE3 hash of both.
+fn v1_record<M: serde::Serialize>(record: &M) -> Vec<u8> {
+    let mut frame = Vec::new();
+    shoal_proto::codec::encode_frame(record, &mut frame).unwrap();
+    let sum = blake3::hash(&frame);
+    frame.extend_from_slice(&sum.as_bytes()[..8]);
+    frame
+}
+
+/// The snapshot records of version 1, written here independently of the store's encoder.
+#[derive(serde::Serialize)]
+enum V1SnapshotRecord {
+    Holders(Vec<PeerAddr>),
+    Listings(Vec<V1Listing>),
+    End {
+        holders: u64,
+        listings: u64,
+        registrations: u64,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct V1Listing {
+    name: String,
+    size: u64,
+    chunk_size: u32,
+    id: FileId,
+    holders: Vec<u32>,
+}
+
+fn v1_listing(n: u32, holders: Vec<u32>) -> V1Listing {
+    let m = meta(n);
+    V1Listing {
+        name: m.name,
+        size: m.size,
+        chunk_size: m.chunk_size,
+        id: m.id,
+        holders,
+    }
+}
+
+#[test]
+fn a_version_1_folder_opens_with_its_registrations_and_is_upgraded() {
+    let dir = TestDir::new();
+    fs::create_dir_all(&dir.0).unwrap();
+    // snapshot.2: a:1 holds files 1 and 2, b:1 holds file 1.
+    let snapshot = [
+        v1_header(b"SHOALSNP", 2),
+        v1_record(&V1SnapshotRecord::Holders(vec![addr("a:1"), addr("b:1")])),
+        v1_record(&V1SnapshotRecord::Listings(vec![
+            v1_listing(1, vec![0, 1]),
+            v1_listing(2, vec![0]),
+        ])),
+        v1_record(&V1SnapshotRecord::End {
+            holders: 2,
+            listings: 2,
+            registrations: 3,
+        }),
+    ]
+    .concat();
+    // log.2: b:1 registers file 3, a:1 drops file 1.
+    let log = [
+        v1_header(b"SHOALLOG", 2),
+        v1_record(&LogRecord::Register {
+            holder: addr("b:1"),
+            files: vec![meta(3)],
+        }),
+        v1_record(&LogRecord::Unregister {
+            holder: addr("a:1"),
+            ids: vec![meta(1).id],
+        }),
+    ]
+    .concat();
+    fs::write(snapshot_path(&dir.0, 2), &snapshot).unwrap();
+    fs::write(log_path(&dir.0, 2), &log).unwrap();
+    let clock = ManualClock::new();
+    let expected = vec![
+        ("file-1.bin".to_string(), 1),
+        ("file-2.bin".to_string(), 1),
+        ("file-3.bin".to_string(), 1),
+    ];
+    let (store, recovery) = open(&dir, &clock);
+    assert_eq!(
+        (recovery.snapshot, recovery.records, recovery.registrations),
+        (Some(2), 2, 3)
+    );
+    assert_eq!((recovery.cut_bytes, recovery.skipped_bytes), (0, 0));
+    assert_eq!(listing(&store), expected);
+    // Upgraded before anything is appended: a current snapshot and log replace both files.
+    assert_eq!(names(&dir.0), ["LOCK", "log.3", "snapshot.3"]);
+    for (kind, path) in [
+        (FileKind::Log, log_path(&dir.0, 3)),
+        (FileKind::Snapshot, snapshot_path(&dir.0, 3)),
+    ] {
+        let header = decode_header(kind, &fs::read(path).unwrap()).unwrap();
+        assert_eq!((header.version, header.generation), (Version::V2, 3));
+    }
+    assert_eq!(store.register(&addr("c:1"), &[meta(4)]).unwrap(), 1);
+    drop(store);
+    let (store, recovery) = open(&dir, &clock);
+    assert_eq!((recovery.snapshot, recovery.records), (Some(3), 1));
+    let mut more = expected;
+    more.push(("file-4.bin".into(), 1));
+    assert_eq!(listing(&store), more);
+}
+
+#[test]
+fn a_version_1_log_without_a_snapshot_is_read_and_its_torn_tail_cut() {
+    let dir = TestDir::new();
+    fs::create_dir_all(&dir.0).unwrap();
+    let record = v1_record(&LogRecord::Register {
+        holder: addr("a:1"),
+        files: vec![meta(1), meta(2)],
+    });
+    let log = [
+        v1_header(b"SHOALLOG", 1),
+        record.clone(),
+        record[..record.len() - 3].to_vec(),
+    ]
+    .concat();
+    fs::write(log_path(&dir.0, 1), &log).unwrap();
+    let clock = ManualClock::new();
+    let (store, recovery) = open(&dir, &clock);
+    assert_eq!(
+        (recovery.records, recovery.cut_bytes),
+        (1, record.len() as u64 - 3)
+    );
+    assert_eq!(store.registration_count(), 2);
+    assert_eq!(names(&dir.0), ["LOCK", "log.2", "snapshot.2"]);
+}
+
+#[test]
+fn a_snapshot_of_an_unknown_version_is_refused_naming_it() {
+    let dir = TestDir::new();
+    fs::create_dir_all(&dir.0).unwrap();
+    let mut header = encode_header(FileKind::Snapshot, Version::CURRENT, 1);
+    header[8..10].copy_from_slice(&300u16.to_le_bytes());
+    fs::write(snapshot_path(&dir.0, 1), header).unwrap();
+    fs::write(
+        log_path(&dir.0, 1),
+        encode_header(FileKind::Log, Version::CURRENT, 1),
+    )
+    .unwrap();
+    let clock = ManualClock::new();
+    match open_store(&dir.0, options(&clock)).map(|(store, _)| store) {
+        Err(IndexError::DataFormat { path, reason }) => {
+            assert_eq!(path, snapshot_path(&dir.0, 1));
+            assert!(reason.starts_with("format version 300 "), "{reason}");
+            assert!(!reason.contains("damaged"), "{reason}");
+        }
+        Err(other) => panic!("expected DataFormat, got {other}"),
+        Ok(_) => panic!("a snapshot of version 300 was loaded"),
+    }
+    assert_eq!(fs::read(snapshot_path(&dir.0, 1)).unwrap(), header);
 }
