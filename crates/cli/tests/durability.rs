@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -16,8 +15,9 @@ use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 use tempfile::TempDir;
 
-/// Bound on any single wait; generous for a loaded 2-core CI machine.
-const WAIT: Duration = Duration::from_secs(60);
+mod process;
+use process::{WAIT, line_channel};
+
 const CLIENTS: usize = 6;
 /// Acknowledged registrations before the kill: well into the load.
 const KILL_AFTER: usize = 3000;
@@ -44,16 +44,7 @@ impl Index {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_channel(child.stdout.take().unwrap());
         let first = lines
             .recv_timeout(WAIT)
             .expect("the index printed nothing in time");

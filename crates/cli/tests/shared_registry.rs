@@ -13,7 +13,7 @@
 //! installs it, so CI never skips).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+mod process;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::line_channel;
+use process::line_channel;
 use shoal_index::{
     IndexClient, IndexError, IndexServer, IndexServerConfig, LocalRedis, RedisOptions, RedisStore,
     Store,

@@ -2164,28 +2164,10 @@ mod tests {
         ]
     }
 
-    #[derive(Clone, Debug)]
-    enum LeaseOp {
-        Register(u8, Vec<(u8, u8)>),
-        Renew(u8),
-        Unregister(u8),
-        Advance(u64),
-        Sweep,
-    }
-
-    fn lease_op() -> impl Strategy<Value = LeaseOp> {
-        prop_oneof![
-            3 => (0..4u8, prop::collection::vec((0..3u8, 0..3u8), 0..4))
-                .prop_map(|(h, files)| LeaseOp::Register(h, files)),
-            2 => (0..4u8).prop_map(LeaseOp::Renew),
-            1 => (0..4u8).prop_map(LeaseOp::Unregister),
-            3 => any::<u64>().prop_map(LeaseOp::Advance),
-            1 => Just(LeaseOp::Sweep),
-        ]
-    }
-
     // The model is shared with the store conformance suite.
-    use super::test_model::{Model, model_holders, model_register, model_unregister};
+    use super::test_model::{
+        LeaseOp, Model, lease_op, model_holders, model_register, model_unregister,
+    };
 
     proptest! {
         #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use proptest::prelude::*;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 /// (name, id byte) -> (first meta, holders).
@@ -63,4 +64,25 @@ pub(crate) fn model_unregister(model: &mut Model, holder: &PeerAddr, ids: &[u8])
     }
     model.retain(|_, (_, hs)| !hs.is_empty());
     removed
+}
+
+/// One step of a lease sequence (holder, files as (name, id byte); clock advances in ms).
+#[derive(Clone, Debug)]
+pub(crate) enum LeaseOp {
+    Register(u8, Vec<(u8, u8)>),
+    Renew(u8),
+    Unregister(u8),
+    Advance(u64),
+    Sweep,
+}
+
+pub(crate) fn lease_op() -> impl Strategy<Value = LeaseOp> {
+    prop_oneof![
+        3 => (0..4u8, prop::collection::vec((0..3u8, 0..3u8), 0..4))
+            .prop_map(|(h, files)| LeaseOp::Register(h, files)),
+        2 => (0..4u8).prop_map(LeaseOp::Renew),
+        1 => (0..4u8).prop_map(LeaseOp::Unregister),
+        3 => any::<u64>().prop_map(LeaseOp::Advance),
+        1 => Just(LeaseOp::Sweep),
+    ]
 }

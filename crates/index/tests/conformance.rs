@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use model::{Model, model_holders, model_register, model_unregister};
+use model::{LeaseOp, Model, lease_op, model_holders, model_register, model_unregister};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use shoal_index::{
@@ -233,26 +233,6 @@ fn agrees_with_a_model<F: Flavour>(flavour: &mut F) {
     if let Err(e) = result {
         panic!("{e}");
     }
-}
-
-#[derive(Clone, Debug)]
-enum LeaseOp {
-    Register(u8, Vec<(u8, u8)>),
-    Renew(u8),
-    Unregister(u8),
-    Advance(u64),
-    Sweep,
-}
-
-fn lease_op() -> impl Strategy<Value = LeaseOp> {
-    prop_oneof![
-        3 => (0..4u8, prop::collection::vec((0..3u8, 0..3u8), 0..4))
-            .prop_map(|(h, files)| LeaseOp::Register(h, files)),
-        2 => (0..4u8).prop_map(LeaseOp::Renew),
-        1 => (0..4u8).prop_map(LeaseOp::Unregister),
-        3 => any::<u64>().prop_map(LeaseOp::Advance),
-        1 => Just(LeaseOp::Sweep),
-    ]
 }
 
 /// The registry's lease sequences with an injected clock, through the `Store` trait.

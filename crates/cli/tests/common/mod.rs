@@ -1,10 +1,6 @@
 //! What the whole-system test binaries share.
 #![allow(dead_code, clippy::unwrap_used)] // each binary uses a part; a failed unwrap fails a test
 
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc::{Receiver, channel};
-use std::thread;
-
 use rand::SeedableRng;
 use shoal_index::{IndexServer, IndexServerConfig, MemoryStore};
 use shoal_proto::PeerAddr;
@@ -28,18 +24,4 @@ pub(crate) fn index(net: &MemNetwork, seed: u64) -> ServerHandle {
     )
     .spawn(&PeerAddr::new("index:1024").unwrap())
     .unwrap()
-}
-
-/// Forwards each line of `from` (a child's stdout or stderr) to a channel, on its own thread.
-pub(crate) fn line_channel(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }

@@ -30,6 +30,16 @@ pub(super) struct LogFile {
 }
 
 impl LogFile {
+    /// `sync_data`: everything written so far is on disk.
+    fn sync(&mut self, dir: &Path) -> Result<(), IndexError> {
+        self.file
+            .sync_data()
+            .map_err(data_error("cannot sync the log in", dir))?;
+        self.synced = self.written;
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Cuts whatever follows the last synced byte (a failed write's partial record).
     pub(super) fn cut_to_synced(&mut self, dir: &Path) -> Result<(), IndexError> {
         // And move the write position back (a log created by a switch is not opened to
@@ -199,11 +209,7 @@ impl Shared {
                     } => {
                         // Everything before the switch is durable in the old log before
                         // anything goes to the new one.
-                        log.file
-                            .sync_data()
-                            .map_err(data_error("cannot sync the log in", &self.dir))?;
-                        log.synced = log.written;
-                        log.dirty = false;
+                        log.sync(&self.dir)?;
                         durable = unsynced.take().or(durable);
                         match create_log(&self.dir, next) {
                             Ok(file) => log.file = file,
@@ -220,11 +226,7 @@ impl Shared {
                     }
                 }
             }
-            log.file
-                .sync_data()
-                .map_err(data_error("cannot sync the log in", &self.dir))?;
-            log.synced = log.written;
-            log.dirty = false;
+            log.sync(&self.dir)?;
             durable = unsynced.take().or(durable);
             Ok(())
         })();
