@@ -74,6 +74,9 @@ pub enum ProtoError {
     /// A file id that is not 64 hex digits.
     #[error("invalid file id {0:?}: expected 64 hex digits")]
     BadId(String),
+    /// A node id that is not 52 base32 characters (dashes and case aside).
+    #[error("invalid node id {0:?}: expected 52 base32 letters and digits, as `shoal id` prints")]
+    BadNodeId(String),
     /// A manifest that does not describe its file consistently.
     #[error("invalid manifest: {0}")]
     BadManifest(String),

@@ -27,11 +27,13 @@ pub mod deadline;
 mod error;
 pub mod mem;
 pub mod message;
+mod node;
 pub mod server;
 pub mod tcp;
 mod transport;
 mod types;
 
 pub use error::ProtoError;
+pub use node::NodeId;
 pub use transport::{Closer, Connection, Listener, Transport};
 pub use types::{FileId, FileKey, FileMeta, MAX_NAME_LEN, PeerAddr, validate_name};

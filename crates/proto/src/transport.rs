@@ -1,7 +1,7 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use crate::PeerAddr;
+use crate::{NodeId, PeerAddr};
 
 /// A way to open byte streams between endpoints: TCP for real runs ([`crate::tcp`]), an
 /// in-process network for tests ([`crate::mem`]). The index and peer logic is generic over
@@ -42,6 +42,15 @@ pub trait Connection: Read + Write + Send + 'static {
     /// for a new client. `None` (the default) when the transport has no such way; a handler
     /// then notices at its next read timeout.
     fn closer(&self) -> Option<Closer> {
+        None
+    }
+
+    /// Who is at the other end, as its authenticated transport proved it (a TLS peer's
+    /// certificate key); `None` when the transport proves nothing (plain TCP, `mem`) or,
+    /// on the accepting side, before the handshake finished (it finishes with the first
+    /// read). Compared by clients against the node id the index gave for an address, and
+    /// recorded by the index with each registration.
+    fn peer_node(&self) -> Option<NodeId> {
         None
     }
 }
