@@ -12,7 +12,7 @@
 //!   reused threads, bounded).
 //! - [`Transport`]: the pluggable byte-stream transport, with [`tcp`] (std::net) and [`mem`]
 //!   (an in-process network over crossbeam-channel with fault injection, for deterministic
-//!   tests).
+//!   tests), and [`either::Either`] to choose one of two at run time.
 //!
 //! ```
 //! use shoal_proto::{validate_name, FileKey};
@@ -24,6 +24,7 @@
 pub mod codec;
 pub mod content;
 pub mod deadline;
+pub mod either;
 mod error;
 pub mod mem;
 pub mod message;
