@@ -13,6 +13,8 @@
 //! - [`Transport`]: the pluggable byte-stream transport, with [`tcp`] (std::net) and [`mem`]
 //!   (an in-process network over crossbeam-channel with fault injection, for deterministic
 //!   tests).
+//! - [`tls`]: TLS 1.3 with mutual authentication over any transport: node identities,
+//!   private swarms (member certificates from a swarm authority), revocation.
 //!
 //! ```
 //! use shoal_proto::{validate_name, FileKey};
@@ -30,6 +32,7 @@ pub mod message;
 mod node;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 mod transport;
 mod types;
 
