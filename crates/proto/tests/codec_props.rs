@@ -7,10 +7,10 @@ use std::io::Cursor;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::message::{
-    ErrorCode, ErrorReply, IndexRequest, IndexResponse, Manifest, PeerRequest, PeerResponse,
-    SearchHit,
+    ErrorCode, ErrorReply, HolderNode, IndexRequest, IndexResponse, Manifest, PeerRequest,
+    PeerResponse, SearchHit,
 };
-use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, ProtoError};
+use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr, ProtoError};
 
 fn file_id() -> impl Strategy<Value = FileId> {
     any::<[u8; 32]>().prop_map(FileId)
@@ -69,21 +69,51 @@ fn index_request() -> impl Strategy<Value = IndexRequest> {
     ]
 }
 
+fn node() -> impl Strategy<Value = NodeId> {
+    any::<[u8; 32]>().prop_map(NodeId::from_bytes)
+}
+
+fn nodes() -> impl Strategy<Value = Vec<HolderNode>> {
+    prop::collection::vec(
+        (addr(), node()).prop_map(|(holder, node)| HolderNode { holder, node }),
+        0..4,
+    )
+}
+
 fn index_response() -> impl Strategy<Value = IndexResponse> {
     prop_oneof![
-        (meta(), addr()).prop_map(|(file, holder)| IndexResponse::Located { file, holder }),
-        (meta(), prop::collection::vec(addr(), 0..8))
-            .prop_map(|(file, holders)| IndexResponse::Holders { file, holders }),
+        (meta(), addr(), prop::option::of(node()))
+            .prop_map(|(file, holder, node)| IndexResponse::Located { file, holder, node }),
+        (meta(), prop::collection::vec(addr(), 0..8), nodes()).prop_map(
+            |(file, holders, nodes)| IndexResponse::Holders {
+                file,
+                holders,
+                nodes
+            }
+        ),
+        (
+            meta(),
+            prop::collection::vec(addr(), 0..8),
+            prop::collection::vec(addr(), 0..8),
+            nodes()
+        )
+            .prop_map(|(file, complete, partial, nodes)| IndexResponse::Sources {
+                file,
+                complete,
+                partial,
+                nodes
+            }),
         any::<u32>().prop_map(|added| IndexResponse::Registered { added }),
         any::<u32>().prop_map(|removed| IndexResponse::Unregistered { removed }),
-        prop::collection::vec((meta(), any::<u32>()), 0..8).prop_map(|hits| {
+        prop::collection::vec((meta(), any::<u32>(), nodes()), 0..8).prop_map(|hits| {
             IndexResponse::SearchResults {
                 hits: hits
                     .into_iter()
-                    .map(|(file, holders)| SearchHit {
+                    .map(|(file, holders, nodes)| SearchHit {
                         file,
                         holders,
                         downloading: holders / 2,
+                        nodes,
                     })
                     .collect(),
             }
