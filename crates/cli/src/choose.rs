@@ -63,6 +63,7 @@ pub(crate) fn candidates(name: &str, hits: &[SearchHit]) -> Vec<Candidate> {
             id: h.file.id,
             holders: h.holders,
             downloading: h.downloading,
+            nodes: Vec::new(),
         })
         .collect();
     found.sort_by(|a, b| b.holders.cmp(&a.holders).then(a.id.0.cmp(&b.id.0)));
