@@ -63,7 +63,6 @@ pub(crate) fn candidates(name: &str, hits: &[SearchHit]) -> Vec<Candidate> {
             id: h.file.id,
             holders: h.holders,
             downloading: h.downloading,
-            nodes: Vec::new(),
         })
         .collect();
     found.sort_by(|a, b| b.holders.cmp(&a.holders).then(a.id.0.cmp(&b.id.0)));
@@ -198,6 +197,7 @@ mod tests {
             },
             holders,
             downloading: 0,
+            nodes: Vec::new(),
         };
         let mut other = file("dd", 5);
         other.file.name = "song.ogg.bak".into();
