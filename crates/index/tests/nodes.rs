@@ -94,15 +94,18 @@ fn lookups_answer_the_id_each_holder_registered_with() {
     let h2 = addr("h:2");
     world
         .client("h", node(1))
-        .register(&h1, &[song.clone()])
+        .register(&h1, std::slice::from_ref(&song))
         .unwrap();
     world
         .client("h", node(2))
-        .register(&h2, &[song.clone()])
+        .register(&h2, std::slice::from_ref(&song))
         .unwrap();
     // A holder registered without an id is listed without one.
     let h3 = addr("p:3");
-    world.plain("p").register(&h3, &[song.clone()]).unwrap();
+    world
+        .plain("p")
+        .register(&h3, std::slice::from_ref(&song))
+        .unwrap();
 
     let mut reader = world.plain("reader");
     let known = vec![
@@ -139,7 +142,7 @@ fn lookups_answer_the_id_each_holder_registered_with() {
     let h4 = addr("h:4");
     world
         .client("h", node(4))
-        .register_partial(&h4, &[song.clone()])
+        .register_partial(&h4, std::slice::from_ref(&song))
         .unwrap();
     let sources = reader.sources(&key("song.ogg")).unwrap();
     assert_eq!(sources.partial, [h4.clone()]);
@@ -156,18 +159,18 @@ fn only_the_registering_node_may_change_its_holder() {
     let other = meta("other.ogg", 2);
     let h1 = addr("h:1");
     let mut owner = world.client("h", node(1));
-    owner.register(&h1, &[song.clone()]).unwrap();
+    owner.register(&h1, std::slice::from_ref(&song)).unwrap();
 
     // Same host (the host check passes), another key: every change is refused.
     let mut impostor = world.client("h", node(2));
     refused_for_other_node(
-        impostor.register(&h1, &[other.clone()]),
+        impostor.register(&h1, std::slice::from_ref(&other)),
         "h:1",
         node(1),
         node(2),
     );
     refused_for_other_node(
-        impostor.register_partial(&h1, &[other.clone()]),
+        impostor.register_partial(&h1, std::slice::from_ref(&other)),
         "h:1",
         node(1),
         node(2),
@@ -190,7 +193,9 @@ fn only_the_registering_node_may_change_its_holder() {
     // The owner renews and unregisters; then the address is free for another key.
     assert_eq!(owner.renew(&h1).unwrap(), 1);
     assert_eq!(owner.unregister(&h1, &[]).unwrap(), 1);
-    impostor.register(&h1, &[other.clone()]).unwrap();
+    impostor
+        .register(&h1, std::slice::from_ref(&other))
+        .unwrap();
     let (_, holder, node_id) = reader.located(&key("other.ogg")).unwrap();
     assert_eq!((holder, node_id), (h1.clone(), Some(node(2))));
     refused_for_other_node(owner.renew(&h1), "h:1", node(2), node(1));
@@ -222,7 +227,10 @@ fn connections_without_an_id_are_not_checked_and_bind_nothing() {
     let world = World::new();
     let h1 = addr("h:1");
     let song = meta("song.ogg", 1);
-    world.plain("h").register(&h1, &[song.clone()]).unwrap();
+    world
+        .plain("h")
+        .register(&h1, std::slice::from_ref(&song))
+        .unwrap();
     let mut reader = world.plain("reader");
     assert_eq!(reader.located(&key("song.ogg")).unwrap().2, None);
     assert!(reader.sources(&key("song.ogg")).unwrap().nodes.is_empty());
