@@ -20,14 +20,14 @@ const ANONYMOUS: [u8; 32] = [0; 32];
 
 /// `inner`, with every connection claiming `id`.
 #[derive(Clone)]
-pub struct Claimed<T> {
+pub(crate) struct Claimed<T> {
     inner: T,
     id: [u8; 32],
 }
 
 impl<T: Transport> Claimed<T> {
     /// Connections through `inner` claim `id`.
-    pub fn new(inner: T, id: NodeId) -> Self {
+    pub(crate) fn new(inner: T, id: NodeId) -> Self {
         Claimed {
             inner,
             id: *id.as_bytes(),
@@ -35,7 +35,7 @@ impl<T: Transport> Claimed<T> {
     }
 
     /// Connections through `inner` claim nothing (the other end sees `None`).
-    pub fn anonymous(inner: T) -> Self {
+    pub(crate) fn anonymous(inner: T) -> Self {
         Claimed {
             inner,
             id: ANONYMOUS,
@@ -44,7 +44,7 @@ impl<T: Transport> Claimed<T> {
 }
 
 /// A test node id.
-pub fn node(b: u8) -> NodeId {
+pub(crate) fn node(b: u8) -> NodeId {
     NodeId::from_bytes([b; 32])
 }
 
@@ -73,7 +73,7 @@ impl<T: Transport> Transport for Claimed<T> {
 }
 
 /// A listener whose streams claim `id`.
-pub struct ClaimedListener<L> {
+pub(crate) struct ClaimedListener<L> {
     inner: L,
     id: [u8; 32],
 }
@@ -103,7 +103,7 @@ impl<L: Listener> Listener for ClaimedListener<L> {
 }
 
 /// One end of a connection with claims.
-pub struct ClaimedStream<S> {
+pub(crate) struct ClaimedStream<S> {
     inner: S,
     id: [u8; 32],
     /// Whether our claim went out already (a client's at connect; a server's after it read
