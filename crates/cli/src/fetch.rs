@@ -490,6 +490,44 @@ mod tests {
     use shoal_proto::NodeId;
 
     #[test]
+    fn get_json_lists_the_holders_node_ids_where_known() {
+        let holder = |name: &str, node: Option<NodeId>| shoal_peer::HolderReport {
+            holder: PeerAddr::new(name).unwrap(),
+            bytes: 10,
+            requests: 1,
+            partial: false,
+            node,
+            dropped: None,
+            corrupt_chunk: None,
+        };
+        let file = shoal_proto::FileMeta {
+            name: "a.bin".into(),
+            size: 20,
+            chunk_size: 1024,
+            id: shoal_proto::FileId([1; 32]),
+        };
+        let report = shoal_peer::DownloadReport {
+            file,
+            from: PeerAddr::new("a:1").unwrap(),
+            path: None,
+            bytes: 20,
+            resumed_bytes: 0,
+            elapsed: Duration::from_millis(5),
+            registered: false,
+            uploaded: 0,
+            holders: vec![
+                holder("a:1", Some(NodeId::from_bytes([7; 32]))),
+                holder("b:1", None),
+            ],
+        };
+        let json = outcome_json(&DownloadOutcome::Downloaded(report));
+        assert_eq!(
+            json["nodes"],
+            serde_json::json!([{"holder": "a:1", "node": NodeId::from_bytes([7; 32]).to_string()}])
+        );
+    }
+
+    #[test]
     fn the_nodes_column_is_short() {
         let node = |b: u8| HolderNode {
             holder: PeerAddr::new(format!("h:{b}")).unwrap(),
