@@ -238,3 +238,41 @@ fn renew_variants_are_appended_last() {
     codec::encode_frame(&error, &mut buf).unwrap();
     assert_eq!(buf, [0, 0, 0, 4, 5, 0, 1, b'x']);
 }
+
+/// The `Located` example of docs/PROTOCOL.md, byte for byte (version 4: with its node).
+#[test]
+fn the_protocol_docs_located_example_is_exact() {
+    let located = IndexResponse::Located {
+        file: FileMeta {
+            name: "a.txt".into(),
+            size: 300,
+            chunk_size: 1 << 20,
+            id: FileId([0xab; 32]),
+        },
+        holder: PeerAddr::new("h:1").unwrap(),
+        node: None,
+    };
+    let mut buf = Vec::new();
+    codec::encode_frame(&located, &mut buf).unwrap();
+    let mut expected = vec![0, 0, 0, 0x34, 0x00, 5, b'a', b'.', b't', b'x', b't'];
+    expected.extend([0xfb, 0x2c, 0x01, 0xfc, 0x00, 0x00, 0x10, 0x00]);
+    expected.extend([0xab; 32]);
+    expected.extend([3, b'h', b':', b'1', 0x00]);
+    assert_eq!(buf, expected);
+    // Some(node) is 01 and the key's 32 bytes.
+    let IndexResponse::Located { file, holder, .. } = located else {
+        unreachable!()
+    };
+    let with_node = IndexResponse::Located {
+        file,
+        holder,
+        node: Some(NodeId::from_bytes([7; 32])),
+    };
+    let mut buf = Vec::new();
+    codec::encode_frame(&with_node, &mut buf).unwrap();
+    assert_eq!(buf.len(), 4 + 0x34 + 32);
+    assert_eq!(
+        &buf[buf.len() - 33..],
+        &[[1u8].as_slice(), &[7; 32]].concat()[..]
+    );
+}
