@@ -10,10 +10,10 @@ use serde::Serialize;
 use shoal_proto::codec::{self, MAGIC, Service, VERSION};
 use shoal_proto::content;
 use shoal_proto::message::{
-    ErrorCode, ErrorReply, IndexRequest, IndexResponse, Manifest, PeerRequest, PeerResponse,
-    SearchHit,
+    ErrorCode, ErrorReply, HolderNode, IndexRequest, IndexResponse, Manifest, PeerRequest,
+    PeerResponse, SearchHit,
 };
-use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
+use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
 fn frame<M: Serialize>(m: &M) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -98,10 +98,15 @@ fn main() {
         IndexResponse::Located {
             file: meta.clone(),
             holder: addr("h:1"),
+            node: Some(NodeId::from_bytes([5; 32])),
         },
         IndexResponse::Holders {
             file: meta.clone(),
             holders: vec![addr("a:1"), addr("b:2")],
+            nodes: vec![HolderNode {
+                holder: addr("a:1"),
+                node: NodeId::from_bytes([6; 32]),
+            }],
         },
         IndexResponse::Registered { added: 1 },
         IndexResponse::Unregistered { removed: 70000 },
@@ -110,6 +115,7 @@ fn main() {
                 file: meta.clone(),
                 holders: 3,
                 downloading: 1,
+                nodes: Vec::new(),
             }],
         },
         IndexResponse::Error(reply.clone()),

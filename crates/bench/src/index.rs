@@ -386,6 +386,7 @@ impl BenchData {
             &IndexResponse::Located {
                 file: self.bench.clone(),
                 holder: self.holders[0].clone(),
+                node: None,
             },
             &mut buf,
         )?;

@@ -197,6 +197,7 @@ mod tests {
             },
             holders,
             downloading: 0,
+            nodes: Vec::new(),
         };
         let mut other = file("dd", 5);
         other.file.name = "song.ogg.bak".into();

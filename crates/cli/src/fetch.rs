@@ -7,6 +7,7 @@ use std::time::Duration;
 use shoal_index::IndexClient;
 use shoal_peer::{DownloadOutcome, Downloader, DownloaderConfig, Library, Peer, PeerConfig};
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
+use shoal_proto::message::HolderNode;
 use shoal_proto::{FileKey, PeerAddr};
 
 use crate::choose;
@@ -37,8 +38,8 @@ pub(crate) struct GetArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_sources: u16,
     /// One JSON object per file on stdout: name, id, size, seconds, bytes per holder,
-    /// bytes uploaded to other peers meanwhile, holders dropped and why (and `error` if it
-    /// failed).
+    /// the holders' node ids where the index knows them (`nodes`), bytes uploaded to other
+    /// peers meanwhile, holders dropped and why (and `error` if it failed).
     #[arg(long)]
     json: bool,
     /// Share while downloading on this address: other peers fetch the chunks this download
@@ -74,9 +75,10 @@ pub(crate) struct SearchArgs {
     /// Index server(s), comma-separated; the first that answers is used.
     #[arg(long, env = "SHOAL_INDEX", default_value = DEFAULT_INDEX)]
     index: String,
-    /// One JSON object per line: {"name", "size", "id", "holders", "downloading"}
+    /// One JSON object per line: {"name", "size", "id", "holders", "downloading", "nodes"}
     /// (`holders` hold the whole file; `downloading` are fetching it and serve what they
-    /// have).
+    /// have; `nodes`: some complete holders and their node ids, [{"holder", "node"}], where
+    /// the index knows them).
     #[arg(long)]
     json: bool,
     /// At most this many results.
@@ -314,6 +316,16 @@ fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
                 .iter()
                 .map(|h| (h.holder.to_string(), h.bytes.into()))
                 .collect();
+            // The node id the index gave for each holder, where it knew one.
+            let nodes: Vec<serde_json::Value> = report
+                .holders
+                .iter()
+                .filter_map(|h| {
+                    h.node.map(|node| {
+                        serde_json::json!({"holder": h.holder.to_string(), "node": node.to_string()})
+                    })
+                })
+                .collect();
             let dropped: Vec<serde_json::Value> = report
                 .holders
                 .iter()
@@ -338,6 +350,7 @@ fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
                     .map(|h| h.bytes)
                     .sum::<u64>(),
                 "bytes_per_holder": bytes_per_holder,
+                "nodes": nodes,
                 "dropped": dropped,
             })
         }
@@ -411,6 +424,10 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
                 "id": hit.file.id.to_hex(),
                 "holders": hit.holders,
                 "downloading": hit.downloading,
+                "nodes": hit.nodes.iter().map(|n| serde_json::json!({
+                    "holder": n.holder.to_string(),
+                    "node": n.node.to_string(),
+                })).collect::<Vec<_>>(),
             });
             outln!("{line}");
         }
@@ -428,22 +445,104 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
         .unwrap_or(4)
         .max(4);
     outln!(
-        "{:<width$}  {:>10}  {:>7}  {:>11}  ID",
+        "{:<width$}  {:>10}  {:>7}  {:>11}  {:<64}  NODES",
         "NAME",
         "SIZE",
         "HOLDERS",
-        "DOWNLOADING"
+        "DOWNLOADING",
+        "ID"
     );
     for hit in &hits {
         outln!(
-            "{:<width$}  {:>10}  {:>7}  {:>11}  {}",
+            "{:<width$}  {:>10}  {:>7}  {:>11}  {}  {}",
             hit.file.name,
             units::bytes(hit.file.size),
             hit.holders,
             hit.downloading,
-            hit.file.id
+            hit.file.id,
+            nodes_column(&hit.nodes)
         );
     }
     note();
     Ok(())
+}
+
+/// Most short node ids `search` prints for one file.
+const NODES_SHOWN: usize = 3;
+
+/// The `NODES` column of `search`: holders' short node ids, `-` when the index knows none
+/// (full ids in `--json`).
+fn nodes_column(nodes: &[HolderNode]) -> String {
+    if nodes.is_empty() {
+        return "-".to_string();
+    }
+    let mut text = nodes
+        .iter()
+        .take(NODES_SHOWN)
+        .map(|n| n.node.short())
+        .collect::<Vec<_>>()
+        .join(",");
+    if nodes.len() > NODES_SHOWN {
+        text.push_str(&format!(" +{}", nodes.len() - NODES_SHOWN));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::NodeId;
+
+    #[test]
+    fn get_json_lists_the_holders_node_ids_where_known() {
+        let holder = |name: &str, node: Option<NodeId>| shoal_peer::HolderReport {
+            holder: PeerAddr::new(name).unwrap(),
+            bytes: 10,
+            requests: 1,
+            partial: false,
+            node,
+            dropped: None,
+            corrupt_chunk: None,
+        };
+        let file = shoal_proto::FileMeta {
+            name: "a.bin".into(),
+            size: 20,
+            chunk_size: 1024,
+            id: shoal_proto::FileId([1; 32]),
+        };
+        let report = shoal_peer::DownloadReport {
+            file,
+            from: PeerAddr::new("a:1").unwrap(),
+            path: None,
+            bytes: 20,
+            resumed_bytes: 0,
+            elapsed: Duration::from_millis(5),
+            registered: false,
+            uploaded: 0,
+            holders: vec![
+                holder("a:1", Some(NodeId::from_bytes([7; 32]))),
+                holder("b:1", None),
+            ],
+        };
+        let json = outcome_json(&DownloadOutcome::Downloaded(report));
+        assert_eq!(
+            json["nodes"],
+            serde_json::json!([{"holder": "a:1", "node": NodeId::from_bytes([7; 32]).to_string()}])
+        );
+    }
+
+    #[test]
+    fn the_nodes_column_is_short() {
+        let node = |b: u8| HolderNode {
+            holder: PeerAddr::new(format!("h:{b}")).unwrap(),
+            node: NodeId::from_bytes([b; 32]),
+        };
+        assert_eq!(nodes_column(&[]), "-");
+        let one = nodes_column(&[node(0)]);
+        assert_eq!(one, NodeId::from_bytes([0; 32]).short());
+        let five: Vec<HolderNode> = (0..5).map(node).collect();
+        let text = nodes_column(&five);
+        assert!(text.ends_with(" +2"), "{text}");
+        assert_eq!(text.matches(',').count(), 2, "{text}");
+    }
 }

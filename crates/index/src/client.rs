@@ -2,8 +2,8 @@ use std::io::{BufReader, Write};
 use std::time::Duration;
 
 use shoal_proto::codec::{self, Service};
-use shoal_proto::message::{ErrorCode, IndexRequest, IndexResponse, SearchHit};
-use shoal_proto::{Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport};
+use shoal_proto::message::{ErrorCode, HolderNode, IndexRequest, IndexResponse, SearchHit};
+use shoal_proto::{Connection, FileId, FileKey, FileMeta, NodeId, PeerAddr, ProtoError, Transport};
 
 use crate::{IndexError, Sources};
 
@@ -56,16 +56,38 @@ impl<T: Transport> IndexClient<T> {
 
     /// The seed's *get*: one holder of the file, chosen by the index at random.
     pub fn locate(&mut self, key: &FileKey) -> Result<(FileMeta, PeerAddr), IndexError> {
+        self.located(key).map(|(file, holder, _)| (file, holder))
+    }
+
+    /// [`IndexClient::locate`], with the node id the holder registered with, when the
+    /// index knows it (a downloader checks the holder presents it).
+    pub fn located(
+        &mut self,
+        key: &FileKey,
+    ) -> Result<(FileMeta, PeerAddr, Option<NodeId>), IndexError> {
         match self.call(&IndexRequest::Locate { key: key.clone() })? {
-            IndexResponse::Located { file, holder } => Ok((file, holder)),
+            IndexResponse::Located { file, holder, node } => Ok((file, holder, node)),
             other => Err(unexpected(other, Some(key), "Located")),
         }
     }
 
     /// Every holder of the file, sorted.
     pub fn holders(&mut self, key: &FileKey) -> Result<(FileMeta, Vec<PeerAddr>), IndexError> {
+        self.holders_with_nodes(key)
+            .map(|(file, holders, _)| (file, holders))
+    }
+
+    /// [`IndexClient::holders`], with the node ids the index knows for them.
+    pub fn holders_with_nodes(
+        &mut self,
+        key: &FileKey,
+    ) -> Result<(FileMeta, Vec<PeerAddr>, Vec<HolderNode>), IndexError> {
         match self.call(&IndexRequest::Holders { key: key.clone() })? {
-            IndexResponse::Holders { file, holders } => Ok((file, holders)),
+            IndexResponse::Holders {
+                file,
+                holders,
+                nodes,
+            } => Ok((file, holders, nodes)),
             other => Err(unexpected(other, Some(key), "Holders")),
         }
     }
@@ -102,10 +124,12 @@ impl<T: Transport> IndexClient<T> {
                 file,
                 complete,
                 partial,
+                nodes,
             } => Ok(Sources {
                 file,
                 complete,
                 partial,
+                nodes,
             }),
             other => Err(unexpected(other, Some(key), "Sources")),
         }

@@ -16,7 +16,8 @@
 //!   ([`IndexClient::renew`], one small heartbeat for all its files); time comes from an
 //!   injected [`Clock`] ([`ManualClock`] in tests).
 //! - [`IndexServer`]: serves a [`Store`] over any [`shoal_proto::Transport`], many requests
-//!   per connection, one thread per connection.
+//!   per connection, one thread per connection. Beside the store, a [`NodeBook`] (in memory)
+//!   records which node id each holder registered with, and answers it with lookups.
 //! - [`IndexClient`]: typed calls over one persistent connection, with failover across
 //!   several index addresses and one transparent reconnect.
 //!
@@ -49,6 +50,7 @@ mod durable;
 mod error;
 mod local_redis;
 mod metrics;
+pub mod nodes;
 mod partial;
 mod redis;
 mod registry;
@@ -69,6 +71,7 @@ pub use metrics::{
     FileRow, IndexMetrics, IndexMonitor, IndexSnapshot, REFUSAL_REASONS, Refusals, RequestTotals,
     StoreHealth, outcome_label,
 };
+pub use nodes::NodeBook;
 pub use partial::{Partials, Sources};
 pub use redis::{DEFAULT_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisOptions, RedisStore};
 pub use registry::{

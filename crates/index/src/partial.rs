@@ -11,7 +11,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use shoal_proto::message::SearchHit;
+use shoal_proto::message::{HolderNode, SearchHit};
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 use crate::store::search_in_slices;
@@ -26,6 +26,9 @@ pub struct Sources {
     pub complete: Vec<PeerAddr>,
     /// Holders still downloading it, sorted (never one that is also complete).
     pub partial: Vec<PeerAddr>,
+    /// The node ids the index knows for these holders. Stores leave it empty: the
+    /// [`IndexServer`](crate::IndexServer) fills it from its [`NodeBook`](crate::NodeBook).
+    pub nodes: Vec<HolderNode>,
 }
 
 /// The partial-holder registry of a store (a [`Registry`] behind its own lock).
@@ -125,6 +128,7 @@ impl Partials {
             file,
             complete,
             partial,
+            nodes: Vec::new(),
         })
     }
 
@@ -271,11 +275,13 @@ mod tests {
                 file: meta("a", 1),
                 holders: 1,
                 downloading: 0,
+                nodes: Vec::new(),
             },
             SearchHit {
                 file: meta("b", 2),
                 holders: 2,
                 downloading: 0,
+                nodes: Vec::new(),
             },
         ];
         let hits = partials.search("", 10, complete, now);

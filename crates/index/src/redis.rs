@@ -461,6 +461,7 @@ impl RedisStore {
                     file: parse_meta(raw)?,
                     holders: u32::try_from(int(&count)?).unwrap_or(u32::MAX),
                     downloading: 0,
+                    nodes: Vec::new(),
                 });
             }
             if cursor == "0" {
@@ -599,6 +600,7 @@ impl Store for RedisStore {
                         file: parse_meta(bytes(meta)?)?,
                         complete,
                         partial,
+                        nodes: Vec::new(),
                     }))
                 }
                 _ => Err(bad_reply("sources", &Value::Array(v))),

@@ -708,6 +708,7 @@ impl Registry {
                     file: listing.meta(),
                     holders: u32::try_from(count).unwrap_or(u32::MAX),
                     downloading: 0,
+                    nodes: Vec::new(),
                 });
             }
         }

@@ -1,19 +1,23 @@
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
-use shoal_proto::message::{ErrorCode, ErrorReply, IndexRequest, IndexResponse};
+use shoal_proto::message::{
+    ErrorCode, ErrorReply, IndexRequest, IndexResponse, SEARCH_HIT_NODES, SEARCH_NODE_HITS,
+    SearchHit,
+};
 use shoal_proto::server::{
     AcceptConfig, Handler, ServerHandle, SessionConfig, SessionStream, serve_session,
     spawn_accept_loop, write_frame,
 };
 use shoal_proto::{
-    Connection, FileId, FileKey, FileMeta, PeerAddr, ProtoError, Transport, validate_name,
+    Connection, FileId, FileKey, FileMeta, NodeId, PeerAddr, ProtoError, Transport, validate_name,
 };
 
+use crate::nodes::{BoundToOther, DEFAULT_NODE_BOOK_LIMIT, NodeBook};
 use crate::{IndexError, IndexMetrics, IndexMonitor, RegistrationLimits, Store, StoreError};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
@@ -87,16 +91,20 @@ pub struct IndexServer<T: Transport, S: Store> {
     store: Arc<S>,
     config: IndexServerConfig,
     metrics: Arc<IndexMetrics>,
+    /// Which node id each holder registered with (see [`crate::nodes`]).
+    book: Arc<Mutex<NodeBook>>,
 }
 
 impl<T: Transport, S: Store> IndexServer<T, S> {
     /// A server over `transport` answering from `store`.
     pub fn new(transport: T, store: S, config: IndexServerConfig) -> Self {
+        let book = NodeBook::new(store.lease(), DEFAULT_NODE_BOOK_LIMIT);
         IndexServer {
             transport,
             store: Arc::new(store),
             config,
             metrics: Arc::new(IndexMetrics::new()),
+            book: Arc::new(Mutex::new(book)),
         }
     }
 
@@ -128,6 +136,7 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         let config = self.config;
         let session = config.session();
         let metrics = Arc::clone(&self.metrics);
+        let book = Arc::clone(&self.book);
         let mut handle = spawn_accept_loop(
             &self.transport,
             listener,
@@ -138,6 +147,7 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
                     config: &config,
                     from: &from,
                     metrics: &metrics,
+                    book: &book,
                     out: Vec::with_capacity(256),
                 };
                 let end = serve_session(stream, &from, live, &session, &mut handler);
@@ -150,12 +160,13 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
         // Dropping the sender (when the handle stops) wakes and ends the sweeper at once.
         let (stop, stopped) = mpsc::channel::<()>();
         let store = self.store;
+        let book = self.book;
         let sweeper = thread::Builder::new()
             .name("index-sweep".into())
             .stack_size(256 << 10)
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    sweep_once(&*store);
+                    sweep_once(&*store, &book);
                 }
             })
             .map_err(|source| IndexError::Spawn {
@@ -170,9 +181,20 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
     }
 }
 
-/// One sweep, one log line per expired holder.
-fn sweep_once<S: Store>(store: &S) {
-    match store.sweep_expired() {
+/// One sweep, one log line per expired holder; their node bindings go too.
+fn sweep_once<S: Store>(store: &S, book: &Mutex<NodeBook>) {
+    let result = store.sweep_expired();
+    {
+        let mut book = lock_book(book);
+        book.set_lease(store.lease());
+        book.prune(Instant::now());
+        if let Ok(expired) = &result {
+            for (holder, _) in expired {
+                book.forget(holder);
+            }
+        }
+    }
+    match result {
         Ok(expired) => {
             for (holder, removed) in expired {
                 log::info!("lease of {holder} lapsed: removed its {removed} registrations");
@@ -191,6 +213,8 @@ struct IndexHandler<'a, S> {
     from: &'a PeerAddr,
     /// The server's counters.
     metrics: &'a IndexMetrics,
+    /// The holders' node ids.
+    book: &'a Mutex<NodeBook>,
     /// Encoded response scratch, reused for every answer of the connection.
     out: Vec<u8>,
 }
@@ -210,7 +234,19 @@ impl<C: Connection, S: Store> Handler<C> for IndexHandler<'_, S> {
     ) -> Result<(), ProtoError> {
         let kind = crate::metrics::request_kind(&request);
         let started = Instant::now();
-        let response = answer(request, self.store, self.config, self.from, self.metrics);
+        // Known once the transport's handshake finished, which the first request's read did.
+        let caller = Caller {
+            from: self.from,
+            node: stream.get_ref().peer_node(),
+        };
+        let response = answer(
+            request,
+            self.store,
+            self.config,
+            &caller,
+            self.metrics,
+            self.book,
+        );
         self.metrics.record(kind, &response, started.elapsed());
         if let Err(e) = write_frame(stream, &mut self.out, &response) {
             let ProtoError::Malformed(e) = e else {
@@ -247,14 +283,14 @@ fn holder_as_seen(
     announced: PeerAddr,
     from: &PeerAddr,
     config: &IndexServerConfig,
-) -> Result<PeerAddr, IndexResponse> {
+) -> Result<PeerAddr, ErrorReply> {
     if config.trust_announced_host || announced.host() == from.host() {
         return Ok(announced);
     }
     // The port is the parsed number, never the announced text: no padding can stretch the
     // rebuilt address past the limit and so slip the announced host through.
     let seen = PeerAddr::new(format!("{}:{}", from.host(), announced.port())).map_err(|e| {
-        refuse(
+        ErrorReply::new(
             ErrorCode::BadRequest,
             format!("cannot record {from}'s holder: {e}"),
         )
@@ -269,18 +305,115 @@ fn own_holder(
     from: &PeerAddr,
     config: &IndexServerConfig,
     what: &str,
-) -> Result<(), IndexResponse> {
+) -> Result<(), ErrorReply> {
     if config.trust_announced_host || holder.host() == from.host() {
         return Ok(());
     }
     log::warn!("index: refused {from}'s request to {what} {holder}, a holder on another host");
-    Err(refuse(
+    Err(ErrorReply::new(
         ErrorCode::BadRequest,
         format!(
             "cannot {what} {holder}: requests from {} may only {what} holders on that host",
             from.host()
         ),
     ))
+}
+
+/// Who sent a request: where from, and the node id its connection proved, if it did.
+struct Caller<'a> {
+    from: &'a PeerAddr,
+    node: Option<NodeId>,
+}
+
+fn lock_book(book: &Mutex<NodeBook>) -> MutexGuard<'_, NodeBook> {
+    book.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The refusal of a change to a holder bound to another node id.
+fn bound_to_other(
+    holder: &PeerAddr,
+    caller: &Caller<'_>,
+    node: NodeId,
+    refused: BoundToOther,
+    what: &str,
+) -> ErrorReply {
+    log::warn!(
+        "index: refused {}'s request to {what} {holder}: it is registered by node {}, the \
+         connection is node {node}",
+        caller.from,
+        refused.bound
+    );
+    ErrorReply::new(
+        ErrorCode::BadRequest,
+        format!(
+            "holder {holder} is registered by node {}; this connection is node {node}",
+            refused.bound
+        ),
+    )
+}
+
+/// Before a registration or renewal: binds `holder` to the caller's node id (refused while
+/// it is bound to another). Returns what to undo if the change fails; `None` for a
+/// connection without an id, which binds nothing.
+fn claim_holder(
+    book: &Mutex<NodeBook>,
+    holder: &PeerAddr,
+    caller: &Caller<'_>,
+    what: &str,
+) -> Result<Option<crate::nodes::Claimed>, ErrorReply> {
+    let Some(node) = caller.node else {
+        return Ok(None);
+    };
+    lock_book(book)
+        .claim(holder, node, Instant::now())
+        .map(Some)
+        .map_err(|refused| bound_to_other(holder, caller, node, refused, what))
+}
+
+/// Puts back the binding a failed change claimed.
+fn undo_claim(book: &Mutex<NodeBook>, holder: &PeerAddr, claimed: Option<crate::nodes::Claimed>) {
+    if let Some(claimed) = claimed {
+        lock_book(book).undo(holder, claimed);
+    }
+}
+
+/// Before an unregistration: refused while `holder` is bound to another node id.
+fn check_holder(
+    book: &Mutex<NodeBook>,
+    holder: &PeerAddr,
+    caller: &Caller<'_>,
+    what: &str,
+) -> Result<(), ErrorReply> {
+    let Some(node) = caller.node else {
+        return Ok(());
+    };
+    lock_book(book)
+        .check(holder, node, Instant::now())
+        .map_err(|refused| bound_to_other(holder, caller, node, refused, what))
+}
+
+/// Lists, for the first [`SEARCH_NODE_HITS`] hits, up to [`SEARCH_HIT_NODES`] complete
+/// holders with known node ids (one holder lookup per hit, and none when no holder is bound).
+fn add_search_nodes<S: Store>(hits: &mut [SearchHit], store: &S, book: &Mutex<NodeBook>) {
+    if lock_book(book).is_empty() {
+        return;
+    }
+    for hit in hits.iter_mut().take(SEARCH_NODE_HITS) {
+        if hit.holders == 0 {
+            continue;
+        }
+        let holders = match store.holders(&FileKey::Id(hit.file.id)) {
+            Ok(Some((_, holders))) => holders,
+            Ok(None) => continue,
+            Err(e) => {
+                log::debug!("index: no node ids for a search hit: {e}");
+                return;
+            }
+        };
+        let mut nodes = lock_book(book).nodes_of(&holders);
+        nodes.truncate(SEARCH_HIT_NODES);
+        hit.nodes = nodes;
+    }
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> IndexResponse {
@@ -322,13 +455,18 @@ impl IndexServerConfig {
 /// "try again shortly" from a failure; the store logs each outage once, so a request
 /// refused meanwhile is logged at debug level only.
 fn store_failed(e: &StoreError, metrics: &IndexMetrics) -> IndexResponse {
+    IndexResponse::Error(store_failure(e, metrics))
+}
+
+/// [`store_failed`]'s refusal.
+fn store_failure(e: &StoreError, metrics: &IndexMetrics) -> ErrorReply {
     if let StoreError::Unavailable(reason) = e {
         log::debug!("index: registry unavailable: {reason}");
-        return refuse(ErrorCode::RegistryUnavailable, REGISTRY_UNAVAILABLE);
+        return ErrorReply::new(ErrorCode::RegistryUnavailable, REGISTRY_UNAVAILABLE);
     }
     log::warn!("index: {e}");
     metrics.store_failed(e);
-    refuse(ErrorCode::Internal, STORE_FAILED)
+    ErrorReply::new(ErrorCode::Internal, STORE_FAILED)
 }
 
 /// What a client is told when the store fails.
@@ -341,9 +479,11 @@ fn answer<S: Store>(
     request: IndexRequest,
     store: &S,
     config: &IndexServerConfig,
-    from: &PeerAddr,
+    caller: &Caller<'_>,
     metrics: &IndexMetrics,
+    book: &Mutex<NodeBook>,
 ) -> IndexResponse {
+    let from = caller.from;
     match request {
         IndexRequest::Identify => IndexResponse::Identity {
             registry: store.identity(),
@@ -355,7 +495,8 @@ fn answer<S: Store>(
             match store.locate(&key) {
                 Ok(Some((file, holder))) => {
                     log::debug!("index: {from} located {key} at {holder}");
-                    IndexResponse::Located { file, holder }
+                    let node = lock_book(book).node(&holder);
+                    IndexResponse::Located { file, holder, node }
                 }
                 Ok(None) => not_found(&key),
                 Err(e) => store_failed(&e, metrics),
@@ -371,7 +512,12 @@ fn answer<S: Store>(
                         "index: {from} asked for the {} holders of {key}",
                         holders.len()
                     );
-                    IndexResponse::Holders { file, holders }
+                    let nodes = lock_book(book).nodes_of(&holders);
+                    IndexResponse::Holders {
+                        file,
+                        holders,
+                        nodes,
+                    }
                 }
                 Ok(None) => not_found(&key),
                 Err(e) => store_failed(&e, metrics),
@@ -380,30 +526,41 @@ fn answer<S: Store>(
         IndexRequest::Register { holder, files } => {
             let holder = match holder_as_seen(holder, from, config) {
                 Ok(holder) => holder,
-                Err(refusal) => return refusal,
+                Err(refusal) => return IndexResponse::Error(refusal),
             };
             if let Err(refusal) = check_files(&files, config) {
                 log::info!("index: refused a registration of {holder} from {from}: {refusal}");
                 return IndexResponse::Error(refusal);
             }
+            let claimed = match claim_holder(book, &holder, caller, "register") {
+                Ok(claimed) => claimed,
+                Err(refusal) => return IndexResponse::Error(refusal),
+            };
             let limits = config.registration_limits();
             match store.register_within(&holder, from.host(), &files, &limits) {
                 Ok(added) => {
                     log::info!("{holder} registered {} files ({added} new)", files.len());
                     IndexResponse::Registered { added }
                 }
-                Err(e) => change_failed(&e, &holder, from, metrics),
+                Err(e) => {
+                    undo_claim(book, &holder, claimed);
+                    change_failed(&e, &holder, from, metrics)
+                }
             }
         }
         IndexRequest::RegisterPartial { holder, files } => {
             let holder = match holder_as_seen(holder, from, config) {
                 Ok(holder) => holder,
-                Err(refusal) => return refusal,
+                Err(refusal) => return IndexResponse::Error(refusal),
             };
             if let Err(refusal) = check_files(&files, config) {
                 log::info!("index: refused a partial registration of {holder}: {refusal}");
                 return IndexResponse::Error(refusal);
             }
+            let claimed = match claim_holder(book, &holder, caller, "register") {
+                Ok(claimed) => claimed,
+                Err(refusal) => return IndexResponse::Error(refusal),
+            };
             let limits = config.registration_limits();
             match store.register_partial_within(&holder, from.host(), &files, &limits) {
                 Ok(added) => {
@@ -415,15 +572,20 @@ fn answer<S: Store>(
                     }
                     IndexResponse::Registered { added }
                 }
-                Err(e) => change_failed(&e, &holder, from, metrics),
+                Err(e) => {
+                    undo_claim(book, &holder, claimed);
+                    change_failed(&e, &holder, from, metrics)
+                }
             }
         }
         IndexRequest::UnregisterPartial { holder, ids } => {
-            if let Err(refusal) = own_holder(&holder, from, config, "unregister") {
-                return refusal;
+            if let Err(refusal) = own_holder(&holder, from, config, "unregister")
+                .and_then(|()| check_holder(book, &holder, caller, "unregister"))
+            {
+                return IndexResponse::Error(refusal);
             }
             if let Err(refusal) = check_id_count(&ids, config) {
-                return refusal;
+                return IndexResponse::Error(refusal);
             }
             match store.unregister_partial(&holder, &ids) {
                 Ok(removed) => {
@@ -444,10 +606,13 @@ fn answer<S: Store>(
                         sources.complete.len(),
                         sources.partial.len()
                     );
+                    let nodes =
+                        lock_book(book).nodes_of(sources.complete.iter().chain(&sources.partial));
                     IndexResponse::Sources {
                         file: sources.file,
                         complete: sources.complete,
                         partial: sources.partial,
+                        nodes,
                     }
                 }
                 Ok(None) => not_found(&key),
@@ -455,11 +620,13 @@ fn answer<S: Store>(
             }
         }
         IndexRequest::Unregister { holder, ids } => {
-            if let Err(refusal) = own_holder(&holder, from, config, "unregister") {
-                return refusal;
+            if let Err(refusal) = own_holder(&holder, from, config, "unregister")
+                .and_then(|()| check_holder(book, &holder, caller, "unregister"))
+            {
+                return IndexResponse::Error(refusal);
             }
             if let Err(refusal) = check_id_count(&ids, config) {
-                return refusal;
+                return IndexResponse::Error(refusal);
             }
             match store.unregister(&holder, &ids) {
                 Ok(removed) => {
@@ -469,14 +636,26 @@ fn answer<S: Store>(
                         format!("{} files", ids.len())
                     };
                     log::info!("{holder} unregistered {what} ({removed} removed)");
+                    // Gone for good: the address is free for another key. (A connection
+                    // without an id cannot free a bound holder; the binding lapses.)
+                    if ids.is_empty() && caller.node.is_some() {
+                        lock_book(book).forget(&holder);
+                    }
                     IndexResponse::Unregistered { removed }
                 }
                 Err(e) => store_failed(&e, metrics),
             }
         }
         IndexRequest::Renew { holder } => match own_holder(&holder, from, config, "renew")
-            .and_then(|()| store.renew(&holder).map_err(|e| store_failed(&e, metrics)))
-        {
+            .and_then(|()| claim_holder(book, &holder, caller, "renew"))
+            .and_then(|claimed| {
+                let renewed = store.renew(&holder).map_err(|e| store_failure(&e, metrics));
+                // An unknown holder binds nothing.
+                if !matches!(renewed, Ok(Some(_))) {
+                    undo_claim(book, &holder, claimed);
+                }
+                renewed
+            }) {
             Ok(Some(files)) => {
                 log::debug!("index: {holder} renewed its lease ({files} registrations)");
                 IndexResponse::Renewed { files }
@@ -490,7 +669,7 @@ fn answer<S: Store>(
                     ),
                 )
             }
-            Err(refusal) => refusal,
+            Err(refusal) => IndexResponse::Error(refusal),
         },
         IndexRequest::Lease => IndexResponse::Lease {
             lease_ms: u64::try_from(store.lease().as_millis()).unwrap_or(u64::MAX),
@@ -515,7 +694,8 @@ fn answer<S: Store>(
             let limit = limit.min(config.search_limit);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             match store.search(&query, limit) {
-                Ok(hits) => {
+                Ok(mut hits) => {
+                    add_search_nodes(&mut hits, store, book);
                     log::debug!("index: {from} searched {query:?}: {} hits", hits.len());
                     IndexResponse::SearchResults { hits }
                 }
@@ -526,9 +706,9 @@ fn answer<S: Store>(
 }
 
 /// The count limit of an unregistration.
-fn check_id_count(ids: &[FileId], config: &IndexServerConfig) -> Result<(), IndexResponse> {
+fn check_id_count(ids: &[FileId], config: &IndexServerConfig) -> Result<(), ErrorReply> {
     if ids.len() > config.max_files_per_register {
-        return Err(refuse(
+        return Err(ErrorReply::new(
             ErrorCode::BadRequest,
             format!(
                 "unregister lists {} files; the limit is {}",
@@ -613,7 +793,19 @@ mod tests {
             query: String::new(),
             limit: 100,
         };
-        match answer(request, &store, &config, &holder, &IndexMetrics::new()) {
+        let caller = Caller {
+            from: &holder,
+            node: None,
+        };
+        let book = Mutex::new(NodeBook::new(Duration::from_secs(60), 100));
+        match answer(
+            request,
+            &store,
+            &config,
+            &caller,
+            &IndexMetrics::new(),
+            &book,
+        ) {
             IndexResponse::SearchResults { hits } => assert_eq!(hits.len(), 3),
             other => panic!("{other:?}"),
         }

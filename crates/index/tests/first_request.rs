@@ -54,6 +54,7 @@ fn the_first_request_travels_with_the_hello() {
         let located = IndexResponse::Located {
             file: meta("a.txt"),
             holder: addr("p:1"),
+            node: None,
         };
         codec::write_frame(&mut s, &located).unwrap();
         s

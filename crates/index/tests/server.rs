@@ -121,7 +121,8 @@ fn one_request_per_connection_works() {
             one_shot(&net, index.addr(), &locate),
             IndexResponse::Located {
                 file: meta("a.txt", 3),
-                holder: addr("seed:1")
+                holder: addr("seed:1"),
+                node: None,
             }
         );
     }
@@ -273,6 +274,7 @@ fn client_reconnects_when_the_server_dropped_the_connection() {
         &IndexResponse::Located {
             file: meta("x", 1),
             holder: addr("setup:1"),
+            node: None,
         },
         &mut located,
     )

@@ -13,9 +13,9 @@ use rand::{Rng, SeedableRng};
 use shoal_index::IndexClient;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::deadline::FrameDeadline;
-use shoal_proto::message::{Manifest, PeerRequest, PeerResponse};
+use shoal_proto::message::{Manifest, PeerRequest, PeerResponse, node_of};
 use shoal_proto::{
-    Connection, FileKey, FileMeta, PeerAddr, ProtoError, Transport, content, validate_name,
+    Connection, FileKey, FileMeta, NodeId, PeerAddr, ProtoError, Transport, content, validate_name,
 };
 
 use crate::clock;
@@ -23,7 +23,7 @@ use crate::error::io_text;
 use crate::library::hash_file;
 use crate::part::{PartFile, check_space};
 use crate::pieces::PickerConfig;
-use crate::swarm::{self, ChunkSink, DropReason, SourceSpec, SwarmConfig};
+use crate::swarm::{self, ChunkSink, DropReason, SourceSpec, SwarmConfig, check_node};
 use crate::{Library, PeerError, SharedFile};
 
 /// A manifest may always take this long, however small.
@@ -100,6 +100,9 @@ pub struct HolderReport {
     pub requests: u32,
     /// Whether it was still downloading the file (a partial holder) when first asked.
     pub partial: bool,
+    /// The node id the index gave for it (checked against the one it presented, where the
+    /// transport proves ids).
+    pub node: Option<NodeId>,
     /// Why it was dropped before the end, if it was.
     pub dropped: Option<DropReason>,
     /// The chunk it sent that failed verification, if it did.
@@ -480,6 +483,7 @@ impl<T: Transport> Downloader<T> {
                 bytes: s.bytes,
                 requests: s.requests,
                 partial: !s.complete,
+                node: s.node,
                 dropped: s.dropped.clone(),
                 corrupt_chunk: match s.dropped {
                     Some(DropReason::Corrupt { chunk }) => Some(chunk),
@@ -631,7 +635,7 @@ impl<T: Transport> Downloader<T> {
         let tried = holders.len();
         for (i, spec) in holders.iter().enumerate() {
             let holder = &spec.addr;
-            match self.manifest_from(holder, meta) {
+            match self.manifest_from(spec, meta) {
                 Ok(manifest) => {
                     // Holders that failed to give a manifest are not asked for chunks either.
                     let sources = holders[i..].to_vec();
@@ -644,7 +648,8 @@ impl<T: Transport> Downloader<T> {
                         bytes: 0,
                         requests: 0,
                         partial: !spec.complete,
-                        dropped: Some(DropReason::Manifest(reason)),
+                        node: spec.node,
+                        dropped: Some(reason),
                         corrupt_chunk: None,
                     });
                 }
@@ -660,13 +665,17 @@ impl<T: Transport> Downloader<T> {
         })
     }
 
-    fn manifest_from(&self, holder: &PeerAddr, meta: &FileMeta) -> Result<Manifest, String> {
-        let stream = self.transport.connect(holder).map_err(io_text)?;
+    fn manifest_from(&self, spec: &SourceSpec, meta: &FileMeta) -> Result<Manifest, DropReason> {
+        let text = DropReason::Manifest;
+        let stream = self
+            .transport
+            .connect(&spec.addr)
+            .map_err(|e| text(io_text(e)))?;
         let timeout = Some(self.config.io_timeout);
         stream
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
-            .map_err(io_text)?;
+            .map_err(|e| text(io_text(e)))?;
         // The hello, and then the manifest, must each arrive whole at the minimum rate (at
         // least in a few seconds), however slowly they trickle: a holder that drips them
         // loses its turn to the next.
@@ -674,33 +683,39 @@ impl<T: Transport> Downloader<T> {
         let budget = Duration::from_secs_f64(expected as f64 / self.config.min_rate.max(1) as f64)
             .max(MANIFEST_FLOOR);
         let mut stream = FrameDeadline::new(stream, budget);
-        codec::client_handshake(&mut stream, Service::Peer).map_err(|e| e.to_string())?;
+        codec::client_handshake(&mut stream, Service::Peer).map_err(|e| text(e.to_string()))?;
         stream.frame_done();
+        // The handshake proved who is there, if the transport proves anything.
+        check_node(&spec.addr, spec.node, stream.get_ref()).map_err(DropReason::WrongNode)?;
         // Ask by id: the holder may have other content under the same name.
         let request = PeerRequest::Manifest {
             key: FileKey::Id(meta.id),
         };
-        codec::write_frame(&mut stream, &request).map_err(|e| e.to_string())?;
+        codec::write_frame(&mut stream, &request).map_err(|e| text(e.to_string()))?;
         let mut conn = BufReader::new(stream);
         let response: PeerResponse =
             codec::read_frame(&mut conn, self.config.response_limit, &mut Vec::new()).map_err(
-                |e| match e {
-                    ProtoError::Io(io) if io.kind() == io::ErrorKind::TimedOut => format!(
-                        "too slow: the manifest did not arrive within {} s",
-                        budget.as_secs()
-                    ),
-                    other => other.to_string(),
+                |e| {
+                    text(match e {
+                        ProtoError::Io(io) if io.kind() == io::ErrorKind::TimedOut => format!(
+                            "too slow: the manifest did not arrive within {} s",
+                            budget.as_secs()
+                        ),
+                        other => other.to_string(),
+                    })
                 },
             )?;
         let manifest = match response {
             PeerResponse::Manifest(manifest) => manifest,
-            PeerResponse::Error(reply) => return Err(format!("refused: {reply}")),
+            PeerResponse::Error(reply) => return Err(text(format!("refused: {reply}"))),
             PeerResponse::Chunk { .. } | PeerResponse::Availability { .. } => {
-                return Err("broke the protocol: sent something else than the manifest".into());
+                return Err(text(
+                    "broke the protocol: sent something else than the manifest".into(),
+                ));
             }
         };
         content::verify_manifest(&manifest, meta)
-            .map_err(|e| format!("sent a bad manifest: {e}"))?;
+            .map_err(|e| text(format!("sent a bad manifest: {e}")))?;
         Ok(manifest)
     }
 }
@@ -725,16 +740,16 @@ fn source_specs(
     let mut partial = sources.partial;
     complete.shuffle(rng);
     partial.shuffle(rng);
+    let nodes = sources.nodes;
+    let spec = |addr: PeerAddr, complete: bool| SourceSpec {
+        node: node_of(&nodes, &addr),
+        addr,
+        complete,
+    };
     complete
         .into_iter()
-        .map(|addr| SourceSpec {
-            addr,
-            complete: true,
-        })
-        .chain(partial.into_iter().map(|addr| SourceSpec {
-            addr,
-            complete: false,
-        }))
+        .map(|addr| spec(addr, true))
+        .chain(partial.into_iter().map(|addr| spec(addr, false)))
         .filter(|s| Some(&s.addr) != me)
         .collect()
 }

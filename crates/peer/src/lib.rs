@@ -113,5 +113,5 @@ pub use peer::{FolderRow, IndexRow, Peer, PeerConfig, PeerMonitor, PeerSnapshot,
 pub use server::{PeerServer, PeerServerConfig};
 pub use share::PartialShare;
 pub use shoal_proto::server::ServerHandle;
-pub use swarm::DropReason;
+pub use swarm::{DropReason, WrongNode};
 pub use watch::{FolderWatcher, WatchConfig};

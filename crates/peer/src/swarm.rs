@@ -33,7 +33,7 @@ use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{ChunkHasher, chunk_len, chunk_offset};
 use shoal_proto::deadline::FrameDeadline;
 use shoal_proto::message::{ErrorCode, Have, Manifest, PeerRequest, PeerResponse};
-use shoal_proto::{Connection, PeerAddr, ProtoError, Transport};
+use shoal_proto::{Connection, NodeId, PeerAddr, ProtoError, Transport};
 
 use crate::error::io_text;
 use crate::pieces::{Bitset, Claim, Picker, PickerConfig, SourceId, Work};
@@ -104,6 +104,43 @@ pub(crate) struct SourceSpec {
     pub(crate) addr: PeerAddr,
     /// Holds the whole file (else: a partial holder).
     pub(crate) complete: bool,
+    /// The node id the index gave for it: the holder must present it, if the transport
+    /// proves ids ([`check_node`]).
+    pub(crate) node: Option<NodeId>,
+}
+
+/// A holder that presented another node id than the index gave for its address: an impostor
+/// on the address, or a lying index. The source is dropped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("holder {addr} presented node id {presented}, index said {expected}")]
+pub struct WrongNode {
+    /// The address reached.
+    pub addr: PeerAddr,
+    /// The id the connection proved.
+    pub presented: NodeId,
+    /// The id the index gave for the address.
+    pub expected: NodeId,
+}
+
+/// Checks, once its handshake is done, that the holder a connection reached presents the
+/// node id the index gave for it. Nothing to check when the index gave none, or when the
+/// transport proves no id (plain TCP).
+pub(crate) fn check_node(
+    addr: &PeerAddr,
+    expected: Option<NodeId>,
+    stream: &impl Connection,
+) -> Result<(), WrongNode> {
+    match (expected, stream.peer_node()) {
+        (Some(expected), Some(presented)) if presented != expected => {
+            log::warn!("holder {addr} presented node id {presented}, index said {expected}");
+            Err(WrongNode {
+                addr: addr.clone(),
+                presented,
+                expected,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Why a holder stopped serving a download early (in [`crate::HolderReport`]); its
@@ -132,6 +169,8 @@ pub enum DropReason {
     Slow(String),
     /// The download's deadline passed while it was sending.
     Deadline,
+    /// It presented another node id than the index gave for its address.
+    WrongNode(WrongNode),
 }
 
 impl std::fmt::Display for DropReason {
@@ -150,6 +189,11 @@ impl std::fmt::Display for DropReason {
             DropReason::Deadline => {
                 f.write_str("still sending when the download's deadline passed")
             }
+            DropReason::WrongNode(e) => write!(
+                f,
+                "presented node id {}, index said {}",
+                e.presented, e.expected
+            ),
         }
     }
 }
@@ -160,6 +204,8 @@ pub(crate) struct SourceReport {
     pub(crate) addr: PeerAddr,
     /// Whether the index listed it as a complete holder.
     pub(crate) complete: bool,
+    /// The node id the index gave for it.
+    pub(crate) node: Option<NodeId>,
     /// Verified bytes it contributed (first copies only).
     pub(crate) bytes: u64,
     /// `ReadChunks` requests sent to it.
@@ -400,6 +446,7 @@ pub(crate) fn run_swarm<T: Transport>(
                 let job = &job;
                 let addr = spec.addr.clone();
                 let complete = spec.complete;
+                let node = spec.node;
                 let handle = scope.spawn(move || {
                     let report = fetch_from(transport, &spec, id, job);
                     job.scheduler.source_finished(id);
@@ -407,7 +454,7 @@ pub(crate) fn run_swarm<T: Transport>(
                     (job.progress)(bytes, active);
                     report
                 });
-                handles.push((addr, complete, handle));
+                handles.push((addr, complete, node, handle));
             }
         };
         let SourceFeed { initial, more } = feed;
@@ -442,10 +489,11 @@ pub(crate) fn run_swarm<T: Transport>(
         }
         handles
             .into_iter()
-            .map(|(addr, complete, h)| {
+            .map(|(addr, complete, node, h)| {
                 h.join().unwrap_or_else(|_| SourceReport {
                     addr,
                     complete,
+                    node,
                     bytes: 0,
                     requests: 0,
                     dropped: Some(DropReason::Failed("its thread panicked".into())),
@@ -483,11 +531,12 @@ fn fetch_from<T: Transport>(
     let mut report = SourceReport {
         addr: addr.clone(),
         complete: spec.complete,
+        node: spec.node,
         bytes: 0,
         requests: 0,
         dropped: None,
     };
-    let mut stream = match connect(transport, addr, job.config, job.scheduler) {
+    let mut stream = match connect(transport, spec, job.config, job.scheduler) {
         Ok(stream) => stream,
         Err(reason) => {
             report.dropped = Some(reason);
@@ -549,10 +598,11 @@ fn fetch_from<T: Transport>(
 
 fn connect<'s, T: Transport>(
     transport: &T,
-    addr: &PeerAddr,
+    spec: &SourceSpec,
     config: &SwarmConfig,
     scheduler: &'s Scheduler,
 ) -> Result<BufReader<Guarded<'s, T::Stream>>, DropReason> {
+    let addr = &spec.addr;
     let mut stream = transport
         .connect(addr)
         .map_err(|e| DropReason::Unreachable(io_text(e)))?;
@@ -570,6 +620,7 @@ fn connect<'s, T: Transport>(
         Err(ProtoError::Busy) => return Err(DropReason::Busy),
         Err(e) => return Err(DropReason::Unreachable(e.to_string())),
     }
+    check_node(addr, spec.node, &stream).map_err(DropReason::WrongNode)?;
     // From here on reads wake every tick; `Guarded` keeps the real limits.
     stream
         .set_read_timeout(Some(TICK))

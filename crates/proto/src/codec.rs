@@ -18,8 +18,8 @@ use crate::ProtoError;
 
 /// Handshake magic: the first four bytes of every shoal connection.
 pub const MAGIC: [u8; 4] = *b"SHOL";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 3;
+/// The protocol version this build speaks (4: index answers carry holders' node ids).
+pub const VERSION: u16 = 4;
 /// Hard ceiling on any frame body (16 MiB); [`read_frame`] callers pass a lower limit.
 pub const MAX_FRAME_LEN: usize = 16 << 20;
 /// Default limit for frames a server accepts from clients (64 KiB is plenty for a request).

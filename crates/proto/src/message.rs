@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FileId, FileKey, FileMeta, PeerAddr};
+use crate::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
 /// A chunk's BLAKE3 chaining value (see [`crate::content`]).
 pub type ChunkHash = [u8; 32];
@@ -102,6 +102,9 @@ pub enum IndexResponse {
         file: FileMeta,
         /// One holder, chosen at random.
         holder: PeerAddr,
+        /// The node id the holder registered with (its certificate key), when the index
+        /// knows it (version 4): a downloader checks that the holder it reaches presents it.
+        node: Option<NodeId>,
     },
     /// Answer to `Holders`.
     Holders {
@@ -110,6 +113,10 @@ pub enum IndexResponse {
         /// All its holders.
         #[serde(deserialize_with = "grow_only::deserialize")]
         holders: Vec<PeerAddr>,
+        /// The node ids the index knows for the listed holders (version 4); a holder
+        /// missing here registered over a transport that proves no identity.
+        #[serde(deserialize_with = "grow_only::deserialize")]
+        nodes: Vec<HolderNode>,
     },
     /// Answer to `Register`: how many (file, holder) registrations are new.
     Registered {
@@ -146,6 +153,10 @@ pub enum IndexResponse {
         /// Holders still downloading it (they serve the chunks they have verified), sorted.
         #[serde(deserialize_with = "grow_only::deserialize")]
         partial: Vec<PeerAddr>,
+        /// The node ids the index knows for the listed holders, complete or partial
+        /// (version 4).
+        #[serde(deserialize_with = "grow_only::deserialize")]
+        nodes: Vec<HolderNode>,
     },
     /// Answer to `Identify`: the registry's identity, the same on every index serving it;
     /// `None` for an index with a registry of its own (in memory or in its own data folder).
@@ -169,6 +180,32 @@ pub struct SearchHit {
     pub holders: u32,
     /// How many peers are downloading it (partial holders).
     pub downloading: u32,
+    /// Some complete holders and their node ids, where the index knows them (version 4):
+    /// at most [`SEARCH_HIT_NODES`], and only for the first [`SEARCH_NODE_HITS`] hits of an
+    /// answer, so a search stays cheap. A hint for people; a download asks for the sources.
+    #[serde(deserialize_with = "grow_only::deserialize")]
+    pub nodes: Vec<HolderNode>,
+}
+
+/// Most holders with node ids an index lists in one [`SearchHit`].
+pub const SEARCH_HIT_NODES: usize = 8;
+/// Most hits of one search answer whose holders' node ids an index lists (the later hits
+/// have none).
+pub const SEARCH_NODE_HITS: usize = 64;
+
+/// A holder and the node id it registered with: the key its authenticated connection to the
+/// index presented (version 4).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HolderNode {
+    /// The holder's address.
+    pub holder: PeerAddr,
+    /// Its node id.
+    pub node: NodeId,
+}
+
+/// The node id `nodes` gives for `holder`, if any.
+pub fn node_of(nodes: &[HolderNode], holder: &PeerAddr) -> Option<NodeId> {
+    nodes.iter().find(|n| &n.holder == holder).map(|n| n.node)
 }
 
 /// A request to a peer.

@@ -7,10 +7,10 @@ use std::io::Cursor;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, Service};
 use shoal_proto::message::{
-    ErrorCode, ErrorReply, IndexRequest, IndexResponse, Manifest, PeerRequest, PeerResponse,
-    SearchHit,
+    ErrorCode, ErrorReply, HolderNode, IndexRequest, IndexResponse, Manifest, PeerRequest,
+    PeerResponse, SearchHit,
 };
-use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, ProtoError};
+use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr, ProtoError};
 
 fn file_id() -> impl Strategy<Value = FileId> {
     any::<[u8; 32]>().prop_map(FileId)
@@ -69,21 +69,51 @@ fn index_request() -> impl Strategy<Value = IndexRequest> {
     ]
 }
 
+fn node() -> impl Strategy<Value = NodeId> {
+    any::<[u8; 32]>().prop_map(NodeId::from_bytes)
+}
+
+fn nodes() -> impl Strategy<Value = Vec<HolderNode>> {
+    prop::collection::vec(
+        (addr(), node()).prop_map(|(holder, node)| HolderNode { holder, node }),
+        0..4,
+    )
+}
+
 fn index_response() -> impl Strategy<Value = IndexResponse> {
     prop_oneof![
-        (meta(), addr()).prop_map(|(file, holder)| IndexResponse::Located { file, holder }),
-        (meta(), prop::collection::vec(addr(), 0..8))
-            .prop_map(|(file, holders)| IndexResponse::Holders { file, holders }),
+        (meta(), addr(), prop::option::of(node()))
+            .prop_map(|(file, holder, node)| IndexResponse::Located { file, holder, node }),
+        (meta(), prop::collection::vec(addr(), 0..8), nodes()).prop_map(
+            |(file, holders, nodes)| IndexResponse::Holders {
+                file,
+                holders,
+                nodes
+            }
+        ),
+        (
+            meta(),
+            prop::collection::vec(addr(), 0..8),
+            prop::collection::vec(addr(), 0..8),
+            nodes()
+        )
+            .prop_map(|(file, complete, partial, nodes)| IndexResponse::Sources {
+                file,
+                complete,
+                partial,
+                nodes
+            }),
         any::<u32>().prop_map(|added| IndexResponse::Registered { added }),
         any::<u32>().prop_map(|removed| IndexResponse::Unregistered { removed }),
-        prop::collection::vec((meta(), any::<u32>()), 0..8).prop_map(|hits| {
+        prop::collection::vec((meta(), any::<u32>(), nodes()), 0..8).prop_map(|hits| {
             IndexResponse::SearchResults {
                 hits: hits
                     .into_iter()
-                    .map(|(file, holders)| SearchHit {
+                    .map(|(file, holders, nodes)| SearchHit {
                         file,
                         holders,
                         downloading: holders / 2,
+                        nodes,
                     })
                     .collect(),
             }
@@ -207,4 +237,42 @@ fn renew_variants_are_appended_last() {
     let error = IndexResponse::Error(ErrorReply::new(ErrorCode::NotFound, "x"));
     codec::encode_frame(&error, &mut buf).unwrap();
     assert_eq!(buf, [0, 0, 0, 4, 5, 0, 1, b'x']);
+}
+
+/// The `Located` example of docs/PROTOCOL.md, byte for byte (version 4: with its node).
+#[test]
+fn the_protocol_docs_located_example_is_exact() {
+    let located = IndexResponse::Located {
+        file: FileMeta {
+            name: "a.txt".into(),
+            size: 300,
+            chunk_size: 1 << 20,
+            id: FileId([0xab; 32]),
+        },
+        holder: PeerAddr::new("h:1").unwrap(),
+        node: None,
+    };
+    let mut buf = Vec::new();
+    codec::encode_frame(&located, &mut buf).unwrap();
+    let mut expected = vec![0, 0, 0, 0x34, 0x00, 5, b'a', b'.', b't', b'x', b't'];
+    expected.extend([0xfb, 0x2c, 0x01, 0xfc, 0x00, 0x00, 0x10, 0x00]);
+    expected.extend([0xab; 32]);
+    expected.extend([3, b'h', b':', b'1', 0x00]);
+    assert_eq!(buf, expected);
+    // Some(node) is 01 and the key's 32 bytes.
+    let IndexResponse::Located { file, holder, .. } = located else {
+        unreachable!()
+    };
+    let with_node = IndexResponse::Located {
+        file,
+        holder,
+        node: Some(NodeId::from_bytes([7; 32])),
+    };
+    let mut buf = Vec::new();
+    codec::encode_frame(&with_node, &mut buf).unwrap();
+    assert_eq!(buf.len(), 4 + 0x34 + 32);
+    assert_eq!(
+        &buf[buf.len() - 33..],
+        &[[1u8].as_slice(), &[7; 32]].concat()[..]
+    );
 }
