@@ -1,5 +1,5 @@
 // The whole-system cases, compiled twice by system.rs: over the plain in-memory transport
-// and over TLS on it (`Net`, `host` and `TLS` come from the including module).
+// and over TLS on it (`Net`, `on_host` and `TLS` come from the including module).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,7 +64,7 @@ fn content(name: &str, len: usize) -> Vec<u8> {
 fn start(holdings: &[&[(&str, usize)]]) -> System {
     let net = MemNetwork::new();
     let index = IndexServer::new(
-        host(&net, "index"),
+        on_host(&net, "index"),
         MemoryStore::with_seed(42),
         IndexServerConfig::default(),
     )
@@ -78,7 +78,7 @@ fn start(holdings: &[&[(&str, usize)]]) -> System {
         for (file, len) in *files {
             std::fs::write(dir.path().join(file), content(file, *len)).unwrap();
         }
-        let transport = host(&net, &name);
+        let transport = on_host(&net, &name);
         let library = Library::open(dir.path(), CHUNK).unwrap();
         let server = PeerServer::new(
             transport.clone(),
@@ -112,7 +112,7 @@ impl System {
     }
 
     fn client(&self) -> IndexClient<Net> {
-        IndexClient::new(host(&self.net, "observer"), vec![self.index_addr()])
+        IndexClient::new(on_host(&self.net, "observer"), vec![self.index_addr()])
     }
 }
 
