@@ -87,6 +87,20 @@ pub struct TlsStream<S> {
     eof: bool,
 }
 
+impl<S> std::fmt::Debug for TlsStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Handshaking => "handshaking",
+            State::Open => "open",
+            State::Failed(_) => "failed",
+        };
+        f.debug_struct("TlsStream")
+            .field("peer", &self.addr)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: Connection> TlsStream<S> {
     pub(crate) fn new(
         sock: S,
