@@ -167,7 +167,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// The [`TlsError`] inside an I/O error from a [`super::TlsStream`] or
-    /// [`super::TlsTransport::connect`], if it is one.
+    /// [`TlsTransport`](super::TlsTransport)`::connect`, if it is one.
     pub fn from_io(e: &io::Error) -> Option<&TlsError> {
         e.get_ref()
             .and_then(|inner| inner.downcast_ref::<TlsError>())

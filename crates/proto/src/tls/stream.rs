@@ -10,9 +10,13 @@ use super::TlsError;
 use super::verify::PeerCheck;
 use crate::{Closer, Connection, NodeId, PeerAddr};
 
-/// Ciphertext read from the socket at once (two full records): rustls alone would read
-/// 4 KiB per call, four system calls a record.
-const READ_BUFFER: usize = 32 << 10;
+/// Ciphertext read from the socket at once: it starts small (a connection that carries
+/// small requests keeps little memory) and grows to `MAX_READ_BUFFER` at the first read
+/// that fills half of it (a bulk transfer). rustls alone would read 4 KiB per call, four
+/// system calls a record; measured on loopback, 128 KiB reads more than double the
+/// throughput of 32 KiB ones.
+const MIN_READ_BUFFER: usize = 8 << 10;
+const MAX_READ_BUFFER: usize = 128 << 10;
 /// Plaintext a write may encrypt before the records are sent (one `writev`).
 const WRITE_BUFFER: usize = 256 << 10;
 /// The first byte of a TLS handshake record.
@@ -37,9 +41,15 @@ impl ReadBuf {
     /// One read from `sock` into the (empty) buffer.
     fn fill(&mut self, sock: &mut impl Read) -> io::Result<usize> {
         if self.buf.is_empty() {
-            self.buf = vec![0; READ_BUFFER];
+            self.buf = vec![0; MIN_READ_BUFFER];
         }
         let n = sock.read(&mut self.buf)?;
+        if n * 2 >= self.buf.len() && self.buf.len() < MAX_READ_BUFFER {
+            // Half full or more at once: a bulk transfer. Keep what was read.
+            let mut bigger = vec![0; MAX_READ_BUFFER];
+            bigger[..n].copy_from_slice(&self.buf[..n]);
+            self.buf = bigger;
+        }
         self.pos = 0;
         self.end = n;
         Ok(n)
@@ -66,7 +76,7 @@ enum State {
     Failed(String),
 }
 
-/// A TLS 1.3 connection over `S`, from [`super::TlsTransport::connect`] (handshake done)
+/// A TLS 1.3 connection over `S`, from [`TlsTransport`](super::TlsTransport)`::connect` (handshake done)
 /// or [`super::TlsListener`]'s accept (the handshake runs on the first read or write,
 /// bounded by the stream's timeouts and the transport's handshake timeout).
 ///
@@ -155,7 +165,7 @@ impl<S: Connection> TlsStream<S> {
         Ok(())
     }
 
-    /// Client side of [`super::TlsTransport::connect`]: the whole handshake now, until the
+    /// Client side of [`TlsTransport`](super::TlsTransport)`::connect`: the whole handshake now, until the
     /// server has accepted our certificate; a timeout is fatal.
     pub(crate) fn connect_handshake(&mut self) -> io::Result<()> {
         match self.handshake() {
