@@ -282,6 +282,11 @@ impl<T: Transport> Transport for TlsTransport<T> {
         stream.get_ref().set_write_timeout(None)?;
         Ok(stream)
     }
+
+    /// The inner transport's wake-up: no handshake, which nobody may be there to answer.
+    fn wake(&self, addr: &PeerAddr) {
+        self.inner.wake(addr);
+    }
 }
 
 /// A bound TLS endpoint. `accept` returns at once, the handshake not done: it runs on the

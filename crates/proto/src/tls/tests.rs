@@ -806,3 +806,162 @@ fn large_writes_arrive_whole_over_tcp() {
     drop(stream);
     assert!(handle.join().unwrap() == expected);
 }
+
+// ---- with the shared accept loop and session ---------------------------------------------
+
+mod with_server {
+    use super::*;
+    use crate::ProtoError;
+    use crate::codec::{self, Service};
+    use crate::message::{ErrorCode, ErrorReply, IndexRequest, IndexResponse};
+    use crate::server::{
+        AcceptConfig, Handler, SessionConfig, SessionEnd, SessionStream, serve_session,
+        spawn_accept_loop, write_frame,
+    };
+    use crate::{FileKey, Transport};
+    use crossbeam_channel::{Sender, unbounded};
+
+    /// Answers every request with the client's node id, as the session's stream saw it.
+    struct WhoAmI;
+
+    impl<C: Connection> Handler<C> for WhoAmI {
+        type Request = IndexRequest;
+        type Response = IndexResponse;
+
+        fn error_response(reply: ErrorReply) -> IndexResponse {
+            IndexResponse::Error(reply)
+        }
+
+        fn handle(
+            &mut self,
+            _request: IndexRequest,
+            stream: &mut SessionStream<C>,
+        ) -> Result<(), ProtoError> {
+            let who = match stream.get_ref().peer_node() {
+                Some(node) => node.to_string(),
+                None => "nobody".into(),
+            };
+            let reply = IndexResponse::Error(ErrorReply::new(ErrorCode::NotFound, who));
+            write_frame(stream, &mut Vec::new(), &reply)
+        }
+    }
+
+    fn serve<T: Transport>(
+        transport: &T,
+        bind: &str,
+        ends: Sender<SessionEnd>,
+    ) -> crate::server::ServerHandle {
+        let listener = transport.bind(&PeerAddr::new(bind).unwrap()).unwrap();
+        let config = SessionConfig {
+            service: Service::Index,
+            label: "test",
+            request_limit: 1024,
+            frame_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            write_timeout: Some(Duration::from_secs(5)),
+            read_buffer: 4096,
+        };
+        let accept = AcceptConfig::new(Service::Index, "test");
+        spawn_accept_loop(transport, listener, accept, move |s, from, live| {
+            let _ = ends.send(serve_session(s, &from, live, &config, &mut WhoAmI));
+        })
+        .unwrap()
+    }
+
+    fn ask<C: Connection>(c: &mut C) -> Result<String, ProtoError> {
+        let request = IndexRequest::Locate {
+            key: FileKey::Name("a".into()),
+        };
+        codec::client_handshake_with(c, Service::Index, &request)?;
+        match codec::read_frame(c, codec::DEFAULT_RESPONSE_LIMIT, &mut Vec::new())? {
+            IndexResponse::Error(reply) => Ok(reply.message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sessions_know_their_clients<T: Transport>(inner_server: T, inner_client: T, bind: &str) {
+        let authority = SwarmAuthority::generate("s").unwrap();
+        let (a, b, c) = (
+            Identity::generate().unwrap(),
+            Identity::generate().unwrap(),
+            Identity::generate().unwrap(),
+        );
+        let server = TlsTransport::new(inner_server, member(&authority, &a)).unwrap();
+        let (tx, ends) = unbounded();
+        let handle = serve(&server, bind, tx);
+        let timeout = Duration::from_secs(10);
+
+        let client = TlsTransport::new(inner_client.clone(), member(&authority, &b)).unwrap();
+        let mut conn = client.connect(handle.addr()).unwrap();
+        conn.set_read_timeout(Some(timeout)).unwrap();
+        assert_eq!(ask(&mut conn).unwrap(), b.node_id().to_string());
+        drop(conn);
+        assert_eq!(ends.recv_timeout(timeout).unwrap(), SessionEnd::Closed);
+
+        // A stranger never reaches the handler; both sides say why.
+        let stranger = TlsTransport::new(inner_client.clone(), open(&c)).unwrap();
+        let err = stranger.connect(handle.addr()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("refused us: this node is not a member of its swarm"),
+            "{err}"
+        );
+        match ends.recv_timeout(timeout).unwrap() {
+            SessionEnd::Handshake(e) => assert!(e.contains("is not a member of this swarm"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+
+        // A plaintext client is told, and the session ends at the handshake.
+        let mut plain = inner_client.connect(handle.addr()).unwrap();
+        plain.set_read_timeout(Some(timeout)).unwrap();
+        assert!(matches!(ask(&mut plain), Err(ProtoError::TlsServer)));
+        match ends.recv_timeout(timeout).unwrap() {
+            SessionEnd::Handshake(e) => assert!(e.contains("spoke plaintext"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+
+        let started = std::time::Instant::now();
+        handle.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn sessions_know_their_clients_on_mem() {
+        let net = MemNetwork::new();
+        sessions_know_their_clients(net.host("srv"), net.host("cli"), "srv:0");
+    }
+
+    #[test]
+    fn sessions_know_their_clients_on_tcp() {
+        sessions_know_their_clients(
+            TcpTransport::default(),
+            TcpTransport::default(),
+            "127.0.0.1:0",
+        );
+    }
+}
+
+#[test]
+fn waking_an_accept_loop_does_not_wait_for_a_handshake() {
+    // An accept loop that stops wakes its threads with connections nobody may accept; a
+    // TLS connect would wait for a handshake until its timeout.
+    let net = MemNetwork::new();
+    let mut config = open(&Identity::generate().unwrap());
+    config.handshake_timeout = Duration::from_secs(60);
+    let transport = TlsTransport::new(net.host("srv"), config).unwrap();
+    let listener = transport.bind(&PeerAddr::new("srv:0").unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let started = std::time::Instant::now();
+    transport.wake(&addr);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The wake-up did arrive.
+    listener
+        .set_accept_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    assert_eq!(stream.peer_node(), None);
+}
