@@ -227,16 +227,12 @@ impl<S: Connection> TlsStream<S> {
                 if is_timeout(&e) {
                     return Err(e);
                 }
-                // The peer may have refused us and closed: its alert says why.
-                if let Ok(n) = self.read_more()
-                    && n > 0
-                {
-                    continue;
+                // The peer may have refused us and closed: what it sent says why.
+                match self.read_more() {
+                    Ok(n) if n > 0 => continue,
+                    Err(e) if matches!(self.state, State::Failed(_)) => return Err(e),
+                    _ => return Err(self.closed_during_handshake()),
                 }
-                if let State::Failed(message) = &self.state {
-                    return Err(Self::failed(message));
-                }
-                return Err(self.closed_during_handshake());
             }
             if !self.handshake_pending() {
                 self.state = State::Open;

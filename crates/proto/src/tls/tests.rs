@@ -594,11 +594,9 @@ fn a_key_that_is_not_ed25519_is_refused() {
     let mut tls = rustls::StreamOwned::new(conn, sock);
     let _ = tls.write_all(b"hello");
     let mut buf = [0u8; 5];
-    let client_err = tls.read_exact(&mut buf).unwrap_err();
-    assert!(
-        client_err.to_string().contains("BadCertificate"),
-        "{client_err}"
-    );
+    // This plain client learns it from an alert or a closed connection, depending on
+    // whether its write raced the server's close; the server's words are what count.
+    assert!(tls.read_exact(&mut buf).is_err());
     let server_err = handle.join().unwrap().unwrap_err();
     assert!(
         server_err.contains("presented an unusable certificate: its key is not Ed25519"),
