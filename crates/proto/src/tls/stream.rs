@@ -171,10 +171,9 @@ impl<S: Connection> TlsStream<S> {
         match self.handshake() {
             Ok(()) => Ok(()),
             Err(e) if is_timeout(&e) && !matches!(self.state, State::Failed(_)) => {
-                let secs = self.handshake_timeout.as_secs().max(1);
                 Err(self.fail(TlsError::HandshakeTimeout {
                     addr: self.addr.clone(),
-                    secs,
+                    limit: limit_words(self.handshake_timeout),
                 }))
             }
             Err(e) => Err(e),
@@ -198,10 +197,10 @@ impl<S: Connection> TlsStream<S> {
     }
 
     fn failed(message: &str) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!("connection unusable after an earlier TLS error: {message}"),
-        )
+        TlsError::Failed {
+            detail: message.to_string(),
+        }
+        .into_io()
     }
 
     /// The handshake still to do: rustls's, and on the client the server's word that it
@@ -239,10 +238,9 @@ impl<S: Connection> TlsStream<S> {
                 return Ok(());
             }
             if started.elapsed() > self.handshake_timeout {
-                let secs = self.handshake_timeout.as_secs().max(1);
                 return Err(self.fail(TlsError::HandshakeTimeout {
                     addr: self.addr.clone(),
-                    secs,
+                    limit: limit_words(self.handshake_timeout),
                 }));
             }
             match self.read_more() {
@@ -404,6 +402,15 @@ fn alert_error(addr: PeerAddr, alert: AlertDescription) -> TlsError {
             addr,
             detail: format!("it sent the TLS alert {other:?}"),
         },
+    }
+}
+
+/// "10 s", or "100 ms" under a second.
+fn limit_words(limit: Duration) -> String {
+    if limit < Duration::from_secs(1) {
+        format!("{} ms", limit.as_millis())
+    } else {
+        format!("{} s", limit.as_secs())
     }
 }
 

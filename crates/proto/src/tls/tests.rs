@@ -499,6 +499,12 @@ fn a_tls_client_is_told_the_server_is_plaintext() {
         err.to_string(),
         "srv:10001 does not speak TLS (a server run with --insecure-plaintext?)"
     );
+    // Wrapped as protocol errors are, the words stay (not "the other side closed").
+    let wrapped = crate::ProtoError::from(err).to_string();
+    assert_eq!(
+        wrapped,
+        "srv:10001 does not speak TLS (a server run with --insecure-plaintext?)"
+    );
     assert!(matches!(
         handle.join().unwrap(),
         Err(crate::ProtoError::BadMagic(_))
@@ -519,6 +525,10 @@ fn a_silent_server_costs_a_client_at_most_the_handshake_timeout() {
     let err = client.connect(&addr).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert!(matches!(tls_error(&err), TlsError::HandshakeTimeout { .. }));
+    assert_eq!(
+        crate::ProtoError::from(err).to_string(),
+        "the TLS handshake with srv:10001 took longer than 100 ms"
+    );
     drop(silent);
 }
 
