@@ -211,11 +211,16 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
             TlsConfig::new(Identity::generate()?),
         )?)
     };
+    // The index's own transport also renews the registrations between reps: holders are
+    // bound to the node id that registered them.
     let shoal_tls = match wanted(Which::ShoalTls) {
-        true => Some(start_shoal(tls()?, &data)?),
+        true => {
+            let server = tls()?;
+            Some((start_shoal(server.clone(), &data)?, server))
+        }
         false => None,
     };
-    if let Some(h) = &shoal_tls {
+    if let Some((h, _)) = &shoal_tls {
         let mut c = Contender::new("shoal-tls", Wire::Shoal, h.addr(), data.locate_frame()?)?;
         c.tls = Some(tls()?);
         contenders.push(c);
@@ -287,9 +292,8 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
                 if let Some(h) = &shoal {
                     register_all(h.addr(), &data)?;
                 }
-                if let (Some(h), Some(c)) = (&shoal_tls, contenders.last()) {
-                    let transport = c.tls.clone().ok_or(BenchError::Panicked("tls setup"))?;
-                    register_all_with(transport, h.addr(), &data)?;
+                if let Some((h, server)) = &shoal_tls {
+                    register_all_with(server.clone(), h.addr(), &data)?;
                 }
                 for (i, c) in contenders.iter().enumerate() {
                     let cell = run_cell(c, mode, clients, per_client);
