@@ -127,10 +127,19 @@ fn a_private_swarm_from_the_readme_serves_members_and_refuses_strangers() {
     let revoked_list = swarm.dir.path().join("revoked.txt");
     std::fs::write(&revoked_list, "# nobody yet\n").unwrap();
 
-    let mut index_args = vec!["index".to_string(), "--listen".into(), "127.0.0.1:0".into()];
-    index_args.extend(swarm.flags("index"));
-    index_args.extend(["--revoked".into(), revoked_list.to_str().unwrap().into()]);
-    let (_index, index) = Server::start(&strs(&index_args));
+    // The index takes its identity, membership and revocation list from its config file.
+    let config = swarm.dir.path().join("shoal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[index]\nlisten = \"127.0.0.1:0\"\nidentity = {:?}\nmember = {:?}\nrevoked = {:?}\n",
+            swarm.identity("index").to_str().unwrap(),
+            swarm.member("index").to_str().unwrap(),
+            revoked_list.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (_index, index) = Server::start(&["index", "--config", config.to_str().unwrap()]);
 
     let shared = TempDir::new().unwrap();
     let bytes = write_file(shared.path(), "plan.txt", 200_000);
