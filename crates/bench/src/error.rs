@@ -96,6 +96,9 @@ pub enum BenchError {
     /// A shoal protocol failure (address, codec, transport).
     #[error(transparent)]
     Proto(#[from] shoal_proto::ProtoError),
+    /// A TLS identity or transport could not be set up.
+    #[error(transparent)]
+    Tls(#[from] shoal_proto::tls::TlsError),
     /// A server under test answered something other than what the lookup asks for.
     #[error("{0}")]
     WrongAnswer(String),

@@ -9,6 +9,10 @@
 //!   the ceiling for this machine and this load generator.
 //! - **redis**: a `redis-server` child answering `SRANDMEMBER bench.bin`, the anchor the
 //!   project compares against.
+//! - **shoal-tls**: the same index over TLS 1.3 (shoal's default transport; the others are
+//!   plaintext): clients hold a TLS session on persistent connections and make a full
+//!   mutually authenticated handshake per lookup in the other mode, so that mode's lookups/s
+//!   are its handshakes/s.
 //!
 //! Clients use raw sockets and the bare codec (not `IndexClient`), so the client-side cost is
 //! minimal and identical in shape for every contender. A new shoal connection sends its hello
@@ -30,6 +34,7 @@ use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::message::{IndexRequest, IndexResponse};
 use shoal_proto::server::{AcceptConfig, ServerHandle, spawn_accept_loop};
 use shoal_proto::tcp::TcpTransport;
+use shoal_proto::tls::{Identity, TlsConfig, TlsTransport};
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr, Transport};
 
 use crate::error::{BenchError, contender_err, io_err, proto_err, spawn_err};
@@ -104,7 +109,7 @@ pub struct IndexBenchArgs {
     no_redis: bool,
     /// Measure only these contenders (e.g. `--only shoal` while profiling).
     #[arg(long, value_enum, value_delimiter = ',',
-          default_values_t = [Which::Shoal, Which::NoOp, Which::Redis])]
+          default_values_t = [Which::Shoal, Which::NoOp, Which::Redis, Which::ShoalTls])]
     only: Vec<Which>,
     /// `redis`: measure the registry on Redis instead (issue 11): lookups/s and
     /// registrations/s of the in-memory index, one and two indexes on one Redis, and raw
@@ -135,6 +140,8 @@ pub(crate) enum Which {
     NoOp,
     /// redis-server, SRANDMEMBER.
     Redis,
+    /// shoal's index server over TLS.
+    ShoalTls,
 }
 
 /// Runs the benchmark and prints its tables.
@@ -164,7 +171,7 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
     let request = data.locate_frame()?;
     let mut contenders = Vec::new();
     let shoal = match wanted(Which::Shoal) {
-        true => Some(start_shoal(&data)?),
+        true => Some(start_shoal(TcpTransport::default(), &data)?),
         false => None,
     };
     if let Some(h) = &shoal {
@@ -194,7 +201,24 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
             addr: redis.addr,
             others: Vec::new(),
             request: redis_command(&["SRANDMEMBER", BENCH_FILE]),
+            tls: None,
         });
+    }
+    // The TLS index and its clients: two nodes, each its own key.
+    let tls = || -> Result<TlsTransport<TcpTransport>, BenchError> {
+        Ok(TlsTransport::new(
+            TcpTransport::default(),
+            TlsConfig::new(Identity::generate()?),
+        )?)
+    };
+    let shoal_tls = match wanted(Which::ShoalTls) {
+        true => Some(start_shoal(tls()?, &data)?),
+        false => None,
+    };
+    if let Some(h) = &shoal_tls {
+        let mut c = Contender::new("shoal-tls", Wire::Shoal, h.addr(), data.locate_frame()?)?;
+        c.tls = Some(tls()?);
+        contenders.push(c);
     }
     if contenders.is_empty() {
         return Err(BenchError::Usage(
@@ -262,6 +286,10 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
                 // Untimed: keeps shoal's registrations within their lease (60 s by default).
                 if let Some(h) = &shoal {
                     register_all(h.addr(), &data)?;
+                }
+                if let (Some(h), Some(c)) = (&shoal_tls, contenders.last()) {
+                    let transport = c.tls.clone().ok_or(BenchError::Panicked("tls setup"))?;
+                    register_all_with(transport, h.addr(), &data)?;
                 }
                 for (i, c) in contenders.iter().enumerate() {
                     let cell = run_cell(c, mode, clients, per_client);
@@ -382,8 +410,7 @@ fn localhost() -> Result<PeerAddr, BenchError> {
     Ok(PeerAddr::new("127.0.0.1:0")?)
 }
 
-fn start_shoal(data: &BenchData) -> Result<ServerHandle, BenchError> {
-    let transport = TcpTransport::default();
+fn start_shoal<T: Transport>(transport: T, data: &BenchData) -> Result<ServerHandle, BenchError> {
     let config = IndexServerConfig {
         // Above any client count measured: a busy refusal would measure the limit, not speed.
         max_connections: 4096,
@@ -391,14 +418,23 @@ fn start_shoal(data: &BenchData) -> Result<ServerHandle, BenchError> {
     };
     let handle =
         IndexServer::new(transport.clone(), MemoryStore::new(), config).spawn(&localhost()?)?;
-    register_all(handle.addr(), data)?;
+    register_all_with(transport, handle.addr(), data)?;
     Ok(handle)
 }
 
 /// Registers (again) every holder's files with shoal. Registering renews a holder's lease,
 /// so calling this between reps keeps the data alive however long the run and the lease.
 pub(crate) fn register_all(index: &PeerAddr, data: &BenchData) -> Result<(), BenchError> {
-    let mut client = IndexClient::new(TcpTransport::default(), vec![index.clone()]);
+    register_all_with(TcpTransport::default(), index, data)
+}
+
+/// [`register_all`] over a given transport (the TLS contender's).
+fn register_all_with<T: Transport>(
+    transport: T,
+    index: &PeerAddr,
+    data: &BenchData,
+) -> Result<(), BenchError> {
+    let mut client = IndexClient::new(transport, vec![index.clone()]);
     for (holder, files) in &data.registrations {
         client.register(holder, files).map_err(contender_err(
             "shoal",
@@ -616,6 +652,8 @@ pub(crate) struct Contender {
     pub(crate) others: Vec<SocketAddr>,
     /// The pre-encoded lookup request, sent as-is every time.
     pub(crate) request: Vec<u8>,
+    /// Connect over TLS with this client transport (shoal-tls); plain TCP when `None`.
+    pub(crate) tls: Option<TlsTransport<TcpTransport>>,
 }
 
 impl Contender {
@@ -635,6 +673,7 @@ impl Contender {
             addr,
             others: Vec::new(),
             request,
+            tls: None,
         })
     }
 
@@ -698,16 +737,25 @@ impl Contender {
     }
 }
 
+/// A client's byte stream: TCP, or TLS over TCP.
+trait Duplex: Read + Write + Send {}
+impl<S: Read + Write + Send> Duplex for S {}
+
 /// A client connection: the stream behind a small read buffer (one read per answer).
 struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Duplex>>,
 }
 
 impl Conn {
-    fn connect(c: &Contender) -> Result<TcpStream, BenchError> {
+    fn connect(c: &Contender) -> Result<Box<dyn Duplex>, BenchError> {
+        if let Some(tls) = &c.tls {
+            let addr = PeerAddr::new(c.addr.to_string())?;
+            // Connects and completes the TLS handshake.
+            return Ok(Box::new(tls.connect(&addr).map_err(io_err("connect"))?));
+        }
         let stream = TcpStream::connect(c.addr).map_err(io_err("connect"))?;
         stream.set_nodelay(true).map_err(io_err("nodelay"))?;
-        Ok(stream)
+        Ok(Box::new(stream))
     }
 
     /// A new connection for one lookup. shoal's hello and the request leave in one write
@@ -723,7 +771,7 @@ impl Conn {
         Conn::wrap(stream).answer(c, scratch)
     }
 
-    fn wrap(stream: TcpStream) -> Conn {
+    fn wrap(stream: Box<dyn Duplex>) -> Conn {
         Conn {
             reader: BufReader::with_capacity(1024, stream),
         }
@@ -767,7 +815,7 @@ impl Conn {
 }
 
 /// Reads one RESP bulk-string reply (`$N\r\n<N bytes>\r\n`); nil or an error reply fail.
-fn read_bulk(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Result<(), BenchError> {
+fn read_bulk<R: Read>(reader: &mut BufReader<R>, buf: &mut Vec<u8>) -> Result<(), BenchError> {
     buf.clear();
     let n = reader.read_until(b'\n', buf).map_err(io_err("answer"))?;
     if n == 0 {
@@ -1069,6 +1117,7 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
     let shoal = names.iter().position(|n| *n == "shoal");
     let noop = names.iter().position(|n| *n == "no-op");
     let redis = names.iter().position(|n| *n == "redis");
+    let tls = names.iter().position(|n| *n == "shoal-tls");
     println!("\n### index lookups, {}\n", mode.title());
     let mut head = String::from("| clients |");
     let mut rule = String::from("|--:|");
@@ -1082,6 +1131,10 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
     }
     if noop.is_some() {
         head.push_str(" shoal/no-op |");
+        rule.push_str("--:|");
+    }
+    if tls.is_some() {
+        head.push_str(" tls/shoal |");
         rule.push_str("--:|");
     }
     head.push_str(" targets | errors |");
@@ -1127,6 +1180,11 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
         if p99_worse {
             missed.push("p99 > redis");
         }
+        // Issue 12: persistent lookups over TLS at least 0.8x plaintext.
+        let vs_plain = ratio(get(tls), get(shoal));
+        if tls.is_some() && mode == Mode::Persistent && (vs_plain.is_nan() || vs_plain < 0.8) {
+            missed.push("tls <0.8x plain");
+        }
         let targets = if shoal.is_none() {
             "-".to_string()
         } else if missed.is_empty() {
@@ -1147,6 +1205,9 @@ fn print_table(mode: Mode, names: &[&str], rows: &[Row]) {
         };
         if noop.is_some() {
             let _ = write!(line, " {} |", fmt_ratio(vs_noop));
+        }
+        if tls.is_some() {
+            let _ = write!(line, " {} |", fmt_ratio(vs_plain));
         }
         let _ = write!(line, " {targets} | {errors} |");
         println!("{line}");

@@ -123,6 +123,7 @@ pub(crate) fn run(args: &IndexBenchArgs) -> Result<(), BenchError> {
                 addr: raw_addr,
                 others: Vec::new(),
                 request: redis_command(&["SRANDMEMBER", "bench.bin"]),
+                tls: None,
             },
             register: vec![raw_addr],
             index_pids: Vec::new(),

@@ -6,7 +6,9 @@
 //! - a2 raw TCP, file -> socket -> new file;
 //! - b  shoal, one holder, to disk;
 //! - c  shoal, three holders, to disk;
-//! - d  shoal, one holder, verify-only sink (hashes checked, nothing written).
+//! - d  shoal, one holder, verify-only sink (hashes checked, nothing written);
+//! - e, f as b and d over TLS 1.3 (shoal's default transport; every other contender is
+//!   plaintext), so the price of encryption is read off the same run.
 //!
 //! The raw baselines use 1 MiB `read`/`write` rather than `sendfile`: measured here, 1 MiB
 //! buffers move 3.0 GB/s against sendfile's 2.6 GB/s and std `io::copy`'s 1.7 GB/s.
@@ -30,7 +32,8 @@ use shoal_peer::{
 };
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::tcp::TcpTransport;
-use shoal_proto::{FileKey, PeerAddr};
+use shoal_proto::tls::{Identity, TlsConfig, TlsTransport};
+use shoal_proto::{FileKey, PeerAddr, Transport};
 
 use crate::error::{BenchError, io_err};
 use crate::stats::{self, Spread};
@@ -63,15 +66,19 @@ enum Contender {
     ShoalOne,
     ShoalThree,
     ShoalVerifyOnly,
+    TlsOne,
+    TlsVerifyOnly,
 }
 
 impl Contender {
-    const ALL: [Contender; 5] = [
+    const ALL: [Contender; 7] = [
         Contender::RawDiscard,
         Contender::RawFile,
         Contender::ShoalOne,
         Contender::ShoalThree,
         Contender::ShoalVerifyOnly,
+        Contender::TlsOne,
+        Contender::TlsVerifyOnly,
     ];
 
     fn label(self) -> &'static str {
@@ -81,13 +88,15 @@ impl Contender {
             Contender::ShoalOne => "b  shoal 1 holder -> file",
             Contender::ShoalThree => "c  shoal 3 holders -> file",
             Contender::ShoalVerifyOnly => "d  shoal 1 holder, verify only",
+            Contender::TlsOne => "e  shoal+TLS 1 holder -> file",
+            Contender::TlsVerifyOnly => "f  shoal+TLS 1 holder, verify only",
         }
     }
 
     fn writes_file(self) -> bool {
         matches!(
             self,
-            Contender::RawFile | Contender::ShoalOne | Contender::ShoalThree
+            Contender::RawFile | Contender::ShoalOne | Contender::ShoalThree | Contender::TlsOne
         )
     }
 }
@@ -106,6 +115,11 @@ struct Swarm {
     _holders: Vec<ServerHandle>,
     /// An index that knows only the first holder (contenders b and d).
     solo_index: ServerHandle,
+    /// The first holder's folder served again over TLS, with an index of its own (e, f).
+    tls_index: ServerHandle,
+    _tls_holder: ServerHandle,
+    /// The downloading node's TLS transport (its own identity).
+    tls_client: TlsTransport<TcpTransport>,
 }
 
 pub(crate) fn run(args: &TransferBenchArgs) -> Result<(), BenchError> {
@@ -190,6 +204,7 @@ fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, BenchError> {
     let index = spawn_index()?;
     let solo_index = spawn_index()?;
     let mut holders = Vec::new();
+    let mut first_library = None;
     for n in 1..=3 {
         let dir = root.join(format!("holder{n}"));
         let library = Library::open(&dir, chunk_size)?;
@@ -205,13 +220,37 @@ fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, BenchError> {
         if n == 1 {
             IndexClient::new(transport.clone(), vec![solo_index.addr().clone()])
                 .register(server.addr(), &files)?;
+            first_library = Some(library);
         }
         holders.push(server);
     }
+    let library = first_library.ok_or(BenchError::Panicked("holder setup"))?;
+    // One node serves (index and holder), another downloads: each its own key.
+    let tls = || -> Result<TlsTransport<TcpTransport>, BenchError> {
+        Ok(TlsTransport::new(
+            TcpTransport::default(),
+            TlsConfig::new(Identity::generate()?),
+        )?)
+    };
+    let tls_server = tls()?;
+    let tls_index = IndexServer::new(
+        tls_server.clone(),
+        MemoryStore::new(),
+        IndexServerConfig::default(),
+    )
+    .spawn(&local)?;
+    let tls_holder =
+        PeerServer::new(tls_server.clone(), library.clone(), PeerServerConfig::default())
+            .spawn(&local)?;
+    IndexClient::new(tls_server, vec![tls_index.addr().clone()])
+        .register(tls_holder.addr(), &library.files())?;
     Ok(Swarm {
         index,
         _holders: holders,
         solo_index,
+        tls_index,
+        _tls_holder: tls_holder,
+        tls_client: tls()?,
     })
 }
 
@@ -234,38 +273,60 @@ fn run_one(
                 Contender::ShoalThree => swarm.index.addr(),
                 _ => swarm.solo_index.addr(),
             };
-            let mut downloader = Downloader::new(
+            let downloader = Downloader::new(
                 TcpTransport::default(),
                 vec![index.clone()],
                 out_dir,
                 DownloaderConfig::default(),
             );
-            let key = FileKey::Name(FILE_NAME.into());
-            let bytes = if contender == Contender::ShoalVerifyOnly {
-                downloader.verify_only(&key)?.bytes
-            } else {
-                match downloader.fetch(&key)? {
-                    DownloadOutcome::Downloaded(report) => report.bytes,
-                    DownloadOutcome::AlreadyPresent(_) => {
-                        return Err(BenchError::Contender {
-                            contender: contender.label().into(),
-                            detail: "the target file was already present".into(),
-                        });
-                    }
-                }
-            };
-            if bytes != size {
-                return Err(BenchError::Contender {
-                    contender: contender.label().into(),
-                    detail: format!("moved {bytes} bytes, expected {size}"),
-                });
-            }
+            shoal_download(contender, downloader, size)?;
+        }
+        Contender::TlsOne | Contender::TlsVerifyOnly => {
+            let downloader = Downloader::new(
+                swarm.tls_client.clone(),
+                vec![swarm.tls_index.addr().clone()],
+                out_dir,
+                DownloaderConfig::default(),
+            );
+            shoal_download(contender, downloader, size)?;
         }
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu_secs = process_cpu_secs() - cpu_before;
     let _ = fs::remove_file(&target);
     Ok(Sample { secs, cpu_secs })
+}
+
+/// One shoal download of the bench file (to the folder, or verify-only), checked for size.
+fn shoal_download<T: Transport>(
+    contender: Contender,
+    mut downloader: Downloader<T>,
+    size: u64,
+) -> Result<(), BenchError> {
+    let key = FileKey::Name(FILE_NAME.into());
+    let bytes = if matches!(
+        contender,
+        Contender::ShoalVerifyOnly | Contender::TlsVerifyOnly
+    ) {
+        downloader.verify_only(&key)?.bytes
+    } else {
+        match downloader.fetch(&key)? {
+            DownloadOutcome::Downloaded(report) => report.bytes,
+            DownloadOutcome::AlreadyPresent(_) => {
+                return Err(BenchError::Contender {
+                    contender: contender.label().into(),
+                    detail: "the target file was already present".into(),
+                });
+            }
+        }
+    };
+    if bytes != size {
+        return Err(BenchError::Contender {
+            contender: contender.label().into(),
+            detail: format!("moved {bytes} bytes, expected {size}"),
+        });
+    }
+    Ok(())
 }
 
 /// The plain way: one TcpStream, 1 MiB `read_at` + `write_all` on the sending side,
@@ -418,5 +479,10 @@ fn print_table(samples: &[(Contender, Vec<Sample>)], size: u64, args: &TransferB
         ratio(Contender::ShoalThree, Contender::RawFile),
         ratio(Contender::ShoalThree, Contender::ShoalOne),
         ratio(Contender::ShoalVerifyOnly, Contender::RawDiscard),
+    );
+    println!(
+        "TLS: e/b = {:.2} (target >= 0.85)   f/d = {:.2}",
+        ratio(Contender::TlsOne, Contender::ShoalOne),
+        ratio(Contender::TlsVerifyOnly, Contender::ShoalVerifyOnly),
     );
 }

@@ -14,7 +14,6 @@ use std::thread;
 
 use shoal_peer::{Downloader, Interrupted};
 use shoal_proto::FileKey;
-use shoal_proto::tcp::TcpTransport;
 
 use crate::error::CliError;
 use crate::fetch::describe_outcome;
@@ -65,7 +64,7 @@ impl Shared {
 }
 
 /// Starts the console's reader and downloader threads.
-pub(crate) fn spawn(downloader: Downloader<TcpTransport>, dir: &Path) -> Result<(), CliError> {
+pub(crate) fn spawn(downloader: Downloader<crate::net::Net>, dir: &Path) -> Result<(), CliError> {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         changed: Condvar::new(),
@@ -148,7 +147,7 @@ fn read_loop(shared: &Shared) {
 }
 
 /// Fetches queued keys one after the other; one result line each.
-fn fetch_loop(mut downloader: Downloader<TcpTransport>, shared: &Shared) {
+fn fetch_loop(mut downloader: Downloader<crate::net::Net>, shared: &Shared) {
     let bar = DownloadBar::attach(&mut downloader);
     loop {
         let key = {

@@ -1,16 +1,19 @@
-//! `shoal demo`: the seed's three-peer setup, in one process, on loopback TCP.
+//! `shoal demo`: the seed's three-peer setup, in one process, on loopback TCP, as a private
+//! swarm: a swarm authority made for the run admits the index and each peer (a fresh key
+//! each), and every connection is mutually authenticated TLS 1.3.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::{RngCore, SeedableRng};
 use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore};
 use shoal_peer::{DownloadOutcome, Library, Peer, PeerConfig};
 use shoal_proto::content::{DEFAULT_CHUNK_SIZE, hash_reader};
 use shoal_proto::tcp::TcpTransport;
+use shoal_proto::tls::{Identity, SwarmAuthority, TlsConfig, TlsTransport};
 use shoal_proto::{FileKey, PeerAddr};
 
 use crate::error::CliError;
@@ -29,7 +32,7 @@ pub(crate) struct DemoArgs {
 
 struct DemoPeer {
     name: String,
-    peer: Peer<TcpTransport>,
+    peer: Peer<TlsTransport<TcpTransport>>,
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> CliError {
@@ -69,7 +72,21 @@ fn sample_files(largest_mib: u64) -> [(usize, String, u64); 6] {
 }
 
 fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
-    let transport = TcpTransport::default();
+    // The swarm of this run: its authority lives in memory only and admits four nodes.
+    let swarm = SwarmAuthority::generate("shoal demo")?;
+    let member = |what: &str| -> Result<TlsTransport<TcpTransport>, CliError> {
+        let identity = Identity::generate()?;
+        let mut config = TlsConfig::new(identity);
+        let node = config.identity.node_id();
+        config.membership = Some(swarm.admit(&node, Duration::from_secs(3600))?);
+        crate::output::outln!("{what:<6} node id {node}");
+        Ok(TlsTransport::new(TcpTransport::default(), config)?)
+    };
+    crate::output::outln!(
+        "a private swarm: every node has its own key, admitted by the swarm {:?}; every \
+         connection is TLS 1.3, both ends authenticated\n",
+        swarm.name()
+    );
     let samples = sample_files(largest_mib);
     let mut dirs = Vec::new();
     for n in 1..=3 {
@@ -88,8 +105,9 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     }
 
     let localhost = PeerAddr::new("127.0.0.1:0")?;
+    let index_transport = member("index")?;
     let index = IndexServer::new(
-        transport.clone(),
+        index_transport.clone(),
         MemoryStore::new(),
         IndexServerConfig::default(),
     )
@@ -99,12 +117,16 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
 
     let mut peers = Vec::new();
     let mut names_by_addr = HashMap::new();
-    for (n, dir) in dirs.iter().enumerate() {
+    let transports = (1..=3)
+        .map(|n| member(&format!("peer{n}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::output::outln!();
+    for (n, (dir, transport)) in dirs.iter().zip(transports).enumerate() {
         let library = Library::open(dir, DEFAULT_CHUNK_SIZE)?;
         // Server, registration and heartbeat in one; no folder watcher for a demo.
         let mut config = PeerConfig::new(vec![index_addr.clone()], localhost.clone());
         config.watch = None;
-        let peer = Peer::start(transport.clone(), library.clone(), config)?;
+        let peer = Peer::start(transport, library.clone(), config)?;
         let name = format!("peer{}", n + 1);
         crate::output::outln!(
             "{name} listening on {}, sharing {} files ({})",
@@ -169,7 +191,7 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     }
 
     crate::output::outln!("\nthe index now lists every copy:\n");
-    let hits = IndexClient::new(transport, vec![index_addr]).search("", 100)?;
+    let hits = IndexClient::new(index_transport, vec![index_addr]).search("", 100)?;
     for hit in hits {
         crate::output::outln!(
             "{:<14} {:>10}  {} holders  {}",

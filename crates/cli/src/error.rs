@@ -21,6 +21,9 @@ pub(crate) enum CliError {
     /// No single content of a name could be chosen (`get --id`).
     #[error(transparent)]
     Choose(#[from] crate::choose::ChooseError),
+    /// An identity, membership or swarm file could not be used, or TLS not set up.
+    #[error(transparent)]
+    Tls(#[from] shoal_proto::tls::TlsError),
     /// The status page could not start.
     #[error(transparent)]
     Status(#[from] shoal_status::StatusError),

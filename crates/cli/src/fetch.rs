@@ -8,11 +8,11 @@ use shoal_index::IndexClient;
 use shoal_peer::{DownloadOutcome, Downloader, DownloaderConfig, Library, Peer, PeerConfig};
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
 use shoal_proto::message::HolderNode;
-use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileKey, PeerAddr};
 
 use crate::choose;
 use crate::error::CliError;
+use crate::net::{Net, SecurityArgs};
 use crate::output::outln;
 use crate::progress::DownloadBar;
 use crate::units;
@@ -62,6 +62,8 @@ pub(crate) struct GetArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     seed: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 /// `shoal search`
@@ -82,6 +84,8 @@ pub(crate) struct SearchArgs {
     /// At most this many results.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
@@ -103,7 +107,7 @@ pub(crate) fn run_get(args: &GetArgs) -> Result<(), CliError> {
         deadline: args.deadline.map(Duration::from_secs),
         ..DownloaderConfig::default()
     };
-    let transport = TcpTransport::default();
+    let transport = args.security.transport()?;
     let peer = if args.no_share {
         None
     } else {
@@ -220,11 +224,11 @@ const SEARCH_FOR_CONTENTS: u32 = 1000;
 /// one, a peer that cannot start (no index reachable, say) is `None`, and the download goes
 /// on without sharing (and reports the index's trouble itself).
 fn share_peer(
-    transport: &TcpTransport,
+    transport: &Net,
     index: &[PeerAddr],
     args: &GetArgs,
     downloader: DownloaderConfig,
-) -> Result<Option<Peer<TcpTransport>>, CliError> {
+) -> Result<Option<Peer<Net>>, CliError> {
     let listen = match &args.listen {
         Some(addr) => PeerAddr::new(addr.as_str())?,
         // Next to the address this machine reaches the index from, on a free port.
@@ -263,7 +267,7 @@ fn share_peer(
 /// `get` registered, complete and partial, so the index sends nobody to a process that is
 /// gone, then exits with status 130. What verified stays in the part file for a resume.
 fn withdraw_on_interrupt(
-    transport: &TcpTransport,
+    transport: &Net,
     index: &[PeerAddr],
     holder: PeerAddr,
 ) -> Result<(), CliError> {
@@ -400,7 +404,7 @@ fn holders_summary(report: &shoal_peer::DownloadReport) -> String {
 }
 
 pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
-    let mut index = IndexClient::new(TcpTransport::default(), parse_index_list(&args.index)?);
+    let mut index = IndexClient::new(args.security.transport()?, parse_index_list(&args.index)?);
     let hits = index.search(&args.query, args.limit)?;
     // Said on stderr, so `--json` output stays one object per line.
     let stopped = hits.len() >= usize::try_from(args.limit).unwrap_or(usize::MAX);

@@ -12,6 +12,7 @@ mod error;
 mod fetch;
 mod install;
 mod logger;
+mod net;
 mod output;
 mod progress;
 mod serve;
@@ -91,6 +92,14 @@ shoal completions zsh > ~/.zfunc/_shoal\n  shoal completions fish > ~/.config/fi
         after_help = "Examples:\n  shoal man | man -l -\n  shoal man --out /usr/local/share/man/man1"
     )]
     Man(install::ManArgs),
+    /// Print this node's id (created with its identity on first use): the last word printed.
+    #[command(
+        after_help = "Examples:\n  shoal id\n  shoal id --identity /etc/shoal/identity.pem --member node.member"
+    )]
+    Id(net::IdArgs),
+    /// Private swarms: create a swarm authority, admit nodes by id.
+    #[command(subcommand)]
+    Swarm(net::SwarmCommand),
 }
 
 fn main() -> ExitCode {
@@ -104,7 +113,12 @@ fn main() -> ExitCode {
         Command::Peer(args) if args.quiet() => log::LevelFilter::Warn,
         Command::Index(_) | Command::Peer(_) => log::LevelFilter::Info,
         Command::Demo(_) | Command::Bench(_) => log::LevelFilter::Warn,
-        Command::Get(_) | Command::Search(_) | Command::Completions(_) | Command::Man(_) => {
+        Command::Get(_)
+        | Command::Search(_)
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::Id(_)
+        | Command::Swarm(_) => {
             log::LevelFilter::Error
         }
     });
@@ -116,6 +130,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Completions(args) => install::completions::<Cli>(&args),
         Command::Man(args) => install::man::<Cli>(&args),
+        Command::Id(args) => net::run_id(&args),
+        Command::Swarm(command) => net::run_swarm(&command),
         Command::Bench(command) => shoal_bench::run(&command).map_err(CliError::from),
     };
     match result {

@@ -10,10 +10,10 @@ use shoal_peer::{
 };
 use shoal_proto::PeerAddr;
 use shoal_proto::content::DEFAULT_CHUNK_SIZE;
-use shoal_proto::tcp::TcpTransport;
 use shoal_status::{IndexPage, PeerPage};
 
 use crate::error::CliError;
+use crate::net::{Net, SecurityArgs};
 use crate::progress::ScanBar;
 use crate::{DEFAULT_INDEX, ensure_dir, parse_index_list};
 
@@ -31,6 +31,8 @@ pub(crate) struct ServiceArgs {
     /// Log warnings and errors only (not one line per transfer or event).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 /// `shoal index`
@@ -133,6 +135,7 @@ pub(crate) struct PeerArgs {
 pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
     /// Serves `store` until Ctrl-C; `what` describes it in the start line.
     fn serve<S: shoal_index::Store>(
+        transport: Net,
         listen: &PeerAddr,
         store: S,
         config: IndexServerConfig,
@@ -140,7 +143,7 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         http: Option<&str>,
     ) -> Result<(), CliError> {
         let lease = store.lease().as_secs();
-        let server = IndexServer::new(TcpTransport::default(), store, config);
+        let server = IndexServer::new(transport, store, config);
         let monitor = server.monitor();
         let handle = server.spawn(listen)?;
         announce_listening(handle.addr());
@@ -160,6 +163,7 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
     }
 
     let listen = PeerAddr::new(args.listen.as_str())?;
+    let transport = args.service.security.transport()?;
     let config = IndexServerConfig {
         max_connections: args.max_connections,
         frame_timeout: std::time::Duration::from_secs(args.frame_timeout),
@@ -177,7 +181,7 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         };
         let store = shoal_index::RedisStore::open(url, options)?;
         let what = format!("shared registry, {}", store.describe());
-        return serve(&listen, store, config, &what, args.service.http.as_deref());
+        return serve(transport, &listen, store, config, &what, args.service.http.as_deref());
     }
     match &args.data {
         Some(dir) => {
@@ -188,12 +192,12 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             // Recovery logs its own line (records replayed, damaged tail cut, time).
             let store = shoal_index::DurableStore::open(dir, options)?;
             let what = format!("durable, data in {}", dir.display());
-            serve(&listen, store, config, &what, args.service.http.as_deref())
+            serve(transport, &listen, store, config, &what, args.service.http.as_deref())
         }
         None => {
             let store = MemoryStore::new().with_lease(lease);
             let what = "in-memory registry, lost on exit";
-            serve(&listen, store, config, what, args.service.http.as_deref())
+            serve(transport, &listen, store, config, what, args.service.http.as_deref())
         }
     }
 }
@@ -202,7 +206,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     ensure_dir(&args.dir)?;
     let index_addrs = parse_index_list(&args.index)?;
     let listen = PeerAddr::new(args.listen.as_str())?;
-    let transport = TcpTransport::default();
+    let transport = args.service.security.transport()?;
 
     // Hashes are cached in DIR/.shoal-cache: a restart reads only files that changed.
     let bar = ScanBar::new();

@@ -35,7 +35,7 @@ struct Index {
 
 impl Index {
     fn start(dir: &Path) -> Index {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        let mut child = process::shoal()
             .args(["index", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir)
             .env("RUST_LOG", "warn")
@@ -59,8 +59,8 @@ impl Index {
         }
     }
 
-    fn client(&self) -> IndexClient<TcpTransport> {
-        IndexClient::new(TcpTransport::default(), vec![self.addr.clone()])
+    fn client(&self) -> IndexClient<shoal_proto::tls::TlsTransport<TcpTransport>> {
+        IndexClient::new(process::tls_client(), vec![self.addr.clone()])
             .with_timeout(Duration::from_secs(10))
     }
 
@@ -125,7 +125,7 @@ impl Seen {
 /// Registers files two per request as fast as the index answers; client 0 also unregisters
 /// every 7th file it registered. Stops at the first error (the kill).
 fn load(index_addr: PeerAddr, c: usize, acks: Sender<Ack>) {
-    let mut client = IndexClient::new(TcpTransport::default(), vec![index_addr])
+    let mut client = IndexClient::new(process::tls_client(), vec![index_addr])
         .with_timeout(Duration::from_secs(10));
     let me = holder(c);
     for request in 0..MAX_REQUESTS {

@@ -1,6 +1,11 @@
 //! Hostile input against the real `shoal` binaries on 127.0.0.1: every test attacks a
 //! running index or peer, then checks that the process is alive and still answers correctly.
 //! Each one fails if the protection it names is removed.
+//!
+//! The attacks here speak shoal's own framing, so the servers run with `--insecure-plaintext`:
+//! under TLS (the default) the same bytes would first have to pass the TLS layer, whose own
+//! hostile cases (garbage, tampering, strangers) are in shoal-proto's TLS tests and
+//! `tls.rs`.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,6 +33,7 @@ impl Proc {
     fn start(args: &[&str]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(args)
+            .arg("--insecure-plaintext")
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -101,7 +107,8 @@ impl Net {
         assert_eq!(hits[0].holders, 1);
         let out = TempDir::new().unwrap();
         let got = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["get", "shared.bin", "--index", index.as_str(), "--out"])
+            .args(["get", "shared.bin", "--insecure-plaintext", "--index", index.as_str()])
+            .arg("--out")
             .arg(out.path())
             .stdin(Stdio::null())
             .output()

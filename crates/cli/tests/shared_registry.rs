@@ -100,7 +100,7 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str], rust_log: &str) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        let mut child = process::shoal()
             .args(args)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
@@ -178,7 +178,7 @@ impl Drop for Process {
 }
 
 fn shoal(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
+    process::shoal()
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -279,7 +279,7 @@ fn killing_one_of_two_servers_under_load_loses_no_acknowledged_registration() {
     let after_kill = Arc::new(AtomicUsize::new(0));
     let (done_tx, done) = channel();
     for c in 0..CLIENTS {
-        let mut client = IndexClient::new(TcpTransport::default(), both.clone())
+        let mut client = IndexClient::new(process::tls_client(), both.clone())
             .with_timeout(Duration::from_secs(10));
         let (acked, killed, after_kill, done_tx) = (
             Arc::clone(&acked),
@@ -325,7 +325,7 @@ fn killing_one_of_two_servers_under_load_loses_no_acknowledged_registration() {
     }
     a.kill();
     killed.store(true, Ordering::SeqCst);
-    let mut through_b = IndexClient::new(TcpTransport::default(), vec![b.peer_addr()]);
+    let mut through_b = IndexClient::new(process::tls_client(), vec![b.peer_addr()]);
     let mut total = 0;
     for _ in 0..CLIENTS {
         let (holder, mine) = done.recv_timeout(WAIT).unwrap();

@@ -92,6 +92,35 @@ fn read_hello<S: Read>(stream: &mut S) -> Result<[u8; HELLO_LEN], ProtoError> {
     Ok(buf)
 }
 
+/// Whether the first bytes of an answer are a TLS record (an alert or a handshake), as a
+/// TLS server sends to a plaintext client.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && matches!(bytes[0], 0x15 | 0x16) && bytes[1] == 0x03
+}
+
+/// Reads the server's 8-byte answer to our hello, recognizing a TLS server's answer even
+/// when it is shorter (an alert is 7 bytes, then the server closes).
+fn read_reply<S: Read>(stream: &mut S) -> Result<[u8; HELLO_LEN], ProtoError> {
+    let mut buf = [0u8; HELLO_LEN];
+    let mut got = 0;
+    while got < HELLO_LEN {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if looks_like_tls(&buf[..got]) => return Err(ProtoError::TlsServer),
+            Err(e) => return Err(ProtoError::Io(e)),
+        }
+    }
+    if looks_like_tls(&buf[..got]) {
+        return Err(ProtoError::TlsServer);
+    }
+    if got < HELLO_LEN {
+        return Err(ProtoError::Closed);
+    }
+    Ok(buf)
+}
+
 /// Client side of the handshake: announce `service`, check the server's answer.
 pub fn client_handshake<S: Read + Write>(
     stream: &mut S,
@@ -141,7 +170,7 @@ fn check_reply<S: Read>(
 ) -> Result<(), ProtoError> {
     // A server at its limit may answer and close before reading our hello; its answer can
     // still be read after a failed write, and it says more than "broken pipe".
-    let reply = match (read_hello(stream), sent) {
+    let reply = match (read_reply(stream), sent) {
         (Ok(reply), _) => reply,
         (Err(_), Err(write_error)) => return Err(write_error.into()),
         (Err(read_error), Ok(())) => return Err(read_error),
@@ -471,6 +500,26 @@ mod tests {
             Err(ProtoError::Busy)
         ));
         let _ = PeerAddr::new("x:1").unwrap();
+    }
+
+    #[test]
+    fn a_tls_answer_is_named_not_called_a_closed_connection() {
+        // What a TLS server sends a plaintext client: an alert record, then it closes.
+        let alert = vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a];
+        let mut client = Scripted {
+            input: Cursor::new(alert),
+            output: vec![],
+        };
+        let err = client_handshake(&mut client, Service::Index).unwrap_err();
+        assert!(matches!(err, ProtoError::TlsServer), "{err}");
+        assert!(err.to_string().contains("speaks TLS"), "{err}");
+        // A short answer that is not TLS is still a closed connection.
+        let mut client = Scripted {
+            input: Cursor::new(b"SHO".to_vec()),
+            output: vec![],
+        };
+        let err = client_handshake(&mut client, Service::Index).unwrap_err();
+        assert!(matches!(err, ProtoError::Closed), "{err}");
     }
 
     #[test]

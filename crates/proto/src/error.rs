@@ -52,6 +52,11 @@ pub enum ProtoError {
         /// The minimum rate, in bytes per second.
         min_rate: u64,
     },
+    /// The server answered with TLS records: it speaks TLS and this client does not.
+    #[error(
+        "the server speaks TLS; this client is plaintext (--insecure-plaintext on one side only?)"
+    )]
+    TlsServer,
     /// The server is at its connection limit and refused us.
     #[error("server busy: connection limit reached, try again later")]
     Busy,

@@ -12,7 +12,9 @@
 //!   reused threads, bounded).
 //! - [`Transport`]: the pluggable byte-stream transport, with [`tcp`] (std::net) and [`mem`]
 //!   (an in-process network over crossbeam-channel with fault injection, for deterministic
-//!   tests).
+//!   tests), and [`either::Either`] to choose one of two at run time.
+//! - [`tls`]: TLS 1.3 with mutual authentication over any transport: node identities,
+//!   private swarms (member certificates from a swarm authority), revocation.
 //!
 //! ```
 //! use shoal_proto::{validate_name, FileKey};
@@ -24,12 +26,14 @@
 pub mod codec;
 pub mod content;
 pub mod deadline;
+pub mod either;
 mod error;
 pub mod mem;
 pub mod message;
 mod node;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 mod transport;
 mod types;
 

@@ -3,7 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses a part; unwrap fails a test
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::thread;
@@ -12,10 +13,43 @@ use std::time::Duration;
 /// Bound on any single wait for the binary; generous for a loaded 2-core CI machine.
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
+/// The `shoal` binary, with this test binary's own config folder (so its identity, and
+/// never the user's ~/.config/shoal, is the one used) and no identity settings inherited.
 pub(crate) fn shoal() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
-    cmd.env("RUST_LOG", "warn");
+    cmd.env("RUST_LOG", "warn")
+        .env("XDG_CONFIG_HOME", config_home())
+        .env_remove("SHOAL_IDENTITY")
+        .env_remove("SHOAL_MEMBER");
     cmd
+}
+
+/// XDG_CONFIG_HOME of every `shoal` run by these tests: one identity for all of them (as on
+/// one machine), created here before the first run so no run says it created one.
+pub(crate) fn config_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shoal-test-config");
+        std::fs::create_dir_all(home.join("shoal")).unwrap();
+        shoal_proto::tls::Identity::load_or_create(&identity_path_in(&home)).unwrap();
+        home
+    })
+}
+
+fn identity_path_in(home: &Path) -> PathBuf {
+    home.join("shoal").join("identity.pem")
+}
+
+/// A TLS client with the identity the binaries use: what a library user on this machine
+/// would connect with.
+pub(crate) fn tls_client() -> shoal_proto::tls::TlsTransport<shoal_proto::tcp::TcpTransport> {
+    let identity =
+        shoal_proto::tls::Identity::load(&identity_path_in(config_home())).unwrap();
+    shoal_proto::tls::TlsTransport::new(
+        shoal_proto::tcp::TcpTransport::default(),
+        shoal_proto::tls::TlsConfig::new(identity),
+    )
+    .unwrap()
 }
 
 /// A running server process, killed when dropped; its stdout (and, if asked, stderr) lines
