@@ -239,9 +239,12 @@ fn start_swarm(root: &Path, chunk_size: u32) -> Result<Swarm, BenchError> {
         IndexServerConfig::default(),
     )
     .spawn(&local)?;
-    let tls_holder =
-        PeerServer::new(tls_server.clone(), library.clone(), PeerServerConfig::default())
-            .spawn(&local)?;
+    let tls_holder = PeerServer::new(
+        tls_server.clone(),
+        library.clone(),
+        PeerServerConfig::default(),
+    )
+    .spawn(&local)?;
     IndexClient::new(tls_server, vec![tls_index.addr().clone()])
         .register(tls_holder.addr(), &library.files())?;
     Ok(Swarm {

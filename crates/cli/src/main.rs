@@ -118,9 +118,7 @@ fn main() -> ExitCode {
         | Command::Completions(_)
         | Command::Man(_)
         | Command::Id(_)
-        | Command::Swarm(_) => {
-            log::LevelFilter::Error
-        }
+        | Command::Swarm(_) => log::LevelFilter::Error,
     });
     let result = match cli.command {
         Command::Index(args) => serve::run_index(&args),

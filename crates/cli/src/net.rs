@@ -50,13 +50,12 @@ impl SecurityArgs {
         }
         let identity = load_identity(self.identity.as_deref())?;
         let mut config = TlsConfig::new(identity);
-        config.membership = self
-            .member
-            .as_deref()
-            .map(Membership::load)
-            .transpose()?;
+        config.membership = self.member.as_deref().map(Membership::load).transpose()?;
         config.revoked = self.revoked.clone();
-        Ok(Either::Left(TlsTransport::new(TcpTransport::default(), config)?))
+        Ok(Either::Left(TlsTransport::new(
+            TcpTransport::default(),
+            config,
+        )?))
     }
 }
 
@@ -151,9 +150,7 @@ pub(crate) fn run_id(args: &IdArgs) -> Result<(), CliError> {
 pub(crate) enum SwarmCommand {
     /// Create a swarm authority (a CA key and certificate). Keep the file secret: whoever
     /// has it can admit members.
-    #[command(
-        after_help = "Example:\n  shoal swarm new --out ~/secret/team.swarm --name team"
-    )]
+    #[command(after_help = "Example:\n  shoal swarm new --out ~/secret/team.swarm --name team")]
     New {
         /// Where to write the authority (refused if it exists).
         #[arg(long, value_name = "FILE")]

@@ -181,7 +181,14 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         };
         let store = shoal_index::RedisStore::open(url, options)?;
         let what = format!("shared registry, {}", store.describe());
-        return serve(transport, &listen, store, config, &what, args.service.http.as_deref());
+        return serve(
+            transport,
+            &listen,
+            store,
+            config,
+            &what,
+            args.service.http.as_deref(),
+        );
     }
     match &args.data {
         Some(dir) => {
@@ -192,12 +199,26 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             // Recovery logs its own line (records replayed, damaged tail cut, time).
             let store = shoal_index::DurableStore::open(dir, options)?;
             let what = format!("durable, data in {}", dir.display());
-            serve(transport, &listen, store, config, &what, args.service.http.as_deref())
+            serve(
+                transport,
+                &listen,
+                store,
+                config,
+                &what,
+                args.service.http.as_deref(),
+            )
         }
         None => {
             let store = MemoryStore::new().with_lease(lease);
             let what = "in-memory registry, lost on exit";
-            serve(transport, &listen, store, config, what, args.service.http.as_deref())
+            serve(
+                transport,
+                &listen,
+                store,
+                config,
+                what,
+                args.service.http.as_deref(),
+            )
         }
     }
 }

@@ -107,7 +107,13 @@ impl Net {
         assert_eq!(hits[0].holders, 1);
         let out = TempDir::new().unwrap();
         let got = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["get", "shared.bin", "--insecure-plaintext", "--index", index.as_str()])
+            .args([
+                "get",
+                "shared.bin",
+                "--insecure-plaintext",
+                "--index",
+                index.as_str(),
+            ])
             .arg("--out")
             .arg(out.path())
             .stdin(Stdio::null())

@@ -91,10 +91,16 @@ fn an_identity_is_created_once_and_its_id_is_the_last_word() {
     let file = dir.path().join("me.pem");
     let first = run(&["id", "--identity", file.to_str().unwrap()]);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert!(stderr(&first).contains("created a new identity"), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("created a new identity"),
+        "{}",
+        stderr(&first)
+    );
     let id = node_id(&file);
     assert_eq!(
-        String::from_utf8_lossy(&first.stdout).split_whitespace().last(),
+        String::from_utf8_lossy(&first.stdout)
+            .split_whitespace()
+            .last(),
         Some(id.as_str())
     );
     // 13 groups of 4 base32 characters, the same on every run.
@@ -104,7 +110,11 @@ fn an_identity_is_created_once_and_its_id_is_the_last_word() {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the identity is readable by others: {mode:o}");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the identity is readable by others: {mode:o}"
+        );
     }
 }
 
@@ -137,7 +147,12 @@ fn a_private_swarm_from_the_readme_serves_members_and_refuses_strangers() {
 
     // A member downloads, over TLS, from a member.
     let out = TempDir::new().unwrap();
-    let got = get("plan.txt", &index, out.path(), &strs(&swarm.flags("getter")));
+    let got = get(
+        "plan.txt",
+        &index,
+        out.path(),
+        &strs(&swarm.flags("getter")),
+    );
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(std::fs::read(out.path().join("plan.txt")).unwrap(), bytes);
 
@@ -202,7 +217,10 @@ fn a_member_certificate_for_another_identity_is_refused_before_any_connection() 
     ]);
     assert!(!out.status.success());
     let line = stderr(&out);
-    assert!(line.lines().count() == 1 && line.contains("member"), "{line}");
+    assert!(
+        line.lines().count() == 1 && line.contains("member"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -215,7 +233,11 @@ fn plaintext_on_one_side_only_is_one_clear_line_not_a_hang() {
     let line = stderr(&out);
     assert!(line.contains("TLS"), "{line}");
     assert!(line.contains("--insecure-plaintext"), "{line}");
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A TLS client against a plaintext index.
     let (_plain, plain) =

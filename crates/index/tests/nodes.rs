@@ -3,10 +3,10 @@
 //! `Claimed` stand-in for TLS (see `support/claimed.rs`) on the in-memory network.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "support/claimed.rs"]
-mod claimed;
+#[path = "support/keys.rs"]
+mod keys;
 
-use claimed::{Claimed, node};
+use keys::{Claimed, node};
 use shoal_index::{IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore};
 use shoal_proto::mem::{MemNetwork, MemTransport};
 use shoal_proto::message::{ErrorCode, HolderNode};

@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, channel};
 use std::thread;
 use std::time::Duration;
@@ -43,8 +43,7 @@ fn identity_path_in(home: &Path) -> PathBuf {
 /// A TLS client with the identity the binaries use: what a library user on this machine
 /// would connect with.
 pub(crate) fn tls_client() -> shoal_proto::tls::TlsTransport<shoal_proto::tcp::TcpTransport> {
-    let identity =
-        shoal_proto::tls::Identity::load(&identity_path_in(config_home())).unwrap();
+    let identity = shoal_proto::tls::Identity::load(&identity_path_in(config_home())).unwrap();
     shoal_proto::tls::TlsTransport::new(
         shoal_proto::tcp::TcpTransport::default(),
         shoal_proto::tls::TlsConfig::new(identity),
