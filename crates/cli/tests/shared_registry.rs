@@ -17,7 +17,7 @@ mod process;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,7 +32,6 @@ use shoal_index::{
 use shoal_peer::{Announcer, AnnouncerConfig, IndexStatus, Library};
 use shoal_proto::mem::MemNetwork;
 use shoal_proto::server::ServerHandle;
-use shoal_proto::tcp::TcpTransport;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
 /// Bound on any single wait; generous for a loaded 2-core CI machine.
