@@ -190,15 +190,19 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
         }
     }
 
-    crate::output::outln!("\nthe index now lists every copy:\n");
+    crate::output::outln!(
+        "\nthe index now lists every copy, each holder by address and node id:\n"
+    );
     let hits = IndexClient::new(index_transport, vec![index_addr]).search("", 100)?;
     for hit in hits {
+        let nodes: Vec<String> = hit.nodes.iter().map(|n| n.node.short()).collect();
         crate::output::outln!(
-            "{:<14} {:>10}  {} holders  {}",
+            "{:<14} {:>10}  {} holders  {}  nodes {}",
             hit.file.name,
             units::bytes(hit.file.size),
             hit.holders,
-            hit.file.id.short()
+            hit.file.id.short(),
+            nodes.join(" ")
         );
     }
     crate::output::outln!(

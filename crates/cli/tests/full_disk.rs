@@ -81,7 +81,7 @@ fn a_full_disk_is_refused_or_blamed_kept_resumable_and_resumed() {
         return;
     };
     let net = MemNetwork::new();
-    let index = common::index(&net, 1);
+    let index = common::index(net.host("index"), 1);
     let seed_dir = tempfile::tempdir().unwrap();
     let big = content(4 << 20, 1);
     let file = content(2 << 20, 2);

@@ -89,6 +89,10 @@ pub enum ProtoError {
 
 /// An I/O error in words a user can act on; the OS text where it already is one.
 fn describe_io(e: &io::Error) -> String {
+    // A TLS failure already says what happened, and to whom.
+    if crate::tls::TlsError::from_io(e).is_some() {
+        return e.to_string();
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused (nothing listens there)".into(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {

@@ -47,9 +47,10 @@ impl NodeId {
         &self.0
     }
 
-    /// The first group of the written form, for logs and narrow tables.
+    /// The first two groups of the written form (`ABCD-EFGH`), for logs and narrow tables.
     pub fn short(&self) -> String {
-        self.base32()[..GROUP * 2].to_string()
+        let text = self.base32();
+        format!("{}-{}", &text[..GROUP], &text[GROUP..GROUP * 2])
     }
 
     fn base32(&self) -> String {

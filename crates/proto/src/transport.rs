@@ -20,6 +20,14 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Connects to `addr` (with the transport's own connect timeout).
     fn connect(&self, addr: &PeerAddr) -> io::Result<Self::Stream>;
+
+    /// Opens a connection to `addr` and drops it at once, to wake a thread blocked in
+    /// accept there (an accept loop stopping). No handshake: a transport whose `connect`
+    /// authenticates (TLS) connects its inner transport only, so a wake-up nobody accepts
+    /// costs nothing.
+    fn wake(&self, addr: &PeerAddr) {
+        let _ = self.connect(addr);
+    }
 }
 
 /// Closes a connection from another thread; see [`Connection::closer`].

@@ -3,9 +3,8 @@
 
 use rand::SeedableRng;
 use shoal_index::{IndexServer, IndexServerConfig, MemoryStore};
-use shoal_proto::PeerAddr;
-use shoal_proto::mem::MemNetwork;
 use shoal_proto::server::ServerHandle;
+use shoal_proto::{PeerAddr, Transport};
 
 /// `len` seeded random bytes: the same content for the same seed, every run.
 pub(crate) fn content(len: usize, seed: u64) -> Vec<u8> {
@@ -15,10 +14,11 @@ pub(crate) fn content(len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-/// An index on host `index` of `net`, port 1024, its random choices seeded.
-pub(crate) fn index(net: &MemNetwork, seed: u64) -> ServerHandle {
+/// An index on `transport` (host `index` of the test's network), port 1024, its random
+/// choices seeded.
+pub(crate) fn index<T: Transport>(transport: T, seed: u64) -> ServerHandle {
     IndexServer::new(
-        net.host("index"),
+        transport,
         MemoryStore::with_seed(seed),
         IndexServerConfig::default(),
     )

@@ -453,9 +453,7 @@ where
     let wake = {
         let transport = transport.clone();
         let addr = addr.clone();
-        Box::new(move || {
-            let _ = transport.connect(&addr);
-        })
+        Box::new(move || transport.wake(&addr))
     };
     Ok(ServerHandle {
         addr,

@@ -148,12 +148,18 @@ pub enum TlsError {
         hint: &'static str,
     },
     /// The handshake took longer than allowed.
-    #[error("the TLS handshake with {addr} took longer than {secs} s")]
+    #[error("the TLS handshake with {addr} took longer than {limit}")]
     HandshakeTimeout {
         /// The peer's address.
         addr: PeerAddr,
-        /// The limit, in seconds.
-        secs: u64,
+        /// The limit, in words ("10 s", "100 ms").
+        limit: String,
+    },
+    /// A call on a connection that already failed (the first error said why).
+    #[error("connection unusable after an earlier TLS error: {detail}")]
+    Failed {
+        /// The first error.
+        detail: String,
     },
     /// Any other TLS failure on a connection (altered bytes, protocol violations).
     #[error("TLS with {addr} failed: {detail}")]
@@ -167,7 +173,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// The [`TlsError`] inside an I/O error from a [`super::TlsStream`] or
-    /// [`super::TlsTransport::connect`], if it is one.
+    /// [`TlsTransport`](super::TlsTransport)`::connect`, if it is one.
     pub fn from_io(e: &io::Error) -> Option<&TlsError> {
         e.get_ref()
             .and_then(|inner| inner.downcast_ref::<TlsError>())
@@ -184,7 +190,9 @@ impl TlsError {
             | TlsError::WrongNode { .. }
             | TlsError::MembershipExpired { .. } => io::ErrorKind::PermissionDenied,
             TlsError::HandshakeTimeout { .. } => io::ErrorKind::TimedOut,
-            TlsError::HandshakeClosed { .. } => io::ErrorKind::ConnectionAborted,
+            TlsError::HandshakeClosed { .. } | TlsError::Failed { .. } => {
+                io::ErrorKind::ConnectionAborted
+            }
             TlsError::Read { source, .. } | TlsError::Write { source, .. } => source.kind(),
             _ => io::ErrorKind::InvalidData,
         }

@@ -159,10 +159,25 @@ impl<T: Transport> Clone for TlsTransport<T> {
     }
 }
 
+impl<T: Transport> std::fmt::Debug for TlsTransport<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTransport")
+            .field("node", &self.shared.node)
+            .field("swarm", &self.shared.swarm_name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: Transport> TlsTransport<T> {
     /// TLS over `inner`. Refuses a membership issued for another node than the identity's,
     /// or one that has expired, and a revocation list that cannot be read or parsed.
     pub fn new(inner: T, config: TlsConfig) -> Result<TlsTransport<T>, TlsError> {
+        TlsTransport::build(inner, config, SystemTime::now())
+    }
+
+    /// [`TlsTransport::new`] with the membership's expiry checked against `now` (tests
+    /// build nodes that present expired certificates with it).
+    fn build(inner: T, config: TlsConfig, now: SystemTime) -> Result<TlsTransport<T>, TlsError> {
         let provider = verify::provider();
         let node = config.identity.node_id();
         if config.handshake_timeout.is_zero() {
@@ -178,7 +193,7 @@ impl<T: Transport> TlsTransport<T> {
                         identity: node,
                     });
                 }
-                if membership.not_after() <= SystemTime::now() {
+                if membership.not_after() <= now {
                     return Err(TlsError::MembershipExpired {
                         node,
                         swarm: membership.swarm_name().to_string(),
@@ -267,6 +282,11 @@ impl<T: Transport> Transport for TlsTransport<T> {
         stream.get_ref().set_write_timeout(None)?;
         Ok(stream)
     }
+
+    /// The inner transport's wake-up: no handshake, which nobody may be there to answer.
+    fn wake(&self, addr: &PeerAddr) {
+        self.inner.wake(addr);
+    }
 }
 
 /// A bound TLS endpoint. `accept` returns at once, the handshake not done: it runs on the
@@ -274,6 +294,14 @@ impl<T: Transport> Transport for TlsTransport<T> {
 pub struct TlsListener<L> {
     inner: L,
     shared: Arc<Shared>,
+}
+
+impl<L> std::fmt::Debug for TlsListener<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("node", &self.shared.node)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<L: Listener> Listener for TlsListener<L> {

@@ -10,9 +10,13 @@ use super::TlsError;
 use super::verify::PeerCheck;
 use crate::{Closer, Connection, NodeId, PeerAddr};
 
-/// Ciphertext read from the socket at once (two full records): rustls alone would read
-/// 4 KiB per call, four system calls a record.
-const READ_BUFFER: usize = 32 << 10;
+/// Ciphertext read from the socket at once: it starts small (a connection that carries
+/// small requests keeps little memory) and grows to `MAX_READ_BUFFER` at the first read
+/// that fills half of it (a bulk transfer). rustls alone would read 4 KiB per call, four
+/// system calls a record; measured on loopback, 128 KiB reads more than double the
+/// throughput of 32 KiB ones.
+const MIN_READ_BUFFER: usize = 8 << 10;
+const MAX_READ_BUFFER: usize = 128 << 10;
 /// Plaintext a write may encrypt before the records are sent (one `writev`).
 const WRITE_BUFFER: usize = 256 << 10;
 /// The first byte of a TLS handshake record.
@@ -37,9 +41,15 @@ impl ReadBuf {
     /// One read from `sock` into the (empty) buffer.
     fn fill(&mut self, sock: &mut impl Read) -> io::Result<usize> {
         if self.buf.is_empty() {
-            self.buf = vec![0; READ_BUFFER];
+            self.buf = vec![0; MIN_READ_BUFFER];
         }
         let n = sock.read(&mut self.buf)?;
+        if n * 2 >= self.buf.len() && self.buf.len() < MAX_READ_BUFFER {
+            // Half full or more at once: a bulk transfer. Keep what was read.
+            let mut bigger = vec![0; MAX_READ_BUFFER];
+            bigger[..n].copy_from_slice(&self.buf[..n]);
+            self.buf = bigger;
+        }
         self.pos = 0;
         self.end = n;
         Ok(n)
@@ -66,7 +76,7 @@ enum State {
     Failed(String),
 }
 
-/// A TLS 1.3 connection over `S`, from [`super::TlsTransport::connect`] (handshake done)
+/// A TLS 1.3 connection over `S`, from [`TlsTransport`](super::TlsTransport)`::connect` (handshake done)
 /// or [`super::TlsListener`]'s accept (the handshake runs on the first read or write,
 /// bounded by the stream's timeouts and the transport's handshake timeout).
 ///
@@ -85,6 +95,20 @@ pub struct TlsStream<S> {
     started: Option<Instant>,
     received_any: bool,
     eof: bool,
+}
+
+impl<S> std::fmt::Debug for TlsStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Handshaking => "handshaking",
+            State::Open => "open",
+            State::Failed(_) => "failed",
+        };
+        f.debug_struct("TlsStream")
+            .field("peer", &self.addr)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Connection> TlsStream<S> {
@@ -141,16 +165,15 @@ impl<S: Connection> TlsStream<S> {
         Ok(())
     }
 
-    /// Client side of [`super::TlsTransport::connect`]: the whole handshake now, until the
+    /// Client side of [`TlsTransport`](super::TlsTransport)`::connect`: the whole handshake now, until the
     /// server has accepted our certificate; a timeout is fatal.
     pub(crate) fn connect_handshake(&mut self) -> io::Result<()> {
         match self.handshake() {
             Ok(()) => Ok(()),
             Err(e) if is_timeout(&e) && !matches!(self.state, State::Failed(_)) => {
-                let secs = self.handshake_timeout.as_secs().max(1);
                 Err(self.fail(TlsError::HandshakeTimeout {
                     addr: self.addr.clone(),
-                    secs,
+                    limit: limit_words(self.handshake_timeout),
                 }))
             }
             Err(e) => Err(e),
@@ -174,10 +197,10 @@ impl<S: Connection> TlsStream<S> {
     }
 
     fn failed(message: &str) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!("connection unusable after an earlier TLS error: {message}"),
-        )
+        TlsError::Failed {
+            detail: message.to_string(),
+        }
+        .into_io()
     }
 
     /// The handshake still to do: rustls's, and on the client the server's word that it
@@ -203,26 +226,21 @@ impl<S: Connection> TlsStream<S> {
                 if is_timeout(&e) {
                     return Err(e);
                 }
-                // The peer may have refused us and closed: its alert says why.
-                if let Ok(n) = self.read_more()
-                    && n > 0
-                {
-                    continue;
+                // The peer may have refused us and closed: what it sent says why.
+                match self.read_more() {
+                    Ok(n) if n > 0 => continue,
+                    Err(e) if matches!(self.state, State::Failed(_)) => return Err(e),
+                    _ => return Err(self.closed_during_handshake()),
                 }
-                if let State::Failed(message) = &self.state {
-                    return Err(Self::failed(message));
-                }
-                return Err(self.closed_during_handshake());
             }
             if !self.handshake_pending() {
                 self.state = State::Open;
                 return Ok(());
             }
             if started.elapsed() > self.handshake_timeout {
-                let secs = self.handshake_timeout.as_secs().max(1);
                 return Err(self.fail(TlsError::HandshakeTimeout {
                     addr: self.addr.clone(),
-                    secs,
+                    limit: limit_words(self.handshake_timeout),
                 }));
             }
             match self.read_more() {
@@ -384,6 +402,15 @@ fn alert_error(addr: PeerAddr, alert: AlertDescription) -> TlsError {
             addr,
             detail: format!("it sent the TLS alert {other:?}"),
         },
+    }
+}
+
+/// "10 s", or "100 ms" under a second.
+fn limit_words(limit: Duration) -> String {
+    if limit < Duration::from_secs(1) {
+        format!("{} ms", limit.as_millis())
+    } else {
+        format!("{} s", limit.as_secs())
     }
 }
 

@@ -213,18 +213,16 @@ impl PeerCheck {
                     Error::InvalidCertificate(
                         CertificateError::UnknownIssuer | CertificateError::BadSignature,
                     ) if info.is_self_issued() => Refusal::NoMembership,
-                    Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                        Refusal::OtherAuthority
-                    }
+                    // BadSignature: another authority that took our swarm's name.
+                    Error::InvalidCertificate(
+                        CertificateError::UnknownIssuer | CertificateError::BadSignature,
+                    ) => Refusal::OtherAuthority,
                     Error::InvalidCertificate(
                         CertificateError::Expired | CertificateError::ExpiredContext { .. },
                     ) => Refusal::Expired(info.not_after),
                     Error::InvalidCertificate(
                         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
                     ) => Refusal::NotYetValid(info.not_before),
-                    Error::InvalidCertificate(CertificateError::BadSignature) => Refusal::Invalid(
-                        "its certificate's signature does not verify (forged?)".into(),
-                    ),
                     other => Refusal::Invalid(other.to_string()),
                 });
             }
