@@ -142,6 +142,10 @@ impl<T: Transport> Transport for Claimed<T> {
             have: 0,
         })
     }
+
+    fn wake(&self, addr: &PeerAddr) {
+        self.inner.wake(addr);
+    }
 }
 
 /// A listener whose streams claim `id`.
