@@ -1,14 +1,15 @@
 //! Holders are keys: the index binds each holder to the node id of the connection that
-//! registered it, refuses changes from other ids, and answers the ids with lookups. Over the
-//! `Claimed` stand-in for TLS (see `support/claimed.rs`) on the in-memory network.
+//! registered it, refuses changes from other ids, and answers the ids with lookups. Over real
+//! TLS and the `Claimed` stand-in (see `support/keys.rs`), on the in-memory network; the
+//! plaintext cases over `Claimed` only (a TLS connection always proves an id).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "support/claimed.rs"]
-mod claimed;
+#[path = "support/keys.rs"]
+mod keys;
 
-use claimed::{Claimed, node};
+use keys::{ClaimedKeys, Keys, TlsKeys};
 use shoal_index::{IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore};
-use shoal_proto::mem::{MemNetwork, MemTransport};
+use shoal_proto::mem::MemNetwork;
 use shoal_proto::message::{ErrorCode, HolderNode};
 use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
@@ -29,38 +30,46 @@ fn key(name: &str) -> FileKey {
     FileKey::Name(name.into())
 }
 
-struct World {
+struct World<K: Keys> {
+    keys: K,
     net: MemNetwork,
     index: shoal_index::ServerHandle,
 }
 
-impl World {
-    fn new() -> World {
+impl<K: Keys> World<K> {
+    fn new(keys: K) -> World<K> {
         let net = MemNetwork::new();
         let index = IndexServer::new(
-            Claimed::new(net.host("index"), node(99)),
+            keys.transport(&net, "index", 99),
             MemoryStore::with_seed(1),
             IndexServerConfig::default(),
         )
         .spawn(&addr("index:0"))
         .unwrap();
-        World { net, index }
+        World { keys, net, index }
     }
 
-    /// A client on `host` whose connections claim `id`.
-    fn client(&self, host: &str, id: NodeId) -> IndexClient<Claimed<MemTransport>> {
+    fn node(&self, who: u8) -> NodeId {
+        self.keys.node(who)
+    }
+
+    /// A client on `host` whose connections present node `who`.
+    fn client(&self, host: &str, who: u8) -> IndexClient<K::T> {
         IndexClient::new(
-            Claimed::new(self.net.host(host), id),
+            self.keys.transport(&self.net, host, who),
             vec![self.index.addr().clone()],
         )
     }
 
-    /// A client on `host` proving no id (plain TCP's case).
-    fn plain(&self, host: &str) -> IndexClient<Claimed<MemTransport>> {
-        IndexClient::new(
-            Claimed::anonymous(self.net.host(host)),
-            vec![self.index.addr().clone()],
-        )
+    /// A client on `host` proving no id (plain TCP's case), where the transport can.
+    fn plain(&self, host: &str) -> Option<IndexClient<K::T>> {
+        let transport = self.keys.anonymous(&self.net, host)?;
+        Some(IndexClient::new(transport, vec![self.index.addr().clone()]))
+    }
+
+    /// A client that only reads.
+    fn reader(&self) -> IndexClient<K::T> {
+        self.client("reader", 98)
     }
 }
 
@@ -88,26 +97,32 @@ fn refused_for_other_node<T>(
 
 #[test]
 fn lookups_answer_the_id_each_holder_registered_with() {
-    let world = World::new();
+    lookups_answer_ids(World::new(TlsKeys::default()));
+    lookups_answer_ids(World::new(ClaimedKeys));
+}
+
+fn lookups_answer_ids<K: Keys>(world: World<K>) {
+    let node = |who| world.node(who);
     let song = meta("song.ogg", 1);
     let h1 = addr("h:1");
     let h2 = addr("h:2");
     world
-        .client("h", node(1))
+        .client("h", 1)
         .register(&h1, std::slice::from_ref(&song))
         .unwrap();
     world
-        .client("h", node(2))
+        .client("h", 2)
         .register(&h2, std::slice::from_ref(&song))
         .unwrap();
     // A holder registered without an id is listed without one.
     let h3 = addr("p:3");
-    world
-        .plain("p")
-        .register(&h3, std::slice::from_ref(&song))
-        .unwrap();
+    let mut all = vec![h1.clone(), h2.clone()];
+    if let Some(mut plain) = world.plain("p") {
+        plain.register(&h3, std::slice::from_ref(&song)).unwrap();
+        all.push(h3.clone());
+    }
 
-    let mut reader = world.plain("reader");
+    let mut reader = world.reader();
     let known = vec![
         HolderNode {
             holder: h1.clone(),
@@ -119,7 +134,7 @@ fn lookups_answer_the_id_each_holder_registered_with() {
         },
     ];
     let (_, holders, nodes) = reader.holders_with_nodes(&key("song.ogg")).unwrap();
-    assert_eq!(holders, [h1.clone(), h2.clone(), h3.clone()]);
+    assert_eq!(holders, all);
     assert_eq!(nodes, known);
     let sources = reader.sources(&key("song.ogg")).unwrap();
     assert_eq!(sources.nodes, known);
@@ -141,7 +156,7 @@ fn lookups_answer_the_id_each_holder_registered_with() {
     // A partial holder's id is answered with the sources too.
     let h4 = addr("h:4");
     world
-        .client("h", node(4))
+        .client("h", 4)
         .register_partial(&h4, std::slice::from_ref(&song))
         .unwrap();
     let sources = reader.sources(&key("song.ogg")).unwrap();
@@ -154,15 +169,20 @@ fn lookups_answer_the_id_each_holder_registered_with() {
 
 #[test]
 fn only_the_registering_node_may_change_its_holder() {
-    let world = World::new();
+    only_the_registering_node(World::new(TlsKeys::default()));
+    only_the_registering_node(World::new(ClaimedKeys));
+}
+
+fn only_the_registering_node<K: Keys>(world: World<K>) {
+    let node = |who| world.node(who);
     let song = meta("song.ogg", 1);
     let other = meta("other.ogg", 2);
     let h1 = addr("h:1");
-    let mut owner = world.client("h", node(1));
+    let mut owner = world.client("h", 1);
     owner.register(&h1, std::slice::from_ref(&song)).unwrap();
 
     // Same host (the host check passes), another key: every change is refused.
-    let mut impostor = world.client("h", node(2));
+    let mut impostor = world.client("h", 2);
     refused_for_other_node(
         impostor.register(&h1, std::slice::from_ref(&other)),
         "h:1",
@@ -184,7 +204,7 @@ fn only_the_registering_node_may_change_its_holder() {
         node(2),
     );
     // Nothing changed.
-    let mut reader = world.plain("reader");
+    let mut reader = world.reader();
     let (_, holders, nodes) = reader.holders_with_nodes(&key("song.ogg")).unwrap();
     assert_eq!(holders, std::slice::from_ref(&h1));
     assert_eq!(nodes[0].node, node(1));
@@ -203,42 +223,47 @@ fn only_the_registering_node_may_change_its_holder() {
 
 #[test]
 fn a_failed_registration_binds_nothing() {
-    let world = World::new();
+    failed_registrations_bind_nothing(World::new(TlsKeys::default()));
+    failed_registrations_bind_nothing(World::new(ClaimedKeys));
+}
+
+fn failed_registrations_bind_nothing<K: Keys>(world: World<K>) {
     let h1 = addr("h:1");
     // Refused by the store's checks (a bad chunk size): the holder stays free.
     let mut bad = meta("bad.ogg", 3);
     bad.chunk_size = 1000;
-    assert!(world.client("h", node(5)).register(&h1, &[bad]).is_err());
+    assert!(world.client("h", 5).register(&h1, &[bad]).is_err());
     // Renewing a holder the index does not know binds nothing either.
     assert!(matches!(
-        world.client("h", node(6)).renew(&h1),
+        world.client("h", 6).renew(&h1),
         Err(IndexError::UnknownHolder { .. })
     ));
     world
-        .client("h", node(7))
+        .client("h", 7)
         .register(&h1, &[meta("song.ogg", 1)])
         .unwrap();
-    let (_, _, node_id) = world.plain("reader").located(&key("song.ogg")).unwrap();
-    assert_eq!(node_id, Some(node(7)));
+    let (_, _, node_id) = world.reader().located(&key("song.ogg")).unwrap();
+    assert_eq!(node_id, Some(world.node(7)));
 }
 
 #[test]
 fn connections_without_an_id_are_not_checked_and_bind_nothing() {
-    let world = World::new();
+    let world = World::new(ClaimedKeys);
+    let node = |who| world.node(who);
+    let plain = |host| world.plain(host).unwrap();
     let h1 = addr("h:1");
     let song = meta("song.ogg", 1);
-    world
-        .plain("h")
+    plain("h")
         .register(&h1, std::slice::from_ref(&song))
         .unwrap();
-    let mut reader = world.plain("reader");
+    let mut reader = plain("reader");
     assert_eq!(reader.located(&key("song.ogg")).unwrap().2, None);
     assert!(reader.sources(&key("song.ogg")).unwrap().nodes.is_empty());
     assert!(reader.search("", 10).unwrap()[0].nodes.is_empty());
     // The first id to register it binds it.
-    world.client("h", node(1)).register(&h1, &[song]).unwrap();
+    world.client("h", 1).register(&h1, &[song]).unwrap();
     assert_eq!(reader.located(&key("song.ogg")).unwrap().2, Some(node(1)));
     // A plaintext renewal is not checked (the host check still applies to it).
-    assert_eq!(world.plain("h").renew(&h1).unwrap(), 1);
-    assert!(world.plain("elsewhere").renew(&h1).is_err());
+    assert_eq!(plain("h").renew(&h1).unwrap(), 1);
+    assert!(plain("elsewhere").renew(&h1).is_err());
 }

@@ -1,22 +1,23 @@
 //! Holders are keys: a downloader checks that each holder it reaches presents the node id
 //! the index gave for its address, and drops an impostor (another key on the address, or a
-//! lying index). Over the `Claimed` stand-in for TLS, on the in-memory network.
+//! lying index). Each test runs over real TLS and over the `Claimed` stand-in (see
+//! `index/tests/support/keys.rs`), on the in-memory network.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-#[path = "../../index/tests/support/claimed.rs"]
-mod claimed;
+#[path = "../../index/tests/support/keys.rs"]
+mod keys;
 
 use std::fs;
 use std::path::PathBuf;
 
-use claimed::{Claimed, node};
+use keys::{ClaimedKeys, Keys, TlsKeys};
 use shoal_index::{IndexClient, IndexServer, IndexServerConfig, MemoryStore, ServerHandle};
 use shoal_peer::{
     DownloadOutcome, DownloadReport, Downloader, DownloaderConfig, DropReason, Library, PeerError,
     PeerServer, PeerServerConfig, WrongNode,
 };
-use shoal_proto::mem::{MemNetwork, MemTransport};
-use shoal_proto::{FileKey, NodeId, PeerAddr};
+use shoal_proto::mem::MemNetwork;
+use shoal_proto::{FileKey, PeerAddr};
 use tempfile::TempDir;
 
 const CHUNK: u32 = 16384;
@@ -30,7 +31,8 @@ fn data() -> Vec<u8> {
     (0..SIZE).map(|i| (i * 31 + i / 97) as u8).collect()
 }
 
-struct World {
+struct World<K: Keys> {
+    keys: K,
     net: MemNetwork,
     index: ServerHandle,
     tmp: TempDir,
@@ -41,17 +43,18 @@ struct Holder {
     _server: ServerHandle,
 }
 
-impl World {
-    fn new() -> World {
+impl<K: Keys> World<K> {
+    fn new(keys: K) -> World<K> {
         let net = MemNetwork::new();
         let index = IndexServer::new(
-            Claimed::new(net.host("index"), node(99)),
+            keys.transport(&net, "index", 99),
             MemoryStore::with_seed(1),
             IndexServerConfig::default(),
         )
         .spawn(&addr("index:0"))
         .unwrap();
         World {
+            keys,
             net,
             index,
             tmp: tempfile::tempdir().unwrap(),
@@ -66,12 +69,12 @@ impl World {
 
     /// A holder on `host` sharing `a.bin`, serving as node `serves` and registered with the
     /// index as node `registers` (`None`: without an id).
-    fn holder(&self, host: &str, serves: NodeId, registers: Option<NodeId>) -> Holder {
+    fn holder(&self, host: &str, serves: u8, registers: Option<u8>) -> Holder {
         let dir = self.folder(host);
         fs::write(dir.join("a.bin"), data()).unwrap();
         let library = Library::open(&dir, CHUNK).unwrap();
         let server = PeerServer::new(
-            Claimed::new(self.net.host(host), serves),
+            self.keys.transport(&self.net, host, serves),
             library.clone(),
             PeerServerConfig::default(),
         )
@@ -79,8 +82,11 @@ impl World {
         .unwrap();
         let addr = server.addr().clone();
         let transport = match registers {
-            Some(id) => Claimed::new(self.net.host(host), id),
-            None => Claimed::anonymous(self.net.host(host)),
+            Some(who) => self.keys.transport(&self.net, host, who),
+            None => self
+                .keys
+                .anonymous(&self.net, host)
+                .expect("a transport that can prove no id"),
         };
         IndexClient::new(transport, vec![self.index.addr().clone()])
             .register(&addr, &library.files())
@@ -91,9 +97,9 @@ impl World {
         }
     }
 
-    fn downloader(&self, seed: u64) -> Downloader<Claimed<MemTransport>> {
+    fn downloader(&self, seed: u64) -> Downloader<K::T> {
         Downloader::new(
-            Claimed::new(self.net.host("bob"), node(50)),
+            self.keys.transport(&self.net, "bob", 50),
             vec![self.index.addr().clone()],
             &self.folder(&format!("out{seed}")),
             DownloaderConfig {
@@ -118,11 +124,16 @@ fn key() -> FileKey {
 
 #[test]
 fn an_impostor_on_a_holders_address_is_dropped_and_the_others_finish() {
-    let world = World::new();
-    let a = world.holder("a", node(1), Some(node(1)));
-    let b = world.holder("b", node(2), Some(node(2)));
+    an_impostor_is_dropped(World::new(TlsKeys::default()));
+    an_impostor_is_dropped(World::new(ClaimedKeys));
+}
+
+fn an_impostor_is_dropped<K: Keys>(world: World<K>) {
+    let node = |who| world.keys.node(who);
+    let a = world.holder("a", 1, Some(1));
+    let b = world.holder("b", 2, Some(2));
     // Registered as node 3, but whoever answers on its address presents node 66.
-    let c = world.holder("c", node(66), Some(node(3)));
+    let c = world.holder("c", 66, Some(3));
     let wrong = WrongNode {
         addr: c.addr.clone(),
         presented: node(66),
@@ -174,8 +185,13 @@ fn an_impostor_on_a_holders_address_is_dropped_and_the_others_finish() {
 
 #[test]
 fn an_impostor_is_not_asked_for_the_manifest_either() {
-    let world = World::new();
-    let c = world.holder("c", node(66), Some(node(3)));
+    not_asked_for_the_manifest(World::new(TlsKeys::default()));
+    not_asked_for_the_manifest(World::new(ClaimedKeys));
+}
+
+fn not_asked_for_the_manifest<K: Keys>(world: World<K>) {
+    let node = |who| world.keys.node(who);
+    let c = world.holder("c", 66, Some(3));
     let err = world.downloader(1).fetch(&key()).unwrap_err();
     match &err {
         PeerError::NoReachableHolder {
@@ -199,10 +215,10 @@ fn an_impostor_is_not_asked_for_the_manifest_either() {
 
 #[test]
 fn without_ids_from_the_index_nothing_is_checked() {
-    let world = World::new();
+    let world = World::new(ClaimedKeys);
     // Registered over a transport that proves nothing: the index knows no ids, and the
     // downloader has nothing to compare with, as before.
-    let c = world.holder("c", node(66), None);
+    let c = world.holder("c", 66, None);
     let report = downloaded(world.downloader(1).fetch(&key()).unwrap());
     assert_eq!(fs::read(report.path.as_ref().unwrap()).unwrap(), data());
     assert_eq!(report.from, c.addr);

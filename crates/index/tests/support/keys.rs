@@ -1,4 +1,8 @@
-//! A test-only transport that stands in for TLS in tests of the node-id plumbing: each end
+//! Transports whose ends have node ids, for the tests of the node-id plumbing: [`Keys`] gives
+//! each test host a transport presenting a node's key, over [`Claimed`] or real TLS
+//! ([`TlsKeys`]), so each test runs on both.
+//!
+//! [`Claimed`] is a test-only transport that stands in for TLS: each end
 //! *claims* a node id (proves nothing; real runs use the TLS transport), and
 //! [`Connection::peer_node`] returns what the other end claimed.
 //!
@@ -10,10 +14,78 @@
 //! Shared by the index, peer and cli tests (`#[path]`), one copy.
 #![allow(dead_code)] // each test crate uses a part
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use shoal_proto::mem::{MemNetwork, MemTransport};
+use shoal_proto::tls::{Identity, TlsConfig, TlsTransport};
 use shoal_proto::{Closer, Connection, Listener, NodeId, PeerAddr, Transport};
+
+/// Node keys for test hosts: `transport(net, host, who)` is host `host`'s transport on the
+/// memory network, presenting node `who`'s key; `node(who)` is that key's id.
+pub(crate) trait Keys {
+    /// The transport.
+    type T: Transport;
+    /// Host `host`, presenting node `who`.
+    fn transport(&self, net: &MemNetwork, host: &str, who: u8) -> Self::T;
+    /// Node `who`'s id.
+    fn node(&self, who: u8) -> NodeId;
+    /// Host `host` proving no id, where the transport can (`None` for TLS, which always
+    /// proves one).
+    fn anonymous(&self, net: &MemNetwork, host: &str) -> Option<Self::T>;
+}
+
+/// [`Claimed`] ids: node `who` is `[who; 32]`.
+pub(crate) struct ClaimedKeys;
+
+impl Keys for ClaimedKeys {
+    type T = Claimed<MemTransport>;
+
+    fn transport(&self, net: &MemNetwork, host: &str, who: u8) -> Self::T {
+        Claimed::new(net.host(host), node(who))
+    }
+
+    fn node(&self, who: u8) -> NodeId {
+        node(who)
+    }
+
+    fn anonymous(&self, net: &MemNetwork, host: &str) -> Option<Self::T> {
+        Some(Claimed::anonymous(net.host(host)))
+    }
+}
+
+/// Real TLS (open mode): node `who` is a generated identity, the same for every call.
+#[derive(Default)]
+pub(crate) struct TlsKeys {
+    identities: Mutex<HashMap<u8, Identity>>,
+}
+
+impl TlsKeys {
+    fn identity(&self, who: u8) -> Identity {
+        let mut ids = self.identities.lock().unwrap();
+        ids.entry(who)
+            .or_insert_with(|| Identity::generate().unwrap())
+            .clone()
+    }
+}
+
+impl Keys for TlsKeys {
+    type T = TlsTransport<MemTransport>;
+
+    fn transport(&self, net: &MemNetwork, host: &str, who: u8) -> Self::T {
+        TlsTransport::new(net.host(host), TlsConfig::new(self.identity(who))).unwrap()
+    }
+
+    fn node(&self, who: u8) -> NodeId {
+        self.identity(who).node_id()
+    }
+
+    fn anonymous(&self, _net: &MemNetwork, _host: &str) -> Option<Self::T> {
+        None
+    }
+}
 
 /// The claim of no id.
 const ANONYMOUS: [u8; 32] = [0; 32];
@@ -69,6 +141,10 @@ impl<T: Transport> Transport for Claimed<T> {
             theirs: [0; 32],
             have: 0,
         })
+    }
+
+    fn wake(&self, addr: &PeerAddr) {
+        self.inner.wake(addr);
     }
 }
 
