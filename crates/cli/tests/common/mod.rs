@@ -29,6 +29,7 @@ pub(crate) fn index<T: Transport>(transport: T, seed: u64) -> ServerHandle {
 /// Compiles a file of test cases twice, as modules `plain` (the bare in-memory network) and
 /// `tls` (TLS 1.3 over it, one key per host name, as one identity per machine). The cases
 /// see `Net` (the transport type), `on_host(&MemNetwork, name) -> Net` and `TLS`.
+#[allow(unused_macros)] // not every test binary compiles cases twice
 macro_rules! plain_and_tls {
     ($cases:literal) => {
         /// The cases on the bare in-memory network.
@@ -58,6 +59,7 @@ macro_rules! plain_and_tls {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use plain_and_tls;
 
 /// Host `name` of `net` on TLS, with that name's key (kept under the target folder, so
