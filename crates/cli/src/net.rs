@@ -59,6 +59,22 @@ impl SecurityArgs {
     }
 }
 
+/// This node's id on `net` (`None` on plain TCP).
+pub(crate) fn node_id(net: &Net) -> Option<NodeId> {
+    match net {
+        Either::Left(tls) => Some(tls.node_id()),
+        Either::Right(_) => None,
+    }
+}
+
+/// The private swarm this node is a member of on `net`, if any.
+pub(crate) fn swarm_name(net: &Net) -> Option<String> {
+    match net {
+        Either::Left(tls) => tls.swarm_name().map(str::to_string),
+        Either::Right(_) => None,
+    }
+}
+
 /// Where the identity lives when `--identity` is not given.
 pub(crate) fn default_identity_path() -> Result<PathBuf, CliError> {
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {

@@ -143,13 +143,19 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
         http: Option<&str>,
     ) -> Result<(), CliError> {
         let lease = store.lease().as_secs();
+        let (node, swarm) = (
+            crate::net::node_id(&transport),
+            crate::net::swarm_name(&transport),
+        );
         let server = IndexServer::new(transport, store, config);
         let monitor = server.monitor();
         let handle = server.spawn(listen)?;
         announce_listening(handle.addr());
         let _status = http
             .map(|http| {
-                crate::status::serve(http, IndexPage::new(monitor, handle.addr().to_string()))
+                let page =
+                    IndexPage::new(monitor, handle.addr().to_string()).with_identity(node, swarm);
+                crate::status::serve(http, page)
             })
             .transpose()?;
         log::info!(
@@ -273,6 +279,10 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     let heartbeat = config.announcer.heartbeat_interval();
     // Server, then registration with every index (one that does not answer, even the only
     // one, is retried at each heartbeat while the peer serves), then the folder watcher.
+    let (node, swarm) = (
+        crate::net::node_id(&transport),
+        crate::net::swarm_name(&transport),
+    );
     let peer = Peer::start(transport, library, config)?;
     // An index may have told a shorter lease than --lease.
     let heartbeat = peer.heartbeat_interval().unwrap_or(heartbeat);
@@ -281,7 +291,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
     }
     let _status = match (&args.service.http, peer.listen_addr()) {
         (Some(http), Some(listen)) => {
-            let page = PeerPage::new(peer.monitor(), listen.to_string());
+            let page = PeerPage::new(peer.monitor(), listen.to_string()).with_identity(node, swarm);
             Some(crate::status::serve(http, page)?)
         }
         _ => None,

@@ -8,7 +8,7 @@ mod process;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use process::{Server, get, run, write_file};
+use process::{Server, get, http_get, run, write_file};
 use tempfile::TempDir;
 
 /// `shoal id --identity FILE`: its last word.
@@ -150,9 +150,17 @@ fn a_private_swarm_from_the_readme_serves_members_and_refuses_strangers() {
         "--index".into(),
         index.clone(),
         "--no-console".into(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
     ];
     peer_args.extend(swarm.flags("peer"));
-    let (_peer, _) = Server::start(&strs(&peer_args));
+    let (mut peer, _) = Server::start(&strs(&peer_args));
+    // Its status page says who it is on the network.
+    let (code, body) = http_get(&peer.status_page(), "/api/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["node"], node_id(&swarm.identity("peer")).as_str());
+    assert_eq!(status["swarm"], "team");
 
     // A member downloads, over TLS, from a member.
     let out = TempDir::new().unwrap();

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use shoal_index::IndexMonitor;
 use shoal_peer::PeerMonitor;
+use shoal_proto::NodeId;
 
 use crate::StatusSource;
 
@@ -42,10 +43,13 @@ impl Monitor for PeerMonitor {
 }
 
 /// The status page of a running index ([`IndexPage`]) or peer ([`PeerPage`]): its snapshot
-/// plus `kind`, `version`, `listen` and `uptime_seconds`.
+/// plus `kind`, `version`, `listen`, `uptime_seconds`, and who the server is on the network:
+/// `node` (its node id, `null` without TLS) and `swarm` (its private swarm's name, or `null`).
 pub struct Page<M> {
     monitor: M,
     listen: String,
+    node: Option<String>,
+    swarm: Option<String>,
     started: Instant,
 }
 
@@ -60,8 +64,17 @@ impl<M: Monitor> Page<M> {
         Page {
             monitor,
             listen: listen.into(),
+            node: None,
+            swarm: None,
             started: Instant::now(),
         }
+    }
+
+    /// The page of a server that talks TLS as `node`, a member of `swarm` (if any).
+    pub fn with_identity(mut self, node: Option<NodeId>, swarm: Option<String>) -> Self {
+        self.node = node.map(|n| n.to_string());
+        self.swarm = swarm;
+        self
     }
 }
 
@@ -72,6 +85,8 @@ impl<M: Monitor> StatusSource for Page<M> {
             object.insert("kind".into(), M::KIND.into());
             object.insert("version".into(), env!("CARGO_PKG_VERSION").into());
             object.insert("listen".into(), self.listen.clone().into());
+            object.insert("node".into(), self.node.clone().into());
+            object.insert("swarm".into(), self.swarm.clone().into());
             object.insert(
                 "uptime_seconds".into(),
                 self.started.elapsed().as_secs_f64().into(),
