@@ -7,6 +7,9 @@
 //! against a limit before anything is read, the body buffer grows only as bytes arrive, and
 //! the body is decoded from the buffer with a bincode byte limit. bincode stays inside this
 //! module so it can be swapped.
+//!
+//! Over [`crate::tls`] all of this runs inside TLS, unchanged. A plaintext client that gets
+//! a TLS record where the server's answer should be reports [`ProtoError::TlsServer`].
 
 use std::io::{self, Read, Write};
 

@@ -338,11 +338,42 @@ pub(crate) fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(TlsError::Write {
+        // A file system without hard links: create the file exclusively instead (a racing
+        // reader could then see it half written, never a replaced one).
+        Err(_) => write_exclusive(path, contents, mode),
+    }
+}
+
+fn write_exclusive(path: &Path, contents: &[u8], mode: u32) -> Result<bool, TlsError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(source) => {
+            return Err(TlsError::Write {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    if let Err(source) = written {
+        let _ = fs::remove_file(path);
+        return Err(TlsError::Write {
             path: path.to_path_buf(),
             source,
-        }),
+        });
     }
+    sync_parent(path);
+    Ok(true)
 }
 
 /// Replaces `path` with `contents` atomically (temporary file, then rename).

@@ -8,6 +8,7 @@ use super::*;
 use crate::mem::MemNetwork;
 use crate::tcp::TcpTransport;
 use crate::{Connection, Listener, PeerAddr, Transport};
+use rustls_pki_types::CertificateDer;
 
 fn open(identity: &Identity) -> TlsConfig {
     TlsConfig::new(identity.clone())
@@ -565,36 +566,36 @@ fn a_silent_client_gets_timeouts_then_the_handshake_deadline_on_the_server() {
     assert_eq!(again.kind(), io::ErrorKind::ConnectionAborted, "{again}");
 }
 
-#[test]
-fn a_key_that_is_not_ed25519_is_refused() {
+/// What a TLS server of ours says about a plain rustls client that presents `chain` with
+/// `key` (ECDSA P-256).
+fn server_words_for_client_chain(
+    chain: Vec<CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> String {
     use rustls::pki_types::PrivateKeyDer;
     let net = MemNetwork::new();
     let server = TlsTransport::new(net.host("srv"), open(&Identity::generate().unwrap())).unwrap();
     let listener = server.bind(&PeerAddr::new("srv:0").unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = echo_once(listener);
-
-    // A plain rustls client with an ECDSA certificate.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["x".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
     let policy = Arc::new(verify::Policy {
         provider: verify::provider(),
         swarm: None,
         revoked: None,
     });
+    let signing = verify::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    let resolver = Arc::new(verify::FixedCert(Arc::new(CertifiedKey::new(
+        chain, signing,
+    ))));
     let config = ClientConfig::builder_with_provider(verify::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(verify::PeerCheck::new(policy))
-        .with_client_auth_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
+        .with_client_cert_resolver(resolver);
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(SNI_NAME).unwrap())
             .unwrap();
@@ -607,10 +608,31 @@ fn a_key_that_is_not_ed25519_is_refused() {
     // This plain client learns it from an alert or a closed connection, depending on
     // whether its write raced the server's close; the server's words are what count.
     assert!(tls.read_exact(&mut buf).is_err());
-    let server_err = handle.join().unwrap().unwrap_err();
+    handle.join().unwrap().unwrap_err()
+}
+
+#[test]
+fn a_key_that_is_not_ed25519_is_refused() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["x".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let words = server_words_for_client_chain(vec![cert.der().clone()], &key);
     assert!(
-        server_err.contains("presented an unusable certificate: its key is not Ed25519"),
-        "{server_err}"
+        words.contains("presented an unusable certificate: its key is not Ed25519"),
+        "{words}"
+    );
+}
+
+#[test]
+fn a_malformed_certificate_is_refused() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+    let words = server_words_for_client_chain(vec![garbage], &key);
+    assert!(
+        words.contains("presented an unusable certificate: malformed certificate"),
+        "{words}"
     );
 }
 
