@@ -3,12 +3,14 @@
 //! and private swarms (`shoal id`, `shoal swarm new`, `shoal swarm admit`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use shoal_proto::NodeId;
 use shoal_proto::either::Either;
 use shoal_proto::tcp::TcpTransport;
-use shoal_proto::tls::{Identity, Membership, SwarmAuthority, TlsConfig, TlsTransport};
+use shoal_proto::tls::{
+    Identity, Membership, SwarmAuthority, TlsConfig, TlsTransport, format_time,
+};
 
 use crate::error::CliError;
 use crate::output::outln;
@@ -154,7 +156,7 @@ pub(crate) fn run_id(args: &IdArgs) -> Result<(), CliError> {
         outln!(
             "member of swarm {:?} until {}",
             member.swarm_name(),
-            utc_date(member.not_after())
+            format_time(member.not_after())
         );
     }
     outln!("node id {id}");
@@ -225,43 +227,10 @@ pub(crate) fn run_swarm(command: &SwarmCommand) -> Result<(), CliError> {
             outln!(
                 "admitted {id} to swarm {:?} until {}: give {} to that node (--member)",
                 authority.name(),
-                utc_date(member.not_after()),
+                format_time(member.not_after()),
                 out.display()
             );
         }
     }
     Ok(())
-}
-
-/// `YYYY-MM-DD` (UTC) of a time.
-fn utc_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_utc_calendar_days() {
-        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-        assert_eq!(utc_date(at(0)), "1970-01-01");
-        assert_eq!(utc_date(at(951_782_400)), "2000-02-29");
-        assert_eq!(utc_date(at(1_796_083_200)), "2026-12-01");
-    }
 }

@@ -216,8 +216,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `when` as `YYYY-MM-DD HH:MM:SS UTC`, for messages.
-pub(crate) fn format_time(when: SystemTime) -> String {
+/// `when` as `YYYY-MM-DD HH:MM:SS UTC`, as the TLS errors write certificate dates (and
+/// `shoal id --member` the end of a membership).
+pub fn format_time(when: SystemTime) -> String {
     let secs = match when.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),

@@ -68,6 +68,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 
+pub use der::format_time;
 pub use error::TlsError;
 pub use identity::Identity;
 pub use stream::TlsStream;
