@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")"
 secs=${1:-600}
 [ $# -gt 0 ] && shift
-targets=${*:-"handshake index_request index_response peer_request peer_response manifest wire_values hash_cache resume_sidecar durable_log durable_snapshot"}
+targets=${*:-"handshake index_request index_response peer_request peer_response manifest wire_values hash_cache resume_sidecar durable_log durable_snapshot peer_certificate"}
 RUSTC_BOOTSTRAP=1 nice -n 19 cargo fuzz build -O
 nice -n 19 cargo run --quiet --example seed_corpus
 nice -n 19 cargo run --quiet --example format_seeds

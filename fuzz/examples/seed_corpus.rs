@@ -58,6 +58,18 @@ fn real_manifest(len: usize, chunk_size: u32) -> Manifest {
 }
 
 fn main() {
+    // Certificates as a peer presents them: each alone, and the member with its authority
+    // as an intermediate (length-prefixed, see the target's docs).
+    let certs = shoal_proto::tls::fuzzing::sample_certificates();
+    for (i, cert) in certs.iter().enumerate() {
+        write("peer_certificate", &format!("cert-{i}"), cert);
+    }
+    if let [_, authority, member] = certs.as_slice() {
+        let mut chain = u16::try_from(member.len()).expect("short").to_be_bytes().to_vec();
+        chain.extend_from_slice(member);
+        chain.extend_from_slice(authority);
+        write("peer_certificate", "member-chain", &chain);
+    }
     let addr = |s: &str| PeerAddr::new(s).expect("addr");
     let meta = FileMeta {
         name: "a.txt".into(),

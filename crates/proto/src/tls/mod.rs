@@ -79,6 +79,96 @@ use verify::{FixedCert, NoResumption, PeerCheck, Policy, Swarm};
 
 use crate::{Connection, Listener, NodeId, PeerAddr, Transport};
 
+/// For `fuzz/` only (not an API): what a node does with the certificate bytes a peer sends
+/// in every handshake, before anything else is known about it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::Arc;
+
+    use rustls::RootCertStore;
+    use rustls_pki_types::{CertificateDer, UnixTime};
+
+    use super::der;
+    use super::verify::{PeerCheck, Policy, Swarm};
+    use crate::NodeId;
+
+    /// An open-mode and a swarm-mode verifier (the swarm's authority made here).
+    pub struct Verifiers {
+        open: Arc<PeerCheck>,
+        swarm: Arc<PeerCheck>,
+    }
+
+    /// Both verifiers; `None` if the authority cannot be made.
+    pub fn verifiers() -> Option<Verifiers> {
+        let authority = super::SwarmAuthority::generate("fuzz").ok()?;
+        let mut roots = RootCertStore::empty();
+        roots.add(authority.certificate().clone()).ok()?;
+        let policy = |swarm| {
+            Arc::new(Policy {
+                provider: super::verify::provider(),
+                swarm,
+                revoked: None,
+            })
+        };
+        Some(Verifiers {
+            open: PeerCheck::new(policy(None)),
+            swarm: PeerCheck::new(policy(Some(Swarm { roots }))),
+        })
+    }
+
+    /// Real certificates for seed corpora: a node's self-signed one, a swarm authority's and
+    /// a member certificate it issued (in that order).
+    pub fn sample_certificates() -> Vec<Vec<u8>> {
+        let Ok(identity) = super::Identity::generate() else {
+            return Vec::new();
+        };
+        let Ok(authority) = super::SwarmAuthority::generate("fuzz") else {
+            return Vec::new();
+        };
+        let mut out = vec![
+            identity.certificate().to_vec(),
+            authority.certificate().to_vec(),
+        ];
+        if let Ok(member) =
+            authority.admit(&identity.node_id(), std::time::Duration::from_secs(3600))
+        {
+            out.push(member.member_certificate().to_vec());
+        }
+        out
+    }
+
+    /// Runs both verifiers' certificate checks on `end_entity` (with `intermediate`, as a
+    /// peer may send a chain) and the field readers on it; returns the node ids accepted
+    /// (open, swarm). Must never panic.
+    pub fn peer_certificate(
+        v: &Verifiers,
+        end_entity: &[u8],
+        intermediate: Option<&[u8]>,
+    ) -> (Option<NodeId>, Option<NodeId>) {
+        if let Ok(info) = der::parse_cert(end_entity) {
+            let _ = (info.node_id(), info.is_self_issued());
+            let _ = (
+                der::common_name(info.subject),
+                der::organization(info.issuer),
+            );
+            let _ = (
+                der::format_time(info.not_before),
+                der::format_time(info.not_after),
+            );
+        }
+        let cert = CertificateDer::from(end_entity.to_vec());
+        let chain: Vec<CertificateDer<'static>> = intermediate
+            .map(|i| CertificateDer::from(i.to_vec()))
+            .into_iter()
+            .collect();
+        let now = UnixTime::now();
+        (
+            v.open.decide(&cert, &chain, now).ok(),
+            v.swarm.decide(&cert, &chain, now).ok(),
+        )
+    }
+}
+
 /// The server name every client sends (names are not checked: a node is its key).
 pub const SNI_NAME: &str = "shoal.invalid";
 

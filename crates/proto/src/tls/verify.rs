@@ -189,7 +189,7 @@ impl PeerCheck {
         result
     }
 
-    fn decide(
+    pub(crate) fn decide(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
