@@ -77,6 +77,15 @@ pub(crate) fn swarm_name(net: &Net) -> Option<String> {
     }
 }
 
+/// Who this node is, for its start-up log line.
+pub(crate) fn describe(node: Option<&NodeId>, swarm: Option<&str>) -> String {
+    match (node, swarm) {
+        (Some(node), Some(swarm)) => format!("TLS as node {node}, member of swarm {swarm:?}"),
+        (Some(node), None) => format!("TLS as node {node}, open to any node"),
+        (None, _) => "plain TCP (--insecure-plaintext): no TLS, no node ids".to_string(),
+    }
+}
+
 /// Where the identity lives when `--identity` is not given.
 pub(crate) fn default_identity_path() -> Result<PathBuf, CliError> {
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {

@@ -147,6 +147,7 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             crate::net::node_id(&transport),
             crate::net::swarm_name(&transport),
         );
+        let who = crate::net::describe(node.as_ref(), swarm.as_deref());
         let server = IndexServer::new(transport, store, config);
         let monitor = server.monitor();
         let handle = server.spawn(listen)?;
@@ -159,7 +160,7 @@ pub(crate) fn run_index(args: &IndexArgs) -> Result<(), CliError> {
             })
             .transpose()?;
         log::info!(
-            "index started on {} ({what}, lease {lease} s)",
+            "index started on {} ({what}, lease {lease} s; {who})",
             handle.addr()
         );
         wait_for_interrupt()?;
@@ -283,6 +284,7 @@ pub(crate) fn run_peer(args: &PeerArgs) -> Result<(), CliError> {
         crate::net::node_id(&transport),
         crate::net::swarm_name(&transport),
     );
+    log::info!("{}", crate::net::describe(node.as_ref(), swarm.as_deref()));
     let peer = Peer::start(transport, library, config)?;
     // An index may have told a shorter lease than --lease.
     let heartbeat = peer.heartbeat_interval().unwrap_or(heartbeat);
