@@ -159,8 +159,13 @@ pub(crate) fn organization(name: &[u8]) -> Option<String> {
 }
 
 fn parse_time(tlv: &Tlv<'_>) -> Result<SystemTime, &'static str> {
-    let text = std::str::from_utf8(tlv.content).map_err(|_| "bad time")?;
-    let text = text.strip_suffix('Z').ok_or("time not in UTC")?;
+    let digits_only = tlv.content.strip_suffix(b"Z").ok_or("time not in UTC")?;
+    // All ASCII digits before any slicing: a multi-byte character must not reach a byte
+    // offset that is not a character boundary (found by fuzz/peer_certificate).
+    if !digits_only.iter().all(u8::is_ascii_digit) {
+        return Err("bad time");
+    }
+    let text = std::str::from_utf8(digits_only).map_err(|_| "bad time")?;
     let (year, rest) = match tlv.tag {
         // UTCTime: YYMMDDHHMMSS, 50..99 are 19xx.
         0x17 if text.len() == 12 => {
@@ -271,5 +276,31 @@ mod tests {
             assert!(parse_cert(bad).is_err());
         }
         assert!(node_id_of_spki(&[0x30, 0x2a]).is_none());
+    }
+
+    #[test]
+    fn times_with_non_ascii_characters_are_refused_not_sliced() {
+        // A UTCTime of 12 bytes whose third "digit" pair ends inside a 3-byte character.
+        for (tag, content) in [
+            (0x17, "26120\u{308b}5814Z"),
+            (0x18, "2026120\u{308b}5814Z"),
+            (0x17, "2612\u{e9}0151814Z"),
+        ] {
+            let tlv = Tlv {
+                tag,
+                content: content.as_bytes(),
+                whole: content.as_bytes(),
+            };
+            assert_eq!(parse_time(&tlv), Err("bad time"), "{content}");
+        }
+        let good = Tlv {
+            tag: 0x17,
+            content: b"261202161314Z",
+            whole: b"",
+        };
+        assert_eq!(
+            format_time(parse_time(&good).unwrap()),
+            "2026-12-02 16:13:14 UTC"
+        );
     }
 }
