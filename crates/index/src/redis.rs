@@ -8,6 +8,11 @@
 //! holder with any number of files by moving one score, and a search pages through one hash
 //! with `HSCAN ... MATCH`. The key layout is in docs/ARCHITECTURE.md.
 //!
+//! The store is also its own [`NodeBindings`] (the holders' node ids, see [`crate::nodes`]),
+//! under `{P}:node:<holder>`, so every index server on the registry checks and answers the
+//! same bindings: a claim is one call of `redis_nodes.lua`, a check one `GET`, the ids of a
+//! lookup's holders one `MGET`.
+//!
 //! Leases are scores (ms of the store's [`Clock`], by default [`UnixClock`], which every
 //! server shares); a lookup never returns a lapsed holder, and [`Store::sweep_expired`]
 //! removes them for good. Redis trouble is typed: while Redis cannot be reached every call
