@@ -147,13 +147,15 @@ impl Process {
         self.log.try_iter().collect()
     }
 
-    /// Waits (bounded) for a log line containing `text`; returns the lines up to it.
+    /// Waits (bounded, [`WAIT`] in all, however many other lines come) for a log line
+    /// containing `text`; returns the lines up to it.
     fn wait_for_log(&self, text: &str) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
         let mut seen = Vec::new();
         loop {
             let line = self
                 .log
-                .recv_timeout(WAIT)
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("no log line with {text:?} in time: {seen:#?}"));
             let found = line.contains(text);
             seen.push(line);
@@ -483,5 +485,76 @@ fn redis_killed_and_restarted_under_load_answers_unavailable_then_serves_again()
     assert!(
         lines[1].starts_with("registry available again"),
         "{lines:#?}"
+    );
+}
+
+/// Holders are keys across the shared registry: a holder announced through one index is
+/// bound to its node id at both, so an impostor that takes its port after it died is
+/// refused at the other index, and a download through that other index names it.
+#[test]
+fn an_impostor_on_a_holders_port_is_refused_and_named_through_the_other_index() {
+    let Some(redis) = redis("an_impostor_on_a_holders_port_is_refused_and_named...") else {
+        return;
+    };
+    let a = Process::index(&redis, "keys");
+    let b = Process::index(&redis, "keys");
+    let keys = tempfile::tempdir().unwrap();
+    let (real_dir, fake_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(real_dir.path().join("song.ogg"), &bytes).unwrap();
+    std::fs::write(fake_dir.path().join("song.ogg"), &bytes).unwrap();
+    let id = |name: &str| {
+        let path = keys.path().join(name);
+        let (identity, _) = shoal_proto::tls::Identity::load_or_create(&path).unwrap();
+        (path, identity.node_id())
+    };
+    let ((real_key, real), (fake_key, fake)) = (id("real.pem"), id("fake.pem"));
+    let peer = |dir: &tempfile::TempDir, key: &std::path::Path, index: &str, listen: &str| {
+        Process::start(
+            &[
+                "peer",
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--index",
+                index,
+                "--identity",
+                key.to_str().unwrap(),
+                "--no-console",
+                "--listen",
+                listen,
+            ],
+            "warn",
+        )
+    };
+    let mut holder = peer(&real_dir, &real_key, &a.addr, "127.0.0.1:0");
+    a.wait_for_log("registered 1 files");
+    // The real holder dies without a word (its registration stays until its lease lapses);
+    // another key takes its port and announces through the other index.
+    holder.kill();
+    let impostor = peer(&fake_dir, &fake_key, &b.addr, &holder.addr);
+    assert_eq!(impostor.addr, holder.addr);
+    let refused = b.wait_for_log("it is registered by node");
+    assert!(
+        refused
+            .last()
+            .is_some_and(|l| l.contains(&format!("registered by node {real}"))),
+        "{refused:#?}"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let got = shoal(&[
+        "get",
+        "song.ogg",
+        "--index",
+        &b.addr,
+        "--no-share",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(!got.status.success());
+    let stderr = String::from_utf8(got.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("presented node id {fake}, index said {real}")),
+        "{stderr}"
     );
 }

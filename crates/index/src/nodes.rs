@@ -10,21 +10,31 @@
 //! the holder it reaches is the one that registered. Connections without an id (plain TCP)
 //! are neither checked nor bound: the host check of the server still applies to them.
 //!
+//! Where the bindings live is a [`NodeBindings`]: a store shared by several index servers
+//! offers its own ([`Store::node_bindings`](crate::Store::node_bindings); the
+//! [`RedisStore`](crate::RedisStore) keeps them in Redis beside the registry, so a holder
+//! registered through one index is checked and answered through every other), and the
+//! server uses its own in-memory [`NodeBook`] otherwise (the memory and durable stores).
+//! A shared binding that cannot be read or written (Redis down) refuses the change as the
+//! registry being unavailable: a claim that cannot be checked is never let through.
+//!
 //! The book is plain data in memory beside the store, behind the server's lock: it is not
-//! written to the durable log and not shared through Redis. After an index restart (or at
-//! another index sharing a Redis registry) a holder has no binding until it renews or
-//! registers again, which it does within a third of a lease; until then lookups list it
-//! without an id, and downloaders check nothing for it.
+//! written to the durable log. After a durable index restarts a holder has no binding until
+//! it renews or registers again, which it does within a third of a lease; until then
+//! lookups list it without an id, and downloaders check nothing for it.
 //!
 //! Bounded: at most [`NodeBook::limit`] bindings. Holders whose lease lapsed are dropped at
 //! every sweep, holders that unregister everything at once; a book that is full anyway drops
-//! its stalest eighth.
+//! its stalest eighth. (Shared bindings expire in Redis by themselves.)
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use shoal_proto::message::HolderNode;
 use shoal_proto::{NodeId, PeerAddr};
+
+use crate::StoreError;
 
 /// Default [`NodeBook::limit`]: one binding per holder of a large index (about 100 bytes
 /// each, some 100 MB at most).
@@ -32,7 +42,7 @@ pub const DEFAULT_NODE_BOOK_LIMIT: usize = 1 << 20;
 
 /// One holder's binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Binding {
+pub(crate) struct Binding {
     node: NodeId,
     /// Its last registration or renewal from `node`.
     seen: Instant,
@@ -45,10 +55,134 @@ pub struct BoundToOther {
     pub bound: NodeId,
 }
 
-/// What [`NodeBook::claim`] replaced, so a failed store change can put it back with
-/// [`NodeBook::undo`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Claimed(Option<Binding>);
+/// What a claim replaced ([`NodeBook::claim`], [`NodeBindings::claim`]), so a failed store
+/// change can put it back with [`NodeBook::undo`] or [`NodeBindings::undo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed(Previous);
+
+/// What was there before a claim, as the bindings that made it keep it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Previous {
+    /// A [`NodeBook`]'s binding.
+    Book(Option<Binding>),
+    /// A shared store's stored value (`None`: the holder was free).
+    Shared(Option<Vec<u8>>),
+}
+
+impl Claimed {
+    /// A shared store's claim that replaced `value`.
+    pub(crate) fn shared(value: Option<Vec<u8>>) -> Claimed {
+        Claimed(Previous::Shared(value))
+    }
+
+    /// The stored value a shared store's claim replaced; `None` if it replaced nothing or
+    /// was a [`NodeBook`]'s.
+    pub(crate) fn shared_value(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Previous::Shared(value) => value.as_deref(),
+            Previous::Book(_) => None,
+        }
+    }
+
+    /// Whether the claim was a shared store's.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self.0, Previous::Shared(_))
+    }
+}
+
+/// Why a claim or check was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The holder is bound, live, to another id.
+    #[error("the holder is registered by node {}", .0.bound)]
+    Bound(BoundToOther),
+    /// The shared bindings could not be read or written (the registry is unavailable or
+    /// failed): the change is refused, never let through unchecked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<BoundToOther> for Refusal {
+    fn from(bound: BoundToOther) -> Self {
+        Refusal::Bound(bound)
+    }
+}
+
+/// Where holder -> node id bindings live, with the policy of the [module docs](self): the
+/// operations the [`IndexServer`](crate::IndexServer) needs. Time is each implementation's
+/// own (the book's [`Instant::now`], a shared store's clock).
+pub trait NodeBindings: Send + Sync {
+    /// Binds `holder` to `node` (or refreshes the binding), refused while it is bound, live,
+    /// to another id; returns what it replaced, for [`NodeBindings::undo`].
+    fn claim(&self, holder: &PeerAddr, node: NodeId) -> Result<Claimed, Refusal>;
+    /// Puts back what a claim of `holder` by `node` replaced (the change it allowed failed
+    /// or did nothing).
+    fn undo(&self, holder: &PeerAddr, node: NodeId, claimed: Claimed) -> Result<(), StoreError>;
+    /// May `node` change `holder` (unregister it)? Refused while the holder is bound, live,
+    /// to another id.
+    fn check(&self, holder: &PeerAddr, node: NodeId) -> Result<(), Refusal>;
+    /// Drops `holder`'s binding to `node` (it unregistered everything); a binding to another
+    /// id stays.
+    fn forget(&self, holder: &PeerAddr, node: NodeId) -> Result<(), StoreError>;
+    /// After a sweep removed the `expired` holders: drops their bindings and whatever else
+    /// lapsed (with the store's current `lease`).
+    fn swept(&self, expired: &[PeerAddr], lease: Duration);
+    /// The id `holder` is bound to, if any.
+    fn node(&self, holder: &PeerAddr) -> Result<Option<NodeId>, StoreError>;
+    /// The bound ids of `holders`, in their order (one round trip for a shared store).
+    fn nodes_of(&self, holders: &[&PeerAddr]) -> Result<Vec<HolderNode>, StoreError>;
+    /// Whether some holder may be bound: `false` lets lookups skip asking (a shared store
+    /// cannot tell cheaply, and says `true`).
+    fn may_have_any(&self) -> bool {
+        true
+    }
+}
+
+fn lock_book(book: &Mutex<NodeBook>) -> MutexGuard<'_, NodeBook> {
+    book.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The server's own book, behind its lock, with time from [`Instant::now`].
+impl NodeBindings for Mutex<NodeBook> {
+    fn claim(&self, holder: &PeerAddr, node: NodeId) -> Result<Claimed, Refusal> {
+        Ok(lock_book(self).claim(holder, node, Instant::now())?)
+    }
+
+    fn undo(&self, holder: &PeerAddr, _: NodeId, claimed: Claimed) -> Result<(), StoreError> {
+        lock_book(self).undo(holder, claimed);
+        Ok(())
+    }
+
+    fn check(&self, holder: &PeerAddr, node: NodeId) -> Result<(), Refusal> {
+        Ok(lock_book(self).check(holder, node, Instant::now())?)
+    }
+
+    fn forget(&self, holder: &PeerAddr, _: NodeId) -> Result<(), StoreError> {
+        lock_book(self).forget(holder);
+        Ok(())
+    }
+
+    fn swept(&self, expired: &[PeerAddr], lease: Duration) {
+        let mut book = lock_book(self);
+        book.set_lease(lease);
+        book.prune(Instant::now());
+        for holder in expired {
+            book.forget(holder);
+        }
+    }
+
+    fn node(&self, holder: &PeerAddr) -> Result<Option<NodeId>, StoreError> {
+        Ok(lock_book(self).node(holder))
+    }
+
+    fn nodes_of(&self, holders: &[&PeerAddr]) -> Result<Vec<HolderNode>, StoreError> {
+        Ok(lock_book(self).nodes_of(holders.iter().copied()))
+    }
+
+    fn may_have_any(&self) -> bool {
+        !lock_book(self).is_empty()
+    }
+}
 
 /// Holder address -> node id, with the policy above; see the [module docs](self).
 #[derive(Debug)]
@@ -129,19 +263,23 @@ impl NodeBook {
             self.make_room(now);
         }
         let binding = Binding { node, seen: now };
-        Ok(Claimed(self.bound.insert(holder.clone(), binding)))
+        Ok(Claimed(Previous::Book(
+            self.bound.insert(holder.clone(), binding),
+        )))
     }
 
     /// Puts back what a [`NodeBook::claim`] of `holder` replaced (the change it allowed
     /// failed or did nothing).
     pub fn undo(&mut self, holder: &PeerAddr, claimed: Claimed) {
         match claimed.0 {
-            Some(previous) => {
+            Previous::Book(Some(previous)) => {
                 self.bound.insert(holder.clone(), previous);
             }
-            None => {
+            Previous::Book(None) => {
                 self.bound.remove(holder);
             }
+            // Not this book's claim: nothing of it to put back.
+            Previous::Shared(_) => {}
         }
     }
 

@@ -8,6 +8,11 @@
 //! holder with any number of files by moving one score, and a search pages through one hash
 //! with `HSCAN ... MATCH`. The key layout is in docs/ARCHITECTURE.md.
 //!
+//! The store is also its own [`NodeBindings`] (the holders' node ids, see [`crate::nodes`]),
+//! under `{P}:node:<holder>`, so every index server on the registry checks and answers the
+//! same bindings: a claim is one call of `redis_nodes.lua`, a check one `GET`, the ids of a
+//! lookup's holders one `MGET`.
+//!
 //! Leases are scores (ms of the store's [`Clock`], by default [`UnixClock`], which every
 //! server shares); a lookup never returns a lapsed holder, and [`Store::sweep_expired`]
 //! removes them for good. Redis trouble is typed: while Redis cannot be reached every call
@@ -22,9 +27,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Client, Connection, RedisError, Script, ScriptInvocation, Value};
-use shoal_proto::message::SearchHit;
-use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
+use shoal_proto::message::{HolderNode, SearchHit};
+use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
+use crate::nodes::{BoundToOther, Claimed, NodeBindings, Refusal};
 use crate::partial::{Sources, merge_hits};
 use crate::{
     Clock, DEFAULT_LEASE, LimitExceeded, RegistrationLimits, Search, Store, StoreError, UnixClock,
@@ -49,6 +55,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_PREFIX: usize = 64;
 
 const SCRIPT: &str = include_str!("redis.lua");
+/// The holders' node-id bindings (see [`crate::nodes`]): claim, undo, forget.
+const NODES_SCRIPT: &str = include_str!("redis_nodes.lua");
 /// `locate`'s common case (one listing, a live holder among 8 picks), read-only and small:
 /// a fraction of the full script's cost in Redis.
 const LOCATE_SCRIPT: &str = include_str!("redis_locate.lua");
@@ -95,6 +103,7 @@ pub struct RedisStore {
     base: String,
     script: Script,
     locate_script: Script,
+    nodes_script: Script,
     idle: Mutex<Vec<Connection>>,
     /// Fast path: false while Redis answers.
     troubled: AtomicBool,
@@ -143,6 +152,7 @@ impl RedisStore {
             base: format!("{{{}}}", options.prefix),
             script: Script::new(SCRIPT),
             locate_script: Script::new(LOCATE_SCRIPT),
+            nodes_script: Script::new(NODES_SCRIPT),
             idle: Mutex::new(Vec::new()),
             troubled: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
@@ -234,6 +244,22 @@ impl RedisStore {
         u64::try_from(self.clock.now().as_millis())
             .unwrap_or(u64::MAX)
             .to_string()
+    }
+
+    /// How long a binding's key outlives its last claim in Redis: two leases, so servers
+    /// whose clocks differ a little still judge liveness by the stored time, never by a key
+    /// that vanished early.
+    fn binding_keep_ms(&self) -> String {
+        u64::try_from(self.lease.as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .saturating_mul(2)
+            .max(1)
+            .to_string()
+    }
+
+    /// `{P}:node:<holder>`: the holder's binding.
+    fn node_key(&self, holder: &PeerAddr) -> String {
+        format!("{}:node:{}", self.base, holder.as_str())
     }
 
     fn lease_ms(&self) -> String {
@@ -585,6 +611,10 @@ impl Store for RedisStore {
         RedisStore::identity(self)
     }
 
+    fn node_bindings(&self) -> Option<&dyn NodeBindings> {
+        Some(self)
+    }
+
     fn sources(&self, key: &FileKey) -> Result<Option<Sources>, StoreError> {
         let (kind, k) = encode_key(key);
         let now = self.now_ms();
@@ -608,6 +638,114 @@ impl Store for RedisStore {
             other => Err(bad_reply("sources", &other)),
         }
     }
+}
+
+/// Bindings under `{P}:node:<holder>`: the node id's 32 bytes, then the claim's time (ms of
+/// the store's clock) in decimal; live for a lease after it, the key kept for two (see
+/// `redis_nodes.lua`). A claim is one script call; a check or a lookup one `GET`/`MGET`.
+impl NodeBindings for RedisStore {
+    fn claim(&self, holder: &PeerAddr, node: NodeId) -> Result<Claimed, Refusal> {
+        let (now, lease, keep) = (self.now_ms(), self.lease_ms(), self.binding_keep_ms());
+        let words = ["claim", &now, &lease, &keep, holder.as_str()];
+        let reply = self.run_script(&self.nodes_script, &words, &[node.as_bytes()])?;
+        let Value::Array(v) = &reply else {
+            return Err(bad_reply("claim", &reply).into());
+        };
+        match v.as_slice() {
+            [word, previous] if bytes(word)? == b"ok" => Ok(Claimed::shared(match previous {
+                Value::Nil => None,
+                other => Some(bytes(other)?.to_vec()),
+            })),
+            [word, bound] if bytes(word)? == b"bound" => {
+                let bound = node_id(bytes(bound)?).ok_or_else(|| bad_reply("claim", &reply))?;
+                Err(Refusal::Bound(BoundToOther { bound }))
+            }
+            _ => Err(bad_reply("claim", &reply).into()),
+        }
+    }
+
+    fn undo(&self, holder: &PeerAddr, node: NodeId, claimed: Claimed) -> Result<(), StoreError> {
+        if !claimed.is_shared() {
+            return Ok(());
+        }
+        let keep = self.binding_keep_ms();
+        let previous = claimed.shared_value().unwrap_or_default();
+        let words = ["undo", &keep, holder.as_str()];
+        self.run_script(&self.nodes_script, &words, &[node.as_bytes(), previous])?;
+        Ok(())
+    }
+
+    fn check(&self, holder: &PeerAddr, node: NodeId) -> Result<(), Refusal> {
+        let key = self.node_key(holder);
+        let value: Option<Vec<u8>> = self.call(|con| redis::cmd("GET").arg(&key).query(con))?;
+        let now = u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX);
+        let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        match value.as_deref().and_then(parse_binding) {
+            Some((bound, seen)) if bound != node && now.saturating_sub(seen) <= lease => {
+                Err(Refusal::Bound(BoundToOther { bound }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn forget(&self, holder: &PeerAddr, node: NodeId) -> Result<(), StoreError> {
+        let words = ["forget", holder.as_str()];
+        self.run_script(&self.nodes_script, &words, &[node.as_bytes()])?;
+        Ok(())
+    }
+
+    /// Nothing to do: lapsed bindings are judged by their time and their keys expire in
+    /// Redis, and a sweep's list may be stale by the time it is read (a new key may have
+    /// claimed the address since).
+    fn swept(&self, _: &[PeerAddr], _: Duration) {}
+
+    fn node(&self, holder: &PeerAddr) -> Result<Option<NodeId>, StoreError> {
+        let key = self.node_key(holder);
+        let value: Option<Vec<u8>> = self.call(|con| redis::cmd("GET").arg(&key).query(con))?;
+        Ok(value
+            .as_deref()
+            .and_then(parse_binding)
+            .map(|(node, _)| node))
+    }
+
+    fn nodes_of(&self, holders: &[&PeerAddr]) -> Result<Vec<HolderNode>, StoreError> {
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = holders.iter().map(|h| self.node_key(h)).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            self.call(|con| redis::cmd("MGET").arg(&keys).query(con))?;
+        if values.len() != holders.len() {
+            return Err(StoreError::Failed(format!(
+                "MGET of {} bindings answered {}",
+                holders.len(),
+                values.len()
+            )));
+        }
+        Ok(holders
+            .iter()
+            .zip(values)
+            .filter_map(|(holder, value)| {
+                let (node, _) = parse_binding(&value?)?;
+                Some(HolderNode {
+                    holder: (*holder).clone(),
+                    node,
+                })
+            })
+            .collect())
+    }
+}
+
+/// A stored binding: the node id and the time of its last claim. Anything else reads as no
+/// binding (the next claim overwrites it).
+fn parse_binding(raw: &[u8]) -> Option<(NodeId, u64)> {
+    let (id, seen) = raw.split_at_checked(32)?;
+    let seen = std::str::from_utf8(seen).ok()?.parse().ok()?;
+    Some((node_id(id)?, seen))
+}
+
+fn node_id(raw: &[u8]) -> Option<NodeId> {
+    Some(NodeId::from_bytes(raw.try_into().ok()?))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -1,13 +1,13 @@
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, Service};
 use shoal_proto::content::{MAX_CHUNKS, chunk_count, validate_chunk_size};
 use shoal_proto::message::{
-    ErrorCode, ErrorReply, IndexRequest, IndexResponse, SEARCH_HIT_NODES, SEARCH_NODE_HITS,
-    SearchHit,
+    ErrorCode, ErrorReply, HolderNode, IndexRequest, IndexResponse, SEARCH_HIT_NODES,
+    SEARCH_NODE_HITS, SearchHit,
 };
 use shoal_proto::server::{
     AcceptConfig, Handler, ServerHandle, SessionConfig, SessionStream, serve_session,
@@ -17,7 +17,9 @@ use shoal_proto::{
     Connection, FileId, FileKey, FileMeta, NodeId, PeerAddr, ProtoError, Transport, validate_name,
 };
 
-use crate::nodes::{BoundToOther, DEFAULT_NODE_BOOK_LIMIT, NodeBook};
+use crate::nodes::{
+    BoundToOther, Claimed, DEFAULT_NODE_BOOK_LIMIT, NodeBindings, NodeBook, Refusal,
+};
 use crate::{IndexError, IndexMetrics, IndexMonitor, RegistrationLimits, Store, StoreError};
 
 /// Read buffer per connection: a request is small, and one read usually takes it whole.
@@ -91,7 +93,8 @@ pub struct IndexServer<T: Transport, S: Store> {
     store: Arc<S>,
     config: IndexServerConfig,
     metrics: Arc<IndexMetrics>,
-    /// Which node id each holder registered with (see [`crate::nodes`]).
+    /// Which node id each holder registered with (see [`crate::nodes`]), unless the store
+    /// keeps the bindings itself ([`Store::node_bindings`]).
     book: Arc<Mutex<NodeBook>>,
 }
 
@@ -184,16 +187,11 @@ impl<T: Transport, S: Store> IndexServer<T, S> {
 /// One sweep, one log line per expired holder; their node bindings go too.
 fn sweep_once<S: Store>(store: &S, book: &Mutex<NodeBook>) {
     let result = store.sweep_expired();
-    {
-        let mut book = lock_book(book);
-        book.set_lease(store.lease());
-        book.prune(Instant::now());
-        if let Ok(expired) = &result {
-            for (holder, _) in expired {
-                book.forget(holder);
-            }
-        }
-    }
+    let expired: Vec<PeerAddr> = match &result {
+        Ok(expired) => expired.iter().map(|(holder, _)| holder.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    bindings_of(store, book).swept(&expired, store.lease());
     match result {
         Ok(expired) => {
             for (holder, removed) in expired {
@@ -213,7 +211,7 @@ struct IndexHandler<'a, S> {
     from: &'a PeerAddr,
     /// The server's counters.
     metrics: &'a IndexMetrics,
-    /// The holders' node ids.
+    /// The holders' node ids, unless the store keeps them.
     book: &'a Mutex<NodeBook>,
     /// Encoded response scratch, reused for every answer of the connection.
     out: Vec<u8>,
@@ -245,7 +243,7 @@ impl<C: Connection, S: Store> Handler<C> for IndexHandler<'_, S> {
             self.config,
             &caller,
             self.metrics,
-            self.book,
+            bindings_of(self.store, self.book),
         );
         self.metrics.record(kind, &response, started.elapsed());
         if let Err(e) = write_frame(stream, &mut self.out, &response) {
@@ -325,8 +323,10 @@ struct Caller<'a> {
     node: Option<NodeId>,
 }
 
-fn lock_book(book: &Mutex<NodeBook>) -> MutexGuard<'_, NodeBook> {
-    book.lock().unwrap_or_else(PoisonError::into_inner)
+/// Where the holders' node ids live: the store's own bindings if it keeps them (a shared
+/// registry), else the server's book.
+fn bindings_of<'a, S: Store>(store: &'a S, book: &'a Mutex<NodeBook>) -> &'a dyn NodeBindings {
+    store.node_bindings().unwrap_or(book)
 }
 
 /// The refusal of a change to a holder bound to another node id.
@@ -352,67 +352,116 @@ fn bound_to_other(
     )
 }
 
+/// A refused claim or check: bound to another id, or the shared bindings unavailable (the
+/// same refusal as the store's failure: nothing is let through unchecked).
+fn refusal(
+    refused: Refusal,
+    holder: &PeerAddr,
+    caller: &Caller<'_>,
+    node: NodeId,
+    what: &str,
+    metrics: &IndexMetrics,
+) -> ErrorReply {
+    match refused {
+        Refusal::Bound(bound) => bound_to_other(holder, caller, node, bound, what),
+        Refusal::Store(e) => store_failure(&e, metrics),
+    }
+}
+
 /// Before a registration or renewal: binds `holder` to the caller's node id (refused while
 /// it is bound to another). Returns what to undo if the change fails; `None` for a
 /// connection without an id, which binds nothing.
 fn claim_holder(
-    book: &Mutex<NodeBook>,
+    bindings: &dyn NodeBindings,
     holder: &PeerAddr,
     caller: &Caller<'_>,
     what: &str,
-) -> Result<Option<crate::nodes::Claimed>, ErrorReply> {
+    metrics: &IndexMetrics,
+) -> Result<Option<(NodeId, Claimed)>, ErrorReply> {
     let Some(node) = caller.node else {
         return Ok(None);
     };
-    lock_book(book)
-        .claim(holder, node, Instant::now())
-        .map(Some)
-        .map_err(|refused| bound_to_other(holder, caller, node, refused, what))
+    bindings
+        .claim(holder, node)
+        .map(|claimed| Some((node, claimed)))
+        .map_err(|refused| refusal(refused, holder, caller, node, what, metrics))
 }
 
-/// Puts back the binding a failed change claimed.
-fn undo_claim(book: &Mutex<NodeBook>, holder: &PeerAddr, claimed: Option<crate::nodes::Claimed>) {
-    if let Some(claimed) = claimed {
-        lock_book(book).undo(holder, claimed);
+/// Puts back the binding a failed change claimed. If that fails too (the shared registry
+/// went away meanwhile), the binding stays until it lapses: the holder's own id, which
+/// only delays a new key taking an address nobody registered.
+fn undo_claim(bindings: &dyn NodeBindings, holder: &PeerAddr, claimed: Option<(NodeId, Claimed)>) {
+    if let Some((node, claimed)) = claimed
+        && let Err(e) = bindings.undo(holder, node, claimed)
+    {
+        log::debug!("index: could not undo the binding of {holder}: {e}");
     }
 }
 
 /// Before an unregistration: refused while `holder` is bound to another node id.
 fn check_holder(
-    book: &Mutex<NodeBook>,
+    bindings: &dyn NodeBindings,
     holder: &PeerAddr,
     caller: &Caller<'_>,
     what: &str,
+    metrics: &IndexMetrics,
 ) -> Result<(), ErrorReply> {
     let Some(node) = caller.node else {
         return Ok(());
     };
-    lock_book(book)
-        .check(holder, node, Instant::now())
-        .map_err(|refused| bound_to_other(holder, caller, node, refused, what))
+    bindings
+        .check(holder, node)
+        .map_err(|refused| refusal(refused, holder, caller, node, what, metrics))
 }
 
 /// Lists, for the first [`SEARCH_NODE_HITS`] hits, up to [`SEARCH_HIT_NODES`] complete
-/// holders with known node ids (one holder lookup per hit, and none when no holder is bound).
-fn add_search_nodes<S: Store>(hits: &mut [SearchHit], store: &S, book: &Mutex<NodeBook>) {
-    if lock_book(book).is_empty() {
+/// holders with known node ids (one holder lookup per hit, then one node lookup for all of
+/// them, and none when no holder is bound).
+fn add_search_nodes<S: Store>(hits: &mut [SearchHit], store: &S, bindings: &dyn NodeBindings) {
+    if !bindings.may_have_any() {
         return;
     }
-    for hit in hits.iter_mut().take(SEARCH_NODE_HITS) {
+    let mut per_hit: Vec<(usize, Vec<PeerAddr>)> = Vec::new();
+    for (i, hit) in hits.iter().enumerate().take(SEARCH_NODE_HITS) {
         if hit.holders == 0 {
             continue;
         }
-        let holders = match store.holders(&FileKey::Id(hit.file.id)) {
-            Ok(Some((_, holders))) => holders,
-            Ok(None) => continue,
+        match store.holders(&FileKey::Id(hit.file.id)) {
+            Ok(Some((_, holders))) => per_hit.push((i, holders)),
+            Ok(None) => {}
             Err(e) => {
                 log::debug!("index: no node ids for a search hit: {e}");
                 return;
             }
-        };
-        let mut nodes = lock_book(book).nodes_of(&holders);
+        }
+    }
+    if per_hit.is_empty() {
+        return;
+    }
+    let all: Vec<&PeerAddr> = per_hit.iter().flat_map(|(_, holders)| holders).collect();
+    let known = match bindings.nodes_of(&all) {
+        Ok(known) => known,
+        Err(e) => {
+            log::debug!("index: no node ids for the search hits: {e}");
+            return;
+        }
+    };
+    let known: std::collections::HashMap<&PeerAddr, NodeId> =
+        known.iter().map(|n| (&n.holder, n.node)).collect();
+    for (i, holders) in &per_hit {
+        let mut nodes: Vec<_> = holders
+            .iter()
+            .filter_map(|holder| {
+                known.get(holder).map(|&node| HolderNode {
+                    holder: holder.clone(),
+                    node,
+                })
+            })
+            .collect();
         nodes.truncate(SEARCH_HIT_NODES);
-        hit.nodes = nodes;
+        if let Some(hit) = hits.get_mut(*i) {
+            hit.nodes = nodes;
+        }
     }
 }
 
@@ -481,7 +530,7 @@ fn answer<S: Store>(
     config: &IndexServerConfig,
     caller: &Caller<'_>,
     metrics: &IndexMetrics,
-    book: &Mutex<NodeBook>,
+    bindings: &dyn NodeBindings,
 ) -> IndexResponse {
     let from = caller.from;
     match request {
@@ -495,8 +544,10 @@ fn answer<S: Store>(
             match store.locate(&key) {
                 Ok(Some((file, holder))) => {
                     log::debug!("index: {from} located {key} at {holder}");
-                    let node = lock_book(book).node(&holder);
-                    IndexResponse::Located { file, holder, node }
+                    match bindings.node(&holder) {
+                        Ok(node) => IndexResponse::Located { file, holder, node },
+                        Err(e) => store_failed(&e, metrics),
+                    }
                 }
                 Ok(None) => not_found(&key),
                 Err(e) => store_failed(&e, metrics),
@@ -512,11 +563,14 @@ fn answer<S: Store>(
                         "index: {from} asked for the {} holders of {key}",
                         holders.len()
                     );
-                    let nodes = lock_book(book).nodes_of(&holders);
-                    IndexResponse::Holders {
-                        file,
-                        holders,
-                        nodes,
+                    let asked: Vec<&PeerAddr> = holders.iter().collect();
+                    match bindings.nodes_of(&asked) {
+                        Ok(nodes) => IndexResponse::Holders {
+                            file,
+                            holders,
+                            nodes,
+                        },
+                        Err(e) => store_failed(&e, metrics),
                     }
                 }
                 Ok(None) => not_found(&key),
@@ -532,7 +586,7 @@ fn answer<S: Store>(
                 log::info!("index: refused a registration of {holder} from {from}: {refusal}");
                 return IndexResponse::Error(refusal);
             }
-            let claimed = match claim_holder(book, &holder, caller, "register") {
+            let claimed = match claim_holder(bindings, &holder, caller, "register", metrics) {
                 Ok(claimed) => claimed,
                 Err(refusal) => return IndexResponse::Error(refusal),
             };
@@ -543,7 +597,7 @@ fn answer<S: Store>(
                     IndexResponse::Registered { added }
                 }
                 Err(e) => {
-                    undo_claim(book, &holder, claimed);
+                    undo_claim(bindings, &holder, claimed);
                     change_failed(&e, &holder, from, metrics)
                 }
             }
@@ -557,7 +611,7 @@ fn answer<S: Store>(
                 log::info!("index: refused a partial registration of {holder}: {refusal}");
                 return IndexResponse::Error(refusal);
             }
-            let claimed = match claim_holder(book, &holder, caller, "register") {
+            let claimed = match claim_holder(bindings, &holder, caller, "register", metrics) {
                 Ok(claimed) => claimed,
                 Err(refusal) => return IndexResponse::Error(refusal),
             };
@@ -573,14 +627,14 @@ fn answer<S: Store>(
                     IndexResponse::Registered { added }
                 }
                 Err(e) => {
-                    undo_claim(book, &holder, claimed);
+                    undo_claim(bindings, &holder, claimed);
                     change_failed(&e, &holder, from, metrics)
                 }
             }
         }
         IndexRequest::UnregisterPartial { holder, ids } => {
             if let Err(refusal) = own_holder(&holder, from, config, "unregister")
-                .and_then(|()| check_holder(book, &holder, caller, "unregister"))
+                .and_then(|()| check_holder(bindings, &holder, caller, "unregister", metrics))
             {
                 return IndexResponse::Error(refusal);
             }
@@ -606,13 +660,16 @@ fn answer<S: Store>(
                         sources.complete.len(),
                         sources.partial.len()
                     );
-                    let nodes =
-                        lock_book(book).nodes_of(sources.complete.iter().chain(&sources.partial));
-                    IndexResponse::Sources {
-                        file: sources.file,
-                        complete: sources.complete,
-                        partial: sources.partial,
-                        nodes,
+                    let asked: Vec<&PeerAddr> =
+                        sources.complete.iter().chain(&sources.partial).collect();
+                    match bindings.nodes_of(&asked) {
+                        Ok(nodes) => IndexResponse::Sources {
+                            file: sources.file,
+                            complete: sources.complete,
+                            partial: sources.partial,
+                            nodes,
+                        },
+                        Err(e) => store_failed(&e, metrics),
                     }
                 }
                 Ok(None) => not_found(&key),
@@ -621,7 +678,7 @@ fn answer<S: Store>(
         }
         IndexRequest::Unregister { holder, ids } => {
             if let Err(refusal) = own_holder(&holder, from, config, "unregister")
-                .and_then(|()| check_holder(book, &holder, caller, "unregister"))
+                .and_then(|()| check_holder(bindings, &holder, caller, "unregister", metrics))
             {
                 return IndexResponse::Error(refusal);
             }
@@ -638,8 +695,12 @@ fn answer<S: Store>(
                     log::info!("{holder} unregistered {what} ({removed} removed)");
                     // Gone for good: the address is free for another key. (A connection
                     // without an id cannot free a bound holder; the binding lapses.)
-                    if ids.is_empty() && caller.node.is_some() {
-                        lock_book(book).forget(&holder);
+                    if ids.is_empty()
+                        && let Some(node) = caller.node
+                        && let Err(e) = bindings.forget(&holder, node)
+                    {
+                        // It lapses with the holder's lease instead.
+                        log::debug!("index: could not free the binding of {holder}: {e}");
                     }
                     IndexResponse::Unregistered { removed }
                 }
@@ -647,12 +708,12 @@ fn answer<S: Store>(
             }
         }
         IndexRequest::Renew { holder } => match own_holder(&holder, from, config, "renew")
-            .and_then(|()| claim_holder(book, &holder, caller, "renew"))
+            .and_then(|()| claim_holder(bindings, &holder, caller, "renew", metrics))
             .and_then(|claimed| {
                 let renewed = store.renew(&holder).map_err(|e| store_failure(&e, metrics));
                 // An unknown holder binds nothing.
                 if !matches!(renewed, Ok(Some(_))) {
-                    undo_claim(book, &holder, claimed);
+                    undo_claim(bindings, &holder, claimed);
                 }
                 renewed
             }) {
@@ -695,7 +756,7 @@ fn answer<S: Store>(
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             match store.search(&query, limit) {
                 Ok(mut hits) => {
-                    add_search_nodes(&mut hits, store, book);
+                    add_search_nodes(&mut hits, store, bindings);
                     log::debug!("index: {from} searched {query:?}: {} hits", hits.len());
                     IndexResponse::SearchResults { hits }
                 }

@@ -6,6 +6,7 @@ use rand::rngs::StdRng;
 use shoal_proto::message::SearchHit;
 use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
 
+use crate::nodes::NodeBindings;
 use crate::partial::{Partials, Sources};
 use crate::{Clock, RegistrationLimits, Registry, Search, StoreError, SystemClock};
 
@@ -85,6 +86,14 @@ pub trait Store: Send + Sync + 'static {
     /// A short name of the kind of store (`memory`, `durable`, ...), for status pages.
     fn kind(&self) -> &'static str {
         "custom"
+    }
+
+    /// Where the holders' node-id bindings live, if the store keeps them itself (see
+    /// [`crate::nodes`]): a store several index servers share must, so a holder bound
+    /// through one server is bound at all of them. `None` (the default): each server keeps
+    /// its own [`crate::NodeBook`] in memory.
+    fn node_bindings(&self) -> Option<&dyn NodeBindings> {
+        None
     }
 
     /// [`Store::register`] within `limits`: `address` is the host the request came from.
