@@ -11,8 +11,11 @@ use shoal_proto::PeerAddr;
 
 use crate::error::{BenchError, io_err, spawn_err};
 
-/// Starts `SHOAL index --listen 127.0.0.1:0 ARGS...` with `RUST_LOG=log`, its standard output
-/// piped (its first line says where it listens) and its standard error as given.
+/// Starts `SHOAL index --listen 127.0.0.1:0 --insecure-plaintext ARGS...` with
+/// `RUST_LOG=log`, its standard output piped (its first line says where it listens) and its
+/// standard error as given. Plaintext: these benches measure the index's own work (its
+/// registry, its log, its accept loop) against plaintext baselines with raw shoal frames;
+/// what TLS costs is measured by `bench transfer` and `bench index` (contender shoal-tls).
 pub(crate) fn spawn_index<I, A>(
     shoal: &Path,
     args: I,
@@ -24,7 +27,7 @@ where
     A: AsRef<OsStr>,
 {
     Command::new(shoal)
-        .args(["index", "--listen", "127.0.0.1:0"])
+        .args(["index", "--listen", "127.0.0.1:0", "--insecure-plaintext"])
         .args(args)
         .env("RUST_LOG", log)
         .stdin(Stdio::null())
