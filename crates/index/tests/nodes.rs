@@ -7,10 +7,10 @@
 #[path = "support/keys.rs"]
 mod keys;
 
-use keys::{ClaimedKeys, Keys, TlsKeys};
+use keys::{ClaimedKeys, Keys, TlsKeys, refused_for_other_node};
 use shoal_index::{IndexClient, IndexError, IndexServer, IndexServerConfig, MemoryStore};
 use shoal_proto::mem::MemNetwork;
-use shoal_proto::message::{ErrorCode, HolderNode};
+use shoal_proto::message::HolderNode;
 use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
 fn addr(s: &str) -> PeerAddr {
@@ -70,28 +70,6 @@ impl<K: Keys> World<K> {
     /// A client that only reads.
     fn reader(&self) -> IndexClient<K::T> {
         self.client("reader", 98)
-    }
-}
-
-/// The refusal an index sends for a change from the wrong node.
-fn refused_for_other_node<T>(
-    result: Result<T, IndexError>,
-    holder: &str,
-    bound: NodeId,
-    asker: NodeId,
-) {
-    match result {
-        Err(IndexError::Refused(reply)) => {
-            assert_eq!(reply.code, ErrorCode::BadRequest);
-            assert_eq!(
-                reply.message,
-                format!(
-                    "holder {holder} is registered by node {bound}; this connection is node {asker}"
-                )
-            );
-        }
-        Err(other) => panic!("expected a refusal naming both nodes, got {other}"),
-        Ok(_) => panic!("expected a refusal naming both nodes, got success"),
     }
 }
 

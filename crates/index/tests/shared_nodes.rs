@@ -14,14 +14,14 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keys::{ClaimedKeys, Keys, TlsKeys};
+use keys::{ClaimedKeys, Keys, TlsKeys, refused_for_other_node};
 use shoal_index::nodes::Refusal;
 use shoal_index::{
     IndexClient, IndexError, IndexServer, IndexServerConfig, LocalRedis, ManualClock, RedisOptions,
     RedisStore, ServerHandle, Store, StoreError,
 };
 use shoal_proto::mem::MemNetwork;
-use shoal_proto::message::{ErrorCode, HolderNode};
+use shoal_proto::message::HolderNode;
 use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -118,28 +118,6 @@ impl<K: Keys> Shared<K> {
             self.keys.transport(&self.net, host, who),
             vec![index.addr().clone()],
         )
-    }
-}
-
-/// The refusal an index sends for a change from the wrong node.
-fn refused_for_other_node<T>(
-    result: Result<T, IndexError>,
-    holder: &str,
-    bound: NodeId,
-    asker: NodeId,
-) {
-    match result {
-        Err(IndexError::Refused(reply)) => {
-            assert_eq!(reply.code, ErrorCode::BadRequest);
-            assert_eq!(
-                reply.message,
-                format!(
-                    "holder {holder} is registered by node {bound}; this connection is node {asker}"
-                )
-            );
-        }
-        Err(other) => panic!("expected a refusal naming both nodes, got {other}"),
-        Ok(_) => panic!("expected a refusal naming both nodes, got success"),
     }
 }
 

@@ -257,3 +257,25 @@ impl<S: Connection> Connection for ClaimedStream<S> {
         (self.have == 32 && self.theirs != ANONYMOUS).then(|| NodeId::from_bytes(self.theirs))
     }
 }
+
+/// The refusal an index sends for a change from the wrong node.
+pub(crate) fn refused_for_other_node<T>(
+    result: Result<T, shoal_index::IndexError>,
+    holder: &str,
+    bound: NodeId,
+    asker: NodeId,
+) {
+    match result {
+        Err(shoal_index::IndexError::Refused(reply)) => {
+            assert_eq!(reply.code, shoal_proto::message::ErrorCode::BadRequest);
+            assert_eq!(
+                reply.message,
+                format!(
+                    "holder {holder} is registered by node {bound}; this connection is node {asker}"
+                )
+            );
+        }
+        Err(other) => panic!("expected a refusal naming both nodes, got {other}"),
+        Ok(_) => panic!("expected a refusal naming both nodes, got success"),
+    }
+}
