@@ -108,6 +108,7 @@ pub struct IndexMetrics {
     partial_registrations: Counter,
     refused: Refusals,
     store_errors: Counter,
+    node_refusals: Counter,
     files: Gauge,
     holders: Gauge,
     copies: Gauge,
@@ -212,6 +213,12 @@ impl IndexMetrics {
             "Store operations that failed (disk full, I/O, a remote store down)",
             store_errors.clone(),
         );
+        let node_refusals = Counter::default();
+        registry.register(
+            "node_id_refusals",
+            "Changes refused because the holder is registered by another node id",
+            node_refusals.clone(),
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
@@ -233,6 +240,7 @@ impl IndexMetrics {
             partial_registrations,
             refused,
             store_errors,
+            node_refusals,
             files,
             holders,
             copies,
@@ -265,6 +273,16 @@ impl IndexMetrics {
         if LOOKUPS.contains(&kind) {
             self.lookup_seconds.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts a change refused because the holder is bound to another node id.
+    pub(crate) fn node_refused(&self) {
+        self.node_refusals.inc();
+    }
+
+    /// Changes refused so far because the holder is bound to another node id.
+    pub fn node_refusals(&self) -> u64 {
+        self.node_refusals.get()
     }
 
     /// Counts a store failure and keeps its message for the status page.

@@ -363,7 +363,10 @@ fn refusal(
     metrics: &IndexMetrics,
 ) -> ErrorReply {
     match refused {
-        Refusal::Bound(bound) => bound_to_other(holder, caller, node, bound, what),
+        Refusal::Bound(bound) => {
+            metrics.node_refused();
+            bound_to_other(holder, caller, node, bound, what)
+        }
         Refusal::Store(e) => store_failure(&e, metrics),
     }
 }

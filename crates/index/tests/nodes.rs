@@ -34,19 +34,25 @@ struct World<K: Keys> {
     keys: K,
     net: MemNetwork,
     index: shoal_index::ServerHandle,
+    metrics: std::sync::Arc<shoal_index::IndexMetrics>,
 }
 
 impl<K: Keys> World<K> {
     fn new(keys: K) -> World<K> {
         let net = MemNetwork::new();
-        let index = IndexServer::new(
+        let server = IndexServer::new(
             keys.transport(&net, "index", 99),
             MemoryStore::with_seed(1),
             IndexServerConfig::default(),
-        )
-        .spawn(&addr("index:0"))
-        .unwrap();
-        World { keys, net, index }
+        );
+        let metrics = server.metrics();
+        let index = server.spawn(&addr("index:0")).unwrap();
+        World {
+            keys,
+            net,
+            index,
+            metrics,
+        }
     }
 
     fn node(&self, who: u8) -> NodeId {
@@ -181,7 +187,8 @@ fn only_the_registering_node<K: Keys>(world: World<K>) {
         node(1),
         node(2),
     );
-    // Nothing changed.
+    // Nothing changed, and the five refusals are counted for /metrics.
+    assert_eq!(world.metrics.node_refusals(), 5);
     let mut reader = world.reader();
     let (_, holders, nodes) = reader.holders_with_nodes(&key("song.ogg")).unwrap();
     assert_eq!(holders, std::slice::from_ref(&h1));
