@@ -371,7 +371,9 @@ elseif op == 'locate' then
     if hs then h = hs[(r % #hs) + 1] end
   end
   if not h then return false end
-  return { redis.call('HGET', C .. ':m', best), redis.call('HGET', C .. ':h:' .. h, 'a') }
+  -- With the holder's node-id binding (or false), as redis_locate.lua answers.
+  local a = redis.call('HGET', C .. ':h:' .. h, 'a')
+  return { redis.call('HGET', C .. ':m', best), a, redis.call('GET', B .. ':node:' .. a) }
 elseif op == 'holders' then
   local best, hs = holders_of(C, ARGV[3], ARGV[4])
   if not best then return false end

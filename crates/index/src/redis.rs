@@ -531,24 +531,18 @@ impl Store for RedisStore {
     }
 
     fn locate(&self, key: &FileKey) -> Result<Option<(FileMeta, PeerAddr)>, StoreError> {
-        let (kind, k) = encode_key(key);
-        let now = self.now_ms();
-        let fast = self.run_script(&self.locate_script, &[&now, kind], &[&k])?;
-        let reply = match fast {
-            Value::BulkString(word) if word == b"full" => {
-                let r = lock(&self.rng).random::<u32>().to_string();
-                self.run(&["locate", &now, kind], &[&k, r.as_bytes()])?
-            }
-            other => other,
-        };
-        match reply {
-            Value::Nil => Ok(None),
-            Value::Array(v) => match v.as_slice() {
-                [meta, addr] => Ok(Some((parse_meta(bytes(meta)?)?, peer(addr)?))),
-                _ => Err(bad_reply("locate", &Value::Array(v))),
-            },
-            other => Err(bad_reply("locate", &other)),
-        }
+        Ok(self
+            .locate_with_node(key)?
+            .map(|(file, holder, _)| (file, holder)))
+    }
+
+    /// Answers from this store's own bindings, in the locate script's one call.
+    fn locate_bound(
+        &self,
+        key: &FileKey,
+        _bindings: &dyn NodeBindings,
+    ) -> Result<Option<(FileMeta, PeerAddr, Option<NodeId>)>, StoreError> {
+        self.locate_with_node(key)
     }
 
     fn holders(&self, key: &FileKey) -> Result<Option<(FileMeta, Vec<PeerAddr>)>, StoreError> {
@@ -564,7 +558,6 @@ impl Store for RedisStore {
             other => Err(bad_reply("holders", &other)),
         }
     }
-
     fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>, StoreError> {
         let complete = self.search_in("c", query, limit)?;
         let partial = self.search_in("p", query, limit)?;
@@ -636,6 +629,40 @@ impl Store for RedisStore {
                 _ => Err(bad_reply("sources", &Value::Array(v))),
             },
             other => Err(bad_reply("sources", &other)),
+        }
+    }
+}
+
+impl RedisStore {
+    /// The locate scripts' answer: the file, a live holder and its node-id binding.
+    fn locate_with_node(
+        &self,
+        key: &FileKey,
+    ) -> Result<Option<(FileMeta, PeerAddr, Option<NodeId>)>, StoreError> {
+        let (kind, k) = encode_key(key);
+        let now = self.now_ms();
+        let fast = self.run_script(&self.locate_script, &[&now, kind], &[&k])?;
+        let reply = match fast {
+            Value::BulkString(word) if word == b"full" => {
+                let r = lock(&self.rng).random::<u32>().to_string();
+                self.run(&["locate", &now, kind], &[&k, r.as_bytes()])?
+            }
+            other => other,
+        };
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Array(v) => match v.as_slice() {
+                [meta, addr, node] => Ok(Some((
+                    parse_meta(bytes(meta)?)?,
+                    peer(addr)?,
+                    match node {
+                        Value::Nil => None,
+                        raw => parse_binding(bytes(raw)?).map(|(node, _)| node),
+                    },
+                ))),
+                _ => Err(bad_reply("locate", &Value::Array(v))),
+            },
+            other => Err(bad_reply("locate", &other)),
         }
     }
 }

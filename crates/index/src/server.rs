@@ -544,13 +544,10 @@ fn answer<S: Store>(
             if let Err(e) = key.validate() {
                 return refuse(ErrorCode::BadName, e.to_string());
             }
-            match store.locate(&key) {
-                Ok(Some((file, holder))) => {
+            match store.locate_bound(&key, bindings) {
+                Ok(Some((file, holder, node))) => {
                     log::debug!("index: {from} located {key} at {holder}");
-                    match bindings.node(&holder) {
-                        Ok(node) => IndexResponse::Located { file, holder, node },
-                        Err(e) => store_failed(&e, metrics),
-                    }
+                    IndexResponse::Located { file, holder, node }
                 }
                 Ok(None) => not_found(&key),
                 Err(e) => store_failed(&e, metrics),

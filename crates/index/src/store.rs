@@ -4,7 +4,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use shoal_proto::message::SearchHit;
-use shoal_proto::{FileId, FileKey, FileMeta, PeerAddr};
+use shoal_proto::{FileId, FileKey, FileMeta, NodeId, PeerAddr};
 
 use crate::nodes::NodeBindings;
 use crate::partial::{Partials, Sources};
@@ -94,6 +94,24 @@ pub trait Store: Send + Sync + 'static {
     /// its own [`crate::NodeBook`] in memory.
     fn node_bindings(&self) -> Option<&dyn NodeBindings> {
         None
+    }
+
+    /// [`Store::locate`] and the chosen holder's node id from `bindings` (the server's: this
+    /// store's own [`Store::node_bindings`] when it has them). The default asks one, then the
+    /// other; a store with its own bindings may answer both at once (`RedisStore`: in the
+    /// same script call), and then answers from its own bindings whatever it is given.
+    fn locate_bound(
+        &self,
+        key: &FileKey,
+        bindings: &dyn NodeBindings,
+    ) -> Result<Option<(FileMeta, PeerAddr, Option<NodeId>)>, StoreError> {
+        match self.locate(key)? {
+            Some((file, holder)) => {
+                let node = bindings.node(&holder)?;
+                Ok(Some((file, holder, node)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// [`Store::register`] within `limits`: `address` is the host the request came from.
