@@ -195,14 +195,13 @@ fn run_in(root: &Path, largest_mib: u64) -> Result<(), CliError> {
     );
     let hits = IndexClient::new(index_transport, vec![index_addr]).search("", 100)?;
     for hit in hits {
-        let nodes: Vec<String> = hit.nodes.iter().map(|n| n.node.short()).collect();
         crate::output::outln!(
             "{:<14} {:>10}  {} holders  {}  nodes {}",
             hit.file.name,
             units::bytes(hit.file.size),
             hit.holders,
             hit.file.id.short(),
-            nodes.join(" ")
+            crate::fetch::nodes_column(&hit.nodes)
         );
     }
     crate::output::outln!(

@@ -320,11 +320,7 @@ fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
             let nodes: Vec<serde_json::Value> = report
                 .holders
                 .iter()
-                .filter_map(|h| {
-                    h.node.map(|node| {
-                        serde_json::json!({"holder": h.holder.to_string(), "node": node.to_string()})
-                    })
-                })
+                .filter_map(|h| h.node.map(|node| node_json(&h.holder, &node)))
                 .collect();
             let dropped: Vec<serde_json::Value> = report
                 .holders
@@ -424,10 +420,7 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
                 "id": hit.file.id.to_hex(),
                 "holders": hit.holders,
                 "downloading": hit.downloading,
-                "nodes": hit.nodes.iter().map(|n| serde_json::json!({
-                    "holder": n.holder.to_string(),
-                    "node": n.node.to_string(),
-                })).collect::<Vec<_>>(),
+                "nodes": hit.nodes.iter().map(|n| node_json(&n.holder, &n.node)).collect::<Vec<_>>(),
             });
             outln!("{line}");
         }
@@ -467,12 +460,17 @@ pub(crate) fn run_search(args: &SearchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `{"holder", "node"}` of `search --json` and `get --json`.
+fn node_json(holder: &PeerAddr, node: &shoal_proto::NodeId) -> serde_json::Value {
+    serde_json::json!({"holder": holder.to_string(), "node": node.to_string()})
+}
+
 /// Most short node ids `search` prints for one file.
 const NODES_SHOWN: usize = 3;
 
 /// The `NODES` column of `search`: holders' short node ids, `-` when the index knows none
 /// (full ids in `--json`).
-fn nodes_column(nodes: &[HolderNode]) -> String {
+pub(crate) fn nodes_column(nodes: &[HolderNode]) -> String {
     if nodes.is_empty() {
         return "-".to_string();
     }

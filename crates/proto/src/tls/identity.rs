@@ -229,36 +229,11 @@ pub(crate) fn read_pem(
     Ok(sections)
 }
 
-/// Appends one PEM section to `out`.
+/// Appends one PEM section to `out` (the `pem` crate, already in the tree through rcgen;
+/// Unix line endings).
 pub(crate) fn push_pem(out: &mut String, label: &str, der: &[u8]) {
-    out.push_str(&format!("-----BEGIN {label}-----\n"));
-    let text = base64(der);
-    for line in text.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-}
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    out.push_str(&pem::encode_config(&pem::Pem::new(label, der), config));
 }
 
 #[cfg(unix)]
@@ -305,16 +280,7 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, TlsErr
         fs::create_dir_all(parent).map_err(write_error)?;
     }
     let temp = temp_path(path);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let result = options.open(&temp).and_then(|mut file| {
+    let result = create_new(&temp, mode).and_then(|mut file| {
         file.write_all(contents)?;
         file.sync_all()
     });
@@ -344,7 +310,8 @@ pub(crate) fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<
     }
 }
 
-fn write_exclusive(path: &Path, contents: &[u8], mode: u32) -> Result<bool, TlsError> {
+/// Creates `path`, which must not exist, for writing, with permissions `mode` on Unix.
+fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -354,7 +321,11 @@ fn write_exclusive(path: &Path, contents: &[u8], mode: u32) -> Result<bool, TlsE
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = match options.open(path) {
+    options.open(path)
+}
+
+fn write_exclusive(path: &Path, contents: &[u8], mode: u32) -> Result<bool, TlsError> {
+    let mut file = match create_new(path, mode) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
         Err(source) => {
@@ -401,19 +372,5 @@ fn sync_parent(path: &Path) {
         if let Ok(dir) = fs::File::open(parent) {
             let _ = dir.sync_all();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }

@@ -14,8 +14,8 @@ use rustls::server::ParsedCertificate;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::identity::{
-    ORG_AUTHORITY, ORG_MEMBER, ORG_NODE, ed25519_key, name, push_pem, read_pem, split_sections,
-    write_new_file, write_replace,
+    ORG_AUTHORITY, ORG_MEMBER, ORG_NODE, ed25519_key, name, node_of_key, push_pem, read_pem,
+    split_sections, write_new_file, write_replace,
 };
 use super::{TlsError, der, verify};
 use crate::NodeId;
@@ -148,13 +148,7 @@ impl SwarmAuthority {
         let swarm = der::common_name(info.subject)
             .ok_or_else(|| wrong("its certificate names no swarm".into()))?;
         check_name(&swarm)?;
-        if der::node_id_of_spki(info.spki)
-            .map(|n| *n.as_bytes())
-            .as_ref()
-            != Some(
-                <&[u8; 32]>::try_from(key.public_key_raw()).map_err(|_| wrong("bad key".into()))?,
-            )
-        {
+        if info.node_id() != Some(node_of_key(&key)?) {
             return Err(wrong("its certificate is not for its key".into()));
         }
         let params = authority_params(&swarm);
